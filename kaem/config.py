@@ -1,0 +1,245 @@
+"""Frozen configuration dataclasses, built once at the edge from a mapping (a YAML file).
+
+Constructors of the model take plain numbers; these dataclasses only carry and validate the
+numbers. ``from_dict`` rejects unknown keys and wrong types with a message naming the key, so
+a typo in a config file fails before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "GeneratorConfig",
+    "GridUpdateConfig",
+    "ModelConfig",
+    "PriorConfig",
+    "ReferenceConfig",
+    "TrainConfig",
+    "from_dict",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Reference prior ``pi_0``: ``gaussian``, ``uniform``, ``lognormal`` or ``none``.
+
+    ``domain`` defaults to the reference's own (:data:`kaem.prior.DEFAULT_DOMAINS`).
+    """
+
+    name: Literal["gaussian", "uniform", "lognormal", "none"] = "gaussian"
+    domain: tuple[float, float] | None = None
+    loc: float = 0.0
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Energy prior (eqs. 13-18). ``widths = (P, Q)`` as in the paper's ``layer_widths``."""
+
+    kind: Literal["univariate", "mixture"] = "univariate"
+    widths: tuple[int, int] = (40, 81)
+    basis: Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"] = "rbf"
+    grid_size: int = 20
+    degree: int = 3
+    tau: float = 1.0
+    trainable_tau: bool = True
+    omega: float = 5.0
+    base_activation: Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"] = "relu"
+    coef_init_scale: float = 0.1
+    base_scale: float = 1.0
+    spline_scale: float = 1.0
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    quadrature: Literal["gauss_legendre", "trapezium"] = "gauss_legendre"
+    n_nodes: int = 200
+    shared_uniforms: bool = True
+    train_proportions: bool = True
+    proportion_l1: float = 0.0
+    sampling: Literal["auto", "search", "table"] = "auto"
+    table_points: int = 1024
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Generator: ``kan`` (App. B.2) or ``cnn`` (App. F.2.1)."""
+
+    kind: Literal["kan", "cnn"] = "kan"
+    hidden_widths: tuple[int, ...] | None = None
+    basis: Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"] = "rbf"
+    grid_size: int = 20
+    grid_range: tuple[float, float] = (-1.2, 1.2)
+    degree: int = 3
+    tau: float = 1.0
+    trainable_tau: bool = True
+    omega: float = 5.0
+    base_activation: Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"] = "relu"
+    layer_norm: bool = False
+    coef_init_scale: float = 0.1
+    base_scale: float = 1.0
+    spline_scale: float = 1.0
+    channels: tuple[int, ...] = (128, 64, 32)
+    leaky_slope: float = 0.2
+    output_activation: Literal["sigmoid", "tanh", "none"] = "sigmoid"
+    noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole KAEM: image shape, prior, generator and likelihood variance (eq. 8)."""
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    likelihood_variance: float = 0.1
+
+
+@dataclass(frozen=True)
+class GridUpdateConfig:
+    """Grid updating schedule (Liu et al. 2024; Table 4).
+
+    The first update happens at step 1; afterwards the interval starts at ``frequency`` steps
+    and grows by ``1 / decay`` after every update.
+    """
+
+    enabled: bool = True
+    prior: bool = True
+    generator: bool = True
+    samples: int = 100
+    frequency: int = 100
+    decay: float = 0.999
+    ratio: float = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (Tables 4-5)."""
+
+    criterion: Literal["importance"] = "importance"
+    epochs: float = 10.0
+    max_steps: int | None = None
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    seed: int = 0
+    importance_samples: int = 100
+    resampler: Literal["residual", "systematic", "stratified", "multinomial"] = "residual"
+    ess_threshold: float = 0.5
+    grid_update: GridUpdateConfig = field(default_factory=GridUpdateConfig)
+    checkpoint_every: int = 500
+    log_every: int = 1
+    nonfinite: Literal["raise"] = "raise"
+
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError("; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(
+            _convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported config type {tp!r}")
+
+
+def from_dict(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping, validating names and types.
+
+    Parameters
+    ----------
+    cls
+        A config dataclass (e.g. :class:`ModelConfig`).
+    mapping
+        Its values; missing keys take the defaults.
+    path
+        Dotted prefix used in error messages.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or a value of the wrong type, naming the key.
+    """
+    mapping = {} if mapping is None else mapping
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"valid keys are {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in mapping.items():
+        kwargs[name] = _convert(value, hints[name], f"{path}.{name}" if path else name)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (tuples become lists), for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,97 @@
+"""KAN layer: edges, forward, activations, layer norm, grid updates."""
+
+import pytest
+import torch
+
+from kaem.bases import BASES, build_basis
+from kaem.kan import ACTIVATIONS, KANLayer
+
+
+def _layer(basis="rbf", act="relu", d_in=3, d_out=4, **kw) -> KANLayer:
+    g = torch.Generator().manual_seed(1)
+    b = build_basis(basis, d_in, grid_size=6, grid_range=(-1.0, 1.0))
+    layer = KANLayer(d_in, d_out, b, base_activation=act, generator=g, **kw)
+    with torch.no_grad():  # non-trivial coefficients
+        layer.coef.normal_(generator=g)
+    return layer
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_forward_is_sum_of_edges(act: str) -> None:
+    layer = _layer(act=act)
+    x = torch.randn(7, 3)
+    torch.testing.assert_close(layer(x), layer.edges(x).sum(-2), atol=1e-5, rtol=1e-5)
+    if act == "none":
+        assert layer.w_base is None
+
+
+def test_edges_at_matches_edges() -> None:
+    layer = _layer()
+    x = torch.randn(5, 3)
+    shared = layer.edges(x)  # (5, in, out)
+    at = layer.edges_at(x[:, None, :].expand(5, 4, 3))  # (5, out, in)
+    torch.testing.assert_close(at, shared.transpose(1, 2), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="trailing shape"):
+        layer.edges_at(torch.randn(5, 3, 4))
+
+
+def test_layer_norm_normalises_outputs() -> None:
+    layer = _layer(layer_norm=True, d_out=16)
+    y = layer(torch.randn(8, 3))
+    torch.testing.assert_close(y.mean(-1), torch.zeros(8), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("basis", ["rbf", "bspline"])
+@pytest.mark.parametrize("grid_size", [10, 20])
+def test_grid_update_keeps_function_on_sample_range(basis: str, grid_size: int) -> None:
+    """Liu et al.'s grid update moves the grid to the samples but keeps each edge's values."""
+    g = torch.Generator().manual_seed(0)
+    b = build_basis(basis, 3, grid_size=grid_size, grid_range=(-1.0, 1.0))
+    layer = KANLayer(3, 4, b, base_activation="silu", generator=g)
+    # Give every edge a smooth non-trivial shape: fit sin(k x) + x^2 on the initial grid.
+    dense = torch.linspace(-1, 1, 200)[:, None].expand(-1, 3)
+    k = torch.arange(1, 5, dtype=torch.float32)
+    target = torch.sin(dense[..., None] * k) + dense[..., None] ** 2  # (200, in, out)
+    design = b(dense).transpose(0, 1)  # (in, 200, G)
+    with torch.no_grad():
+        layer.coef.copy_(torch.linalg.lstsq(design, target.transpose(0, 1)).solution)
+    coef_before = layer.coef.detach().clone()
+    # Samples concentrated on a skewed sub-range, as posterior samples would be.
+    x = 1.2 * torch.rand(500, 3, generator=g).pow(2) - 0.9
+    before = layer(x).detach()
+    grid_before = b.grid.clone()
+    layer.update_grid(x, uniform_ratio=0.05)
+    after = layer(x).detach()
+    assert not torch.equal(grid_before, b.grid)
+    # The grid now spans the samples (B-spline knots extend k intervals beyond them).
+    inner = b.grid[:, b.degree : -b.degree] if basis == "bspline" else b.grid
+    torch.testing.assert_close(inner[:, 0], x.min(0).values, atol=2e-3 * 1.2, rtol=0)
+    torch.testing.assert_close(inner[:, -1], x.max(0).values, atol=2e-3 * 1.2, rtol=0)
+
+    def rel(a: torch.Tensor) -> float:
+        return float((a - before).pow(2).mean().sqrt() / before.pow(2).mean().sqrt())
+
+    # RBFs only approximate the smooth shapes (to ~1-2% here); B-splines nearly reproduce them.
+    tol = {"rbf": 0.03, "bspline": 1e-3}[basis]
+    assert rel(after) < tol, f"{basis}: relative RMS change {rel(after):.3g}"
+    # Moving the grid without refitting the coefficients would change the function a lot.
+    with torch.no_grad():
+        stale = layer.coef.clone()
+        layer.coef.copy_(coef_before)
+        moved = layer(x)
+        layer.coef.copy_(stale)
+    assert rel(moved) > 10 * rel(after)
+
+
+@pytest.mark.parametrize("basis", ["morlet", "mexican_hat", "dog", "chebyshev", "fourier"])
+def test_grid_update_refused_for_gridless_bases(basis: str) -> None:
+    layer = _layer(basis=basis)
+    coef = layer.coef.detach().clone()
+    with pytest.raises(ValueError, match="grid updating is not defined"):
+        layer.update_grid(torch.randn(50, 3))
+    assert torch.equal(coef, layer.coef)
+
+
+def test_unknown_activation() -> None:
+    with pytest.raises(ValueError, match="'swish'"):
+        _layer(act="swish")

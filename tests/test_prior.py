@@ -1,0 +1,223 @@
+"""Energy priors: exact sampling (KS tests against scipy), normalisation, mixtures, caching."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from kaem.bases import build_basis
+from kaem.kan import KANLayer
+from kaem.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
+
+N_KS = 20_000
+#: Bonferroni-safe per-test level: the suite runs a few hundred KS tests.
+ALPHA = 1e-4
+
+REFERENCES = [
+    ("gaussian", None),
+    ("gaussian", (-0.5, 2.5)),  # asymmetric
+    ("uniform", None),
+    ("uniform", (-2.0, 3.0)),
+    ("lognormal", None),
+    ("lognormal", (0.2, 2.5)),
+    ("none", None),
+    ("none", (-3.0, 0.5)),
+]
+
+
+def _reference(name, domain) -> ReferencePrior:
+    low, high = domain if domain is not None else (None, None)
+    return ReferencePrior(name, low, high)
+
+
+def _univariate(ref: ReferencePrior, *, q=2, p=3, seed=0, energy_scale=1.0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    basis = build_basis("rbf", p, grid_size=8, grid_range=(ref.low, ref.high))
+    kan = KANLayer(p, q, basis, base_activation="silu", generator=g)
+    with torch.no_grad():
+        kan.coef.normal_(0.0, energy_scale, generator=g)
+    return UnivariateEnergyPrior(kan, ref, **kw).double()
+
+
+def _scipy_log_ref(ref: ReferencePrior, z: np.ndarray) -> np.ndarray:
+    """The reference log density written independently with scipy."""
+    if ref.name == "gaussian":
+        return stats.norm(ref.loc, ref.scale).logpdf(z)
+    if ref.name == "lognormal":
+        return stats.lognorm(s=ref.scale, scale=np.exp(ref.loc)).logpdf(z)
+    return np.zeros_like(z)
+
+
+def _reference_cdfs(prior: UnivariateEnergyPrior, grid: np.ndarray) -> np.ndarray:
+    """CDF of every ``pi_qp`` on ``grid``, integrated independently (Simpson on 20,001 points)."""
+    z = torch.as_tensor(grid, dtype=torch.float64)
+    q, p = prior.event_shape
+    with torch.no_grad():
+        f = prior.kan.edges_at(z[:, None, None].expand(-1, q, p)).numpy()  # (n, Q, P)
+    log_p = f + _scipy_log_ref(prior.reference, grid)[:, None, None]
+    dens = np.exp(log_p - log_p.max(0))
+    cdf = integrate.cumulative_simpson(dens, x=grid, axis=0, initial=0.0)
+    return cdf / cdf[-1]
+
+
+def _ks(samples: np.ndarray, grid: np.ndarray, cdf: np.ndarray) -> float:
+    return stats.kstest(samples, lambda s: np.interp(s, grid, cdf)).pvalue
+
+
+@pytest.mark.parametrize("name,domain", REFERENCES)
+@pytest.mark.parametrize("sampling", ["search", "table"])
+def test_inverse_transform_matches_tilted_density(name, domain, sampling) -> None:
+    ref = _reference(name, domain)
+    prior = _univariate(ref, sampling=sampling)
+    z = prior.sample(N_KS, torch.Generator().manual_seed(1))
+    assert z.shape == (N_KS, 2, 3)
+    assert float(z.min()) >= ref.low and float(z.max()) <= ref.high
+    grid = np.linspace(ref.low, ref.high, 20_001)
+    cdfs = _reference_cdfs(prior, grid)
+    for qi in range(2):
+        for pi in range(3):
+            pval = _ks(z[:, qi, pi].numpy(), grid, cdfs[:, qi, pi])
+            assert pval > ALPHA, f"{name}{domain} ({qi},{pi}) via {sampling}: KS p = {pval:.2e}"
+    # The test has power: the same samples are rejected against the untilted reference.
+    if name != "uniform" and name != "none":
+        base = np.exp(_scipy_log_ref(ref, grid) - _scipy_log_ref(ref, grid).max())
+    else:
+        base = np.ones_like(grid)
+    base_cdf = integrate.cumulative_simpson(base, x=grid, initial=0.0)
+    assert _ks(z[:, 0, 0].numpy(), grid, base_cdf / base_cdf[-1]) < 1e-6
+
+
+@pytest.mark.parametrize("name,domain", [REFERENCES[1], REFERENCES[4], REFERENCES[7]])
+def test_trapezium_rule_and_independent_uniforms(name, domain) -> None:
+    ref = _reference(name, domain)
+    prior = _univariate(ref, quadrature="trapezium", n_nodes=400, shared_uniforms=False)
+    for sampling in ("search", "table"):
+        prior.sampling = sampling
+        z = prior.sample(N_KS, torch.Generator().manual_seed(2))
+        grid = np.linspace(ref.low, ref.high, 20_001)
+        cdfs = _reference_cdfs(prior, grid)
+        for qi in range(2):
+            assert _ks(z[:, qi, 1].numpy(), grid, cdfs[:, qi, 1]) > ALPHA
+        # Independent draws: coordinates q = 0 and q = 1 are uncorrelated.
+        rho = stats.spearmanr(z[:, 0, 1], z[:, 1, 1]).statistic
+        assert abs(rho) < 0.05
+
+
+def test_shared_uniforms_make_coordinates_comonotone() -> None:
+    prior = _univariate(ReferencePrior("gaussian"))
+    z = prior.sample(2000, torch.Generator().manual_seed(3))
+    # z_qp = F_qp^{-1}(u_p): same u_p for every q, so ranks agree exactly.
+    assert stats.spearmanr(z[:, 0, 2], z[:, 1, 2]).statistic == pytest.approx(1.0)
+    assert abs(stats.spearmanr(z[:, 0, 0], z[:, 0, 1]).statistic) < 0.1
+
+
+@pytest.mark.parametrize("name,domain", REFERENCES)
+def test_log_prob_integrates_to_one(name, domain) -> None:
+    ref = _reference(name, domain)
+    prior = _univariate(ref)
+    # Dense Simpson over the domain, every (q, p) at once.
+    grid = torch.linspace(ref.low, ref.high, 20_001, dtype=torch.float64)
+    with torch.no_grad():
+        lp = prior.component_log_prob(grid[:, None, None].expand(-1, 2, 3).clone())
+    mass = integrate.simpson(lp.exp().numpy(), x=grid.numpy(), axis=0)
+    np.testing.assert_allclose(mass, 1.0, atol=1e-5 if name != "lognormal" else 1e-3)
+    # And one component by adaptive quadrature, independently of any grid.
+    def density(t: float) -> float:
+        zt = torch.full((1, 2, 3), t, dtype=torch.float64)
+        with torch.no_grad():
+            return float(prior.component_log_prob(zt)[0, 1, 2].exp())
+
+    value, _ = integrate.quad(density, ref.low, ref.high, limit=200)
+    assert value == pytest.approx(1.0, abs=1e-5)
+
+
+def test_joint_log_prob_is_sum_of_components() -> None:
+    prior = _univariate(ReferencePrior("gaussian", -1.0, 2.0))
+    z = prior.sample(10, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(prior.log_prob(z), prior.component_log_prob(z).sum((1, 2)))
+    energy = prior.kan.edges_at(z).sum((1, 2))
+    torch.testing.assert_close(prior.energy(z), energy)
+    with pytest.raises(ValueError, match=r"\(n, 2, 3\)"):
+        prior.log_prob(torch.zeros(4, 3, 2, dtype=torch.float64))
+
+
+def _mixture(ref: ReferencePrior, q=3, p=4, seed=0, train_proportions=True, **kw):
+    g = torch.Generator().manual_seed(seed)
+    basis = build_basis("rbf", q, grid_size=8, grid_range=(ref.low, ref.high))
+    kan = KANLayer(q, p, basis, base_activation="none", generator=g)
+    with torch.no_grad():
+        kan.coef.normal_(0.0, 1.5, generator=g)
+    prior = MixtureEnergyPrior(kan, ref, train_proportions=train_proportions, **kw).double()
+    if train_proportions:
+        with torch.no_grad():
+            prior.logits.copy_(torch.randn(q, p, generator=g, dtype=torch.float64))
+    return prior
+
+
+@pytest.mark.parametrize("sampling", ["search", "table"])
+def test_mixture_component_frequencies_match_proportions(sampling) -> None:
+    prior = _mixture(ReferencePrior("gaussian", -1.0, 2.0), sampling=sampling)
+    n = 30_000
+    z, comp = prior.sample_with_components(n, torch.Generator().manual_seed(5))
+    alpha = prior.proportions().detach().numpy()
+    for qi in range(3):
+        counts = np.bincount(comp[:, qi].numpy(), minlength=4)
+        pval = stats.chisquare(counts, alpha[qi] * n).pvalue
+        assert pval > ALPHA, f"coordinate {qi}: chi-square p = {pval:.2e}"
+    # Wrong proportions (uniform) are rejected.
+    assert stats.chisquare(np.bincount(comp[:, 0].numpy(), minlength=4), [n / 4] * 4).pvalue < 1e-6
+    # Samples follow the mixture density: KS against sum_p alpha_qp F_qp.
+    grid = np.linspace(-1.0, 2.0, 20_001)
+    with torch.no_grad():
+        lp = prior.component_log_prob(torch.as_tensor(grid)[:, None].expand(-1, 3).clone())
+    dens = torch.logsumexp(lp, -1).exp().numpy()  # (n, Q) normalised mixture densities
+    for qi in range(3):
+        cdf = integrate.cumulative_simpson(dens[:, qi], x=grid, initial=0.0)
+        assert _ks(z[:, qi].numpy(), grid, cdf / cdf[-1]) > ALPHA
+        assert cdf[-1] == pytest.approx(1.0, abs=1e-5)  # log_prob integrates to one
+
+
+def test_mixture_fixed_uniform_proportions_and_regulariser() -> None:
+    prior = _mixture(ReferencePrior("none"), train_proportions=False, proportion_l1=0.5)
+    assert "logits" not in dict(prior.named_parameters())
+    torch.testing.assert_close(prior.proportions(), torch.full((3, 4), 0.25, dtype=torch.float64))
+    assert float(prior.regulariser()) == 0.0
+    trained = _mixture(ReferencePrior("none"), proportion_l1=0.5)
+    alpha = trained.proportions()
+    expected = 0.5 * (alpha - 0.25).abs().sum()
+    torch.testing.assert_close(trained.regulariser(), expected)
+    trained.regulariser().backward()
+    assert trained.logits.grad is not None and float(trained.logits.grad.abs().sum()) > 0
+
+
+def test_mixture_log_prob_is_logsumexp_of_components() -> None:
+    prior = _mixture(ReferencePrior("gaussian"))
+    z = prior.sample(7, torch.Generator().manual_seed(6))
+    manual = torch.logsumexp(prior.component_log_prob(z), -1).sum(-1)
+    torch.testing.assert_close(prior.log_prob(z), manual)
+    assert prior.generator_input(z) is z
+
+
+def test_cached_tables_follow_parameter_updates() -> None:
+    prior = _univariate(ReferencePrior("gaussian"), sampling="table")
+    g = torch.Generator().manual_seed(7)
+    before = prior.sample(5000, g).mean(0)
+    again = prior.tables(with_inverse=True)
+    assert prior.tables(with_inverse=True) is again  # cached while nothing changed
+    # Tilt every density toward the right end, in place as an optimiser step would.
+    with torch.no_grad():
+        prior.kan.w_base.add_(5.0)  # + 5 silu(z): increasing on the domain
+    assert prior.tables(with_inverse=True) is not again
+    after = prior.sample(5000, g).mean(0)
+    assert bool((after > before).all())
+
+
+def test_reference_prior_validation() -> None:
+    with pytest.raises(ValueError, match="'cauchy'"):
+        ReferencePrior("cauchy")
+    with pytest.raises(ValueError, match="high > low"):
+        ReferencePrior("gaussian", 1.0, -1.0)
+    with pytest.raises(ValueError, match="lognormal"):
+        ReferencePrior("lognormal", -1.0, 2.0)
+    with pytest.raises(ValueError, match="positive integer"):
+        _univariate(ReferencePrior("gaussian")).sample(0)
