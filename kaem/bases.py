@@ -167,7 +167,6 @@ class _CentredBasis(Basis):
         return self.mother(u)
 
 
-
 class RBFBasis(_CentredBasis):
     """Gaussian radial basis ``exp(-u^2 / 2)`` (FastKAN; Li 2024), the paper's NIST basis."""
 

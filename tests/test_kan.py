@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kaem.bases import BASES, build_basis
+from kaem.bases import build_basis
 from kaem.kan import ACTIVATIONS, KANLayer
 
 

@@ -121,6 +121,7 @@ def test_log_prob_integrates_to_one(name, domain) -> None:
         lp = prior.component_log_prob(grid[:, None, None].expand(-1, 2, 3).clone())
     mass = integrate.simpson(lp.exp().numpy(), x=grid.numpy(), axis=0)
     np.testing.assert_allclose(mass, 1.0, atol=1e-5 if name != "lognormal" else 1e-3)
+
     # And one component by adaptive quadrature, independently of any grid.
     def density(t: float) -> float:
         zt = torch.full((1, 2, 3), t, dtype=torch.float64)

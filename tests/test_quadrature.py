@@ -62,7 +62,7 @@ def test_inverse_cdf_skips_empty_cells() -> None:
 
 def test_table_agrees_with_search() -> None:
     g = torch.Generator().manual_seed(0)
-    nodes, weights = quad.nodes_and_weights(60, -2.0, 1.0, dtype=torch.float64)
+    _nodes, weights = quad.nodes_and_weights(60, -2.0, 1.0, dtype=torch.float64)
     log_density = torch.randn(5, 60, generator=g, dtype=torch.float64).cumsum(-1) * 0.3
     table = quad.build_cdf(log_density, weights.log(), quad.cell_edges(weights, -2.0))
     inverse = quad.inverse_cdf_table(table, 4096)
@@ -76,5 +76,6 @@ def test_table_agrees_with_search() -> None:
     rows = torch.randint(0, 5, (300,), generator=g)
     uu = torch.rand(300, generator=g, dtype=torch.float64)
     torch.testing.assert_close(
-        quad.sample_table_rows(inverse, rows, uu), quad.sample_table(inverse[rows], uu[:, None])[:, 0]
+        quad.sample_table_rows(inverse, rows, uu),
+        quad.sample_table(inverse[rows], uu[:, None])[:, 0],
     )
