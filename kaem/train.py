@@ -139,6 +139,26 @@ def update_grids(model: KAEM, cfg: TrainConfig, generator: torch.Generator) -> b
     return changed
 
 
+def _check_grid_update(model: nn.Module, cfg: TrainConfig) -> None:
+    """Refuse, before any work, grid updates of a basis that has no grid to update."""
+    g = cfg.grid_update
+    if not (g.enabled and isinstance(model, KAEM)):
+        return
+    bad = []
+    if g.prior and not model.prior.kan.basis.supports_grid_update:
+        bad.append(f"the prior's {type(model.prior.kan.basis).__name__}")
+    if g.generator and isinstance(model.generator, KANGenerator):
+        for i, layer in enumerate(model.generator.layers):
+            if not layer.basis.supports_grid_update:
+                bad.append(f"generator layer {i}'s {type(layer.basis).__name__}")
+    if bad:
+        raise ValueError(
+            f"grid updating is not defined for {', '.join(bad)} (only rbf and bspline bases have "
+            "a grid that follows the samples); set train.grid_update.enabled (or its prior / "
+            "generator flag) to false"
+        )
+
+
 def _as_images(data: Any) -> Tensor:
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
@@ -216,6 +236,7 @@ def train(
             f"training images must have shape (N, {', '.join(map(str, shape))}) for this model, "
             f"got {tuple(images.shape)}"
         )
+    _check_grid_update(model, cfg)
     n = images.shape[0]
     if n < cfg.batch_size:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n} training images")
@@ -291,7 +312,13 @@ def train(
                 and schedule.due(step)
                 and update_grids(model, cfg, rng)
             )
-            loss, metrics = step_fn(model, x, cfg, rng)
+            try:
+                loss, metrics = step_fn(model, x, cfg, rng)
+            except FloatingPointError as exc:
+                raise NonFiniteLossError(
+                    f"training failed at step {step} (epoch {epoch}): {exc}; the last good "
+                    f"checkpoint is {ckpt_path}"
+                ) from exc
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss became {float(loss)} at step {step} (epoch {epoch}); the last good "
@@ -308,7 +335,7 @@ def train(
             seconds = time.perf_counter() - t0
             elapsed += seconds
             if step % cfg.log_every == 0 or step == total:
-                row = {"step": step, "epoch": epoch, "loss": float(loss), **metrics}
+                row = {"step": step, "epoch": epoch, "loss": loss.item(), **metrics}
                 row.update(seconds=seconds, grid_updated=int(grid_updated))
                 if writer is None:
                     writer = csv.DictWriter(log_file, fieldnames=list(row))

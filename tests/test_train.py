@@ -1,0 +1,178 @@
+"""Training loop: logs, grid schedule, checkpoints, exact resumption, clear failures."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kaem.config import TrainConfig, from_dict
+from kaem.model import build_model, load_model
+from kaem.train import NonFiniteLossError, train
+
+MODEL = {
+    "image_shape": [1, 8, 8],
+    "prior": {"widths": [3, 5], "grid_size": 6, "n_nodes": 40},
+    "generator": {"hidden_widths": [10], "grid_size": 6},
+}
+
+
+def _images(n=64, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {
+        "batch_size": 16,
+        "importance_samples": 12,
+        "max_steps": 12,
+        "checkpoint_every": 4,
+        "grid_update": {"frequency": 3, "decay": 0.5, "samples": 20},
+    }
+    base.update(kw)
+    return from_dict(TrainConfig, base)
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_log_grid_schedule_and_checkpoint(tmp_path: Path) -> None:
+    result = train(build_model(MODEL), _images(), _cfg(), tmp_path, device="cpu", progress=False)
+    log = pd.read_csv(result.log)
+    assert list(log["step"]) == list(range(1, 13))
+    assert {"loss", "nll", "ess", "resampled", "mse", "seconds", "grid_updated"} <= set(log)
+    assert np.isfinite(log[["loss", "nll", "ess", "mse"]].to_numpy()).all()
+    assert list(log["epoch"]) == [0] * 4 + [1] * 4 + [2] * 4  # 64 images, batches of 16
+    # First update at step 1; interval 3, then 3 / 0.5 = 6, then 12.
+    assert list(log.loc[log["grid_updated"] == 1, "step"]) == [1, 4, 10]
+    model = load_model(result.checkpoint)
+    torch.testing.assert_close(_state(model), _state(result.model))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_gives_identical_parameters(tmp_path: Path) -> None:
+    full = train(build_model(MODEL), _images(), _cfg(), tmp_path / "a", progress=False)
+    train(build_model(MODEL), _images(), _cfg(max_steps=6), tmp_path / "b", progress=False)
+    resumed = train(build_model(MODEL), _images(), _cfg(), tmp_path / "b", progress=False)
+    assert resumed.steps == 12
+    for key, value in _state(full.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    a, b = pd.read_csv(full.log), pd.read_csv(resumed.log)
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    # Resuming with different training settings is refused, naming the setting.
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(
+            build_model(MODEL), _images(), _cfg(learning_rate=0.1), tmp_path / "b", progress=False
+        )
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, torch
+    from kaem.config import TrainConfig, from_dict
+    from kaem.model import build_model
+    from kaem.train import train
+    import json
+    model_cfg, train_cfg = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    images = torch.from_numpy(np.load(sys.argv[3]))
+    torch.set_num_threads(1)
+    model = build_model(model_cfg)
+    train(model, images, from_dict(TrainConfig, train_cfg), sys.argv[4], progress=False)
+    """
+)
+
+
+@pytest.fixture
+def one_thread():
+    # The killed run uses one thread; reductions must run the same way here to match bit for bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, one_thread) -> None:
+    import json
+
+    data = tmp_path / "images.npy"
+    np.save(data, _images().numpy())
+    train_cfg = {
+        "batch_size": 16,
+        "importance_samples": 12,
+        "max_steps": 400,
+        "checkpoint_every": 3,
+        "grid_update": {"frequency": 3, "decay": 0.5, "samples": 20},
+    }
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            json.dumps(MODEL),
+            json.dumps(train_cfg),
+            str(data),
+            str(out),
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = out / "log.csv"
+        if (
+            (out / "checkpoint.pt").exists()
+            and log.exists()
+            and len(log.read_text().splitlines()) > 8
+        ):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the training run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: mid-step, maybe mid-write
+    proc.wait()
+    cfg = from_dict(TrainConfig, {**train_cfg, "max_steps": 30})
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 0 < killed_at < 30
+    resumed = train(build_model(MODEL), _images(), cfg, out, progress=False)
+    full = train(build_model(MODEL), _images(), cfg, tmp_path / "full", progress=False)
+    for key, value in _state(full.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(full.log).drop(columns="seconds"),
+        pd.read_csv(resumed.log).drop(columns="seconds"),
+    )
+
+
+def test_non_finite_loss_names_the_step(tmp_path: Path) -> None:
+    images = _images().float() / 255
+    order_seeded_run = train(
+        build_model(MODEL), images, _cfg(max_steps=1), tmp_path / "ok", progress=False
+    )
+    assert order_seeded_run.steps == 1
+    images[:] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"at step 1 \(epoch 0\).*NaN or infinite"):
+        train(build_model(MODEL), images, _cfg(), tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    model = build_model(MODEL)
+    with pytest.raises(ValueError, match=r"\(N, 1, 8, 8\).*\(10, 1, 28, 28\)"):
+        train(model, torch.zeros(10, 1, 28, 28), _cfg(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="batch_size 16 exceeds the 8"):
+        train(model, _images(8), _cfg(), tmp_path, progress=False)
+    wavelet = build_model({**MODEL, "prior": {**MODEL["prior"], "basis": "morlet"}})
+    with pytest.raises(ValueError, match="grid updating is not defined"):
+        train(wavelet, _images(), _cfg(), tmp_path / "w", progress=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="corrupt"):
+        train(model, _images(), _cfg(), tmp_path / "c", progress=False)
