@@ -163,6 +163,11 @@ class _EnergyPrior(nn.Module):
     def domain(self) -> tuple[float, float]:
         return (self.reference.low, self.reference.high)
 
+    @property
+    def components_shape(self) -> tuple[int, int]:
+        """``(Q, P)``: the shape of the table of univariate densities ``pi_qp``."""
+        raise NotImplementedError
+
     def _node_energies(self) -> Tensor:
         """Energies ``f_qp`` at every node, shape ``(Q, P, N)``."""
         raise NotImplementedError
@@ -270,6 +275,10 @@ class UnivariateEnergyPrior(_EnergyPrior):
     def event_shape(self) -> tuple[int, int]:
         """Shape of one latent sample, ``(Q, P)``."""
         return (self.kan.out_features, self.kan.in_features)
+
+    @property
+    def components_shape(self) -> tuple[int, int]:
+        return self.event_shape
 
     def _node_energies(self) -> Tensor:
         x = self.nodes[:, None].expand(-1, self.num_inputs)  # (N, P)
@@ -437,6 +446,10 @@ class MixtureEnergyPrior(_EnergyPrior):
     @property
     def event_shape(self) -> tuple[int]:
         return (self.kan.in_features,)
+
+    @property
+    def components_shape(self) -> tuple[int, int]:
+        return (self.kan.in_features, self.kan.out_features)
 
     def proportions(self) -> Tensor:
         """Mixture proportions ``alpha = softmax(a)`` (eq. 17), shape ``(Q, P)``."""

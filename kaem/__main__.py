@@ -1,0 +1,3 @@
+from kaem.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""Self-normalised importance weights and ESS-gated resampling (paper eqs. 33-39).
+
+With the prior as proposal, the importance weight of latent draw ``z_s`` for data point ``x``
+is ``w_s = p(x | z_s) / sum_s' p(x | z_s')``, i.e. a softmax of the log-likelihoods over the
+sample dimension. Everything here stays in log space until the end so that log-likelihoods of
+order -1e4 (images under a Gaussian decoder) do not underflow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kaem.samplers.resampling import Resampler, get_resampler
+
+__all__ = ["effective_sample_size", "normalized_log_weights", "resample_if_needed"]
+
+
+def _shifted(log_w: Tensor, dim: int) -> Tensor:
+    """``log_w`` minus its (detached) maximum along ``dim``, after validation.
+
+    Both results below are invariant to this shift. Doing it explicitly (rather than relying on
+    logsumexp's internal one) matters in float32: log weights near -1e4 are only resolved to
+    about 1e-3, and ``log_w - logsumexp(log_w)`` would inherit that error, whereas the
+    difference to a nearby maximum is exact.
+    """
+    if bool(torch.isnan(log_w).any()):
+        raise ValueError("log weights contain NaN")
+    if bool((log_w == math.inf).any()):
+        raise ValueError("log weights contain +inf")
+    top = log_w.detach().amax(dim=dim, keepdim=True)
+    if not bool(torch.isfinite(top).all()):
+        raise ValueError("log weights are all -inf along the normalised dimension for some row")
+    return log_w - top
+
+
+def normalized_log_weights(log_w: Tensor, dim: int = -1) -> Tensor:
+    """Normalise unnormalised log weights in log space (eqs. 33-38).
+
+    ``log w_s - logsumexp_s' log w_s'``: the result exponentiates to weights summing to 1.
+    Apply it once; a second softmax of already normalised weights (as in the paper's code)
+    flattens them towards uniform.
+
+    Parameters
+    ----------
+    log_w : Tensor, shape (..., S, ...)
+        Unnormalised log weights, e.g. ``log p(x_b | z_s)`` of shape (B, S).
+    dim : int
+        The sample dimension ``S``.
+
+    Returns
+    -------
+    Tensor, same shape as ``log_w``
+        Normalised log weights; ``exp`` sums to 1 along ``dim``.
+    """
+    shifted = _shifted(log_w, dim)
+    return shifted - torch.logsumexp(shifted, dim=dim, keepdim=True)
+
+
+def effective_sample_size(log_w: Tensor, dim: int = -1) -> Tensor:
+    """Effective sample size ``1 / sum_s w_s^2`` of normalised weights (eq. 38).
+
+    Computed from unnormalised log weights as ``exp(2 logsumexp(log w) - logsumexp(2 log w))``,
+    which is invariant to an additive shift of ``log_w`` and never forms ``w`` explicitly.
+
+    Parameters
+    ----------
+    log_w : Tensor, shape (..., S, ...)
+        Unnormalised log weights.
+    dim : int
+        The sample dimension ``S``.
+
+    Returns
+    -------
+    Tensor, shape of ``log_w`` without ``dim``
+        ESS in [1, S].
+    """
+    shifted = _shifted(log_w, dim)
+    return torch.exp(2 * torch.logsumexp(shifted, dim=dim) - torch.logsumexp(2 * shifted, dim=dim))
+
+
+def resample_if_needed(
+    log_w: Tensor,
+    threshold: float,
+    resampler: Resampler | str,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Resample the rows whose ESS falls below ``threshold * S`` (eq. 39).
+
+    Parameters
+    ----------
+    log_w : Tensor, shape (B, S)
+        Unnormalised log weights, one row per data point.
+    threshold : float
+        ``gamma`` in [0, 1]; a row is resampled when ``ESS < gamma * S`` (paper: 0.5).
+    resampler : Resampler or str
+        A function from :mod:`kaem.samplers.resampling` or its registry name.
+    generator : torch.Generator, optional
+        Source of randomness, on the device of ``log_w``.
+
+    Returns
+    -------
+    ancestors : Tensor, shape (B, S), int64
+        Ancestor indices; the identity ``0..S-1`` for rows that were not resampled.
+    weights : Tensor, shape (B, S)
+        Normalised weights to use with ``z[ancestors]``: uniform ``1/S`` for resampled rows,
+        the importance weights otherwise.
+    resampled : Tensor, shape (B,), bool
+        Which rows were resampled.
+    """
+    if log_w.ndim != 2:
+        raise ValueError(f"log_w must have shape (B, S), got shape {tuple(log_w.shape)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    if isinstance(resampler, str):
+        resampler = get_resampler(resampler)
+    n_rows, n_samples = log_w.shape
+
+    weights = normalized_log_weights(log_w, dim=-1).exp()
+    resampled = effective_sample_size(log_w, dim=-1) < threshold * n_samples
+    identity = torch.arange(n_samples, device=log_w.device).expand(n_rows, n_samples)
+    ancestors = identity.clone()
+    if bool(resampled.any()):
+        # Only the degenerate rows consume random numbers; the others keep their weights.
+        ancestors[resampled] = resampler(weights[resampled], generator)
+    weights = torch.where(
+        resampled.unsqueeze(-1), torch.full_like(weights, 1.0 / n_samples), weights
+    )
+    return ancestors, weights, resampled
