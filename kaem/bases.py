@@ -95,6 +95,27 @@ class Basis(nn.Module, ABC):
             Shape ``(..., d, G)``.
         """
 
+    def weighted_sum(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``sum_s weights[s] B(x[s])``: basis values summed over samples with weights.
+
+        Gradients flow to the basis parameters, not to ``x``. This is what a weighted sum of
+        energies needs (the contrastive-divergence term of eq. 16) and subclasses may compute
+        it without materialising every basis value's autograd graph.
+
+        Parameters
+        ----------
+        x
+            Shape ``(S, ..., d)``.
+        weights
+            Shape ``(S,)``.
+
+        Returns
+        -------
+        Tensor
+            Shape ``(..., d, G)``.
+        """
+        return torch.tensordot(weights, self(x.detach()), dims=1)
+
     def refit_grid(self, x: Tensor, uniform_ratio: float) -> None:
         """Move the grid to the samples ``x`` of shape ``(n, d)`` (in place, no gradient)."""
         raise ValueError(
@@ -115,6 +136,17 @@ def _uniform_grid(in_features: int, n_points: int, grid_range: tuple[float, floa
     if not high > low:
         raise ValueError(f"grid_range must satisfy high > low, got {grid_range}")
     return torch.linspace(low, high, n_points).expand(in_features, n_points).clone()
+
+
+#: ``exp(-u^2 / 2)`` is cut off at ``u^2 = 160`` (value ~2e-35): beyond it float32 results
+#: would be subnormal, and subnormal arithmetic is one to two orders of magnitude slower on
+#: x86 CPUs. The cut changes values by less than 2e-35 and zeroes gradients that small.
+_MAX_SQUARED_DISTANCE = 160.0
+
+
+def _gaussian(u: Tensor) -> Tensor:
+    """``exp(-u^2 / 2)``, kept out of the subnormal range."""
+    return torch.exp(-0.5 * u.square().clamp_max(_MAX_SQUARED_DISTANCE))
 
 
 def _local_spacing(grid: Tensor) -> Tensor:
@@ -160,11 +192,45 @@ class _CentredBasis(Basis):
     def mother(self, u: Tensor) -> Tensor:
         """The mother function evaluated at standardised distances ``u``."""
 
+    @abstractmethod
+    def mother_grad(self, u: Tensor) -> Tensor:
+        """Derivative of :meth:`mother` with respect to ``u``."""
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         width = self.spacing * self.tau  # (d, G)
         u = (x[..., None] - self.grid) / width  # (..., d, G)
         return self.mother(u)
+
+    def weighted_sum(self, x: Tensor, weights: Tensor, chunk_elements: int = 2**20) -> Tensor:
+        """``sum_s weights[s] B(x[s])`` in cache-sized chunks, with no autograd graph.
+
+        The only trainable input of a centred basis is ``tau``, and ``d B / d tau =
+        psi'(u) (-u / tau)`` is known in closed form, so its weighted sum is accumulated in the
+        same pass and attached as the first-order term ``(tau - tau_0) dH/dtau``: the value is
+        exact and so is the gradient. For the paper's prior (S = 100 draws of 81 x 40
+        coordinates, G = 20) this is several times faster than differentiating through the
+        6.5 million basis values.
+        """
+        self._check_input(x)
+        n = x.shape[0]
+        track_tau = self.tau.requires_grad and torch.is_grad_enabled()
+        shape = (*x.shape[1:], self.num_bases)
+        chunk = max(1, chunk_elements // max(1, math.prod(shape)))
+        with torch.no_grad():
+            width = self.spacing * self.tau
+            total = x.new_zeros(shape)
+            total_tau = x.new_zeros(shape) if track_tau else None
+            for start in range(0, n, chunk):
+                w = weights[start : start + chunk].detach()
+                u = (x[start : start + chunk, ..., None] - self.grid) / width
+                total += torch.tensordot(w, self.mother(u), dims=1)
+                if track_tau:
+                    total_tau += torch.tensordot(w, self.mother_grad(u).mul_(u), dims=1)
+        if not track_tau:
+            return total
+        tau0 = self.tau.detach()
+        return total - (self.tau - tau0) * (total_tau / tau0)
 
 
 class RBFBasis(_CentredBasis):
@@ -173,7 +239,10 @@ class RBFBasis(_CentredBasis):
     supports_grid_update = True
 
     def mother(self, u: Tensor) -> Tensor:
-        return torch.exp(-0.5 * u.square())
+        return _gaussian(u)
+
+    def mother_grad(self, u: Tensor) -> Tensor:
+        return -u * _gaussian(u)
 
     @torch.no_grad()
     def refit_grid(self, x: Tensor, uniform_ratio: float) -> None:
@@ -196,7 +265,11 @@ class MorletBasis(_CentredBasis):
         self.omega = float(omega)
 
     def mother(self, u: Tensor) -> Tensor:
-        return torch.cos(self.omega * u) * torch.exp(-0.5 * u.square())
+        return torch.cos(self.omega * u) * _gaussian(u)
+
+    def mother_grad(self, u: Tensor) -> Tensor:
+        wu = self.omega * u
+        return -(self.omega * torch.sin(wu) + u * torch.cos(wu)) * _gaussian(u)
 
 
 class MexicanHatBasis(_CentredBasis):
@@ -205,15 +278,20 @@ class MexicanHatBasis(_CentredBasis):
     _norm = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
 
     def mother(self, u: Tensor) -> Tensor:
-        u2 = u.square()
-        return self._norm * (1.0 - u2) * torch.exp(-0.5 * u2)
+        return self._norm * (1.0 - u.square()) * _gaussian(u)
+
+    def mother_grad(self, u: Tensor) -> Tensor:
+        return self._norm * u * (u.square() - 3.0) * _gaussian(u)
 
 
 class DoGWaveletBasis(_CentredBasis):
     """Derivative-of-Gaussian wavelet ``-u exp(-u^2 / 2)`` (Wav-KAN)."""
 
     def mother(self, u: Tensor) -> Tensor:
-        return -u * torch.exp(-0.5 * u.square())
+        return -u * _gaussian(u)
+
+    def mother_grad(self, u: Tensor) -> Tensor:
+        return (u.square() - 1.0) * _gaussian(u)
 
 
 class ChebyshevBasis(Basis):

@@ -148,6 +148,34 @@ class KANLayer(nn.Module):
             spline = spline + self.activation(x) * self.w_base.T
         return spline
 
+    def weighted_edge_sum(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``sum_s weights[s] sum_oi phi_io(x[s, o, i])``, differentiable in the parameters.
+
+        The edges are linear in ``w_base``, ``w_spline`` and the coefficients, so the sum only
+        needs the weighted basis sums of :meth:`Basis.weighted_sum` (and of the base
+        activation): no per-sample autograd graph. Gradients do not flow to ``x``.
+
+        Parameters
+        ----------
+        x
+            Each edge's inputs, shape ``(S, out, in)`` (as for :meth:`edges_at`).
+        weights
+            Shape ``(S,)``.
+
+        Returns
+        -------
+        Tensor
+            Scalar.
+        """
+        self._check(x, (self.out_features, self.in_features), "KANLayer.weighted_edge_sum")
+        x = x.detach()
+        basis = self.basis.weighted_sum(x, weights)  # (out, in, G)
+        total = (torch.einsum("oig,igo->oi", basis, self.coef) * self.w_spline.T).sum()
+        if self.activation is not None:
+            act = torch.tensordot(weights.detach(), self.activation(x), dims=1)  # (out, in)
+            total = total + (act * self.w_base.T).sum()
+        return total
+
     @torch.no_grad()
     def update_grid(self, x: Tensor, uniform_ratio: float = 0.05, ridge: float = 1e-6) -> None:
         """Move the grid to the samples and refit the coefficients (Liu et al. 2024).

@@ -197,7 +197,7 @@ def importance_loss(
     w_bar = w.mean(0)  # (S,): batch-averaged posterior weight of each draw
     generator_term = (w * log_lik).sum(1).mean()
     if isinstance(prior, UnivariateEnergyPrior):
-        prior_term = ((w_bar - 1.0 / n_samples) * prior.energy(post.z)).sum()
+        prior_term = prior.weighted_energy(post.z, w_bar - 1.0 / n_samples)
         penalty = log_lik.new_zeros(())
     else:
         prior_term = (w_bar * prior.log_prob(post.z)).sum()

@@ -21,8 +21,9 @@ between optimiser steps costs only the draws.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +153,7 @@ class _EnergyPrior(nn.Module):
         self.register_buffer("edges", quad.cell_edges(weights, reference.low))  # (N + 1,)
         self.register_buffer("log_reference_nodes", reference.log_density(nodes))  # (N,)
         self._cache_key: tuple | None = None
-        self._cache: _Tables | None = None
+        self._cache: dict[str, Any] = {}
 
     # -- quantities on the quadrature nodes ------------------------------------------------
     @property
@@ -188,18 +189,25 @@ class _EnergyPrior(nn.Module):
             self.table_points,
         )
 
-    @torch.no_grad()
-    def tables(self, with_inverse: bool = False) -> _Tables:
-        """CDF tables (and optionally the inverse-CDF table), cached per parameter version."""
+    def _cached(self, name: str, build: Callable[[], Any]) -> Any:
+        """``build()`` once per parameter version (an optimiser step or grid update bumps it)."""
         key = self._version_key()
-        cached = self._cache if key == self._cache_key else None
-        if cached is None:
-            cdf = quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
-            cached = _Tables(cdf, None)
-        if with_inverse and cached.inverse is None:
-            cached = _Tables(cached.cdf, quad.inverse_cdf_table(cached.cdf, self.table_points))
-        self._cache_key, self._cache = key, cached
-        return cached
+        if key != self._cache_key:
+            self._cache_key, self._cache = key, {}
+        if name not in self._cache:
+            with torch.no_grad():
+                self._cache[name] = build()
+        return self._cache[name]
+
+    def tables(self, with_inverse: bool = False) -> _Tables:
+        """CDF tables of every ``pi_qp`` (and optionally their inverse-CDF tables), cached."""
+        cdf = self._cached(
+            "cdf", lambda: quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
+        )
+        if not with_inverse:
+            return _Tables(cdf, None)
+        inverse = self._cached("inverse", lambda: quad.inverse_cdf_table(cdf, self.table_points))
+        return _Tables(cdf, inverse)
 
     def _use_table(self, n: int) -> bool:
         if self.sampling == "auto":
@@ -259,7 +267,6 @@ class UnivariateEnergyPrior(_EnergyPrior):
             table_threshold=table_threshold,
         )
         self.shared_uniforms = shared_uniforms
-        self._gather_table: tuple[tuple, Tensor] | None = None
 
     @property
     def num_inputs(self) -> int:
@@ -298,6 +305,16 @@ class UnivariateEnergyPrior(_EnergyPrior):
         """
         self._check_z(z)
         return self.kan.edges_at(z).sum(dim=(-2, -1))
+
+    def weighted_energy(self, z: Tensor, weights: Tensor) -> Tensor:
+        """``sum_s weights[s] energy(z[s])`` (scalar), differentiable in the parameters only.
+
+        Equal to ``(weights * self.energy(z)).sum()`` but computed from weighted basis sums
+        (:meth:`kaem.kan.KANLayer.weighted_edge_sum`), which is what makes the
+        contrastive-divergence term of eq. 16 cheap.
+        """
+        self._check_z(z)
+        return self.kan.weighted_edge_sum(z, weights)
 
     def component_log_prob(self, z: Tensor) -> Tensor:
         """Normalised ``log pi_qp(z_qp)`` (eq. 14), shape ``(n, Q, P)``."""
@@ -345,29 +362,27 @@ class UnivariateEnergyPrior(_EnergyPrior):
         return quad.inverse_cdf(u, self.tables().cdf).permute(2, 0, 1)
 
     def _sample_table_shared(self, u: Tensor, chunk: int = 128) -> Tensor:
-        # With u shared across q, every draw (s, p) reads one whole Q-vector of the table: lay
-        # the table out as rows of [value | slope] per (p, grid point) and gather whole rows in
-        # cache-sized chunks. This is the fast path that makes 10^4 samples of 3,240
-        # coordinates cost about as much as writing them.
-        key = self._version_key()
-        if self._gather_table is None or self._gather_table[0] != key:
+        # With u shared across q, every draw (s, p) reads whole Q-vectors of the table: lay it
+        # out as rows of Q values per (p, grid point), gather the two rows around each draw
+        # and interpolate, in cache-sized chunks. This is the fast path that makes 10^4
+        # samples of 3,240 coordinates cost about as much as writing them.
+        def rows() -> Tensor:
             inverse = self.tables(with_inverse=True).inverse  # (Q, P, M + 1)
-            table = inverse.permute(1, 2, 0)  # (P, M + 1, Q)
-            rows = torch.cat([table[:, :-1], table[:, 1:] - table[:, :-1]], dim=-1)
-            self._gather_table = (key, rows.reshape(-1, 2 * table.shape[-1]).contiguous())
-        rows = self._gather_table[1]  # (P * M, 2Q)
+            return inverse.permute(1, 2, 0).reshape(-1, inverse.shape[0]).contiguous()
+
+        table = self._cached("gather_rows", rows)  # (P * (M + 1), Q)
         n, p = u.shape
         q, m = self.latent_dim, self.table_points
         x = u * m
-        idx = x.floor().long().clamp_(0, m - 1)
-        frac = (x - idx)[..., None]  # (n, P, 1)
-        idx = idx + torch.arange(p, device=u.device) * m  # row of (p, grid point)
-        out = torch.empty(n, p, q, dtype=rows.dtype, device=rows.device)
+        idx = x.long().clamp_(0, m - 1)  # truncation is floor for u >= 0
+        frac = x.sub_(idx)[..., None]  # (n, P, 1)
+        idx += torch.arange(p, device=u.device) * (m + 1)  # row of (p, grid point)
+        out = torch.empty(n, p, q, dtype=table.dtype, device=table.device)
         for start in range(0, n, chunk):
-            g = F.embedding(idx[start : start + chunk], rows)  # (c, P, 2Q)
-            torch.addcmul(
-                g[..., :q], g[..., q:], frac[start : start + chunk], out=out[start : start + chunk]
-            )
+            i = idx[start : start + chunk]
+            lo = F.embedding(i, table)  # (c, P, Q)
+            hi = F.embedding(i + 1, table)
+            torch.lerp(lo, hi, frac[start : start + chunk], out=out[start : start + chunk])
         return out.permute(0, 2, 1)  # (n, Q, P)
 
     @torch.no_grad()
@@ -517,10 +532,44 @@ class MixtureEnergyPrior(_EnergyPrior):
             z = quad.inverse_cdf(u.reshape(-1, 1), table)
         return z.reshape(q, n).T, comp.T
 
+    def marginal_tables(self, with_inverse: bool = False) -> tuple[quad.CDFTable, Tensor | None]:
+        """CDF of each coordinate's whole mixture, shape ``(Q, N + 1)`` (and its inverse table).
+
+        Every component lives on the same quadrature cells, so the mixture of their
+        piecewise-constant densities is itself piecewise constant with cell masses
+        ``sum_p alpha_qp m_qpn``: one CDF per coordinate instead of one per component.
+        """
+
+        def build() -> quad.CDFTable:
+            log_mass = torch.log_softmax(self.node_log_density() + self.log_weights, dim=-1)
+            log_alpha = torch.log_softmax(self.logits, dim=-1)[..., None]
+            mixture = torch.logsumexp(log_alpha + log_mass, dim=1)  # (Q, N) log cell masses
+            return quad.build_cdf(mixture, torch.zeros_like(self.log_weights), self.edges)
+
+        cdf = self._cached("marginal_cdf", build)
+        if not with_inverse:
+            return cdf, None
+        inverse = self._cached(
+            "marginal_inverse", lambda: quad.inverse_cdf_table(cdf, self.table_points)
+        )
+        return cdf, inverse
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Exact samples, shape ``(n, Q)``, detached."""
-        return self.sample_with_components(n, generator)[0]
+        """Exact samples, shape ``(n, Q)``, detached.
+
+        Draws from the same distribution as :meth:`sample_with_components` (component, then
+        inverse transform) by inverting each coordinate's mixture CDF (see
+        :meth:`marginal_tables`): one uniform and one lookup per coordinate, whatever the
+        number of components.
+        """
+        self._check_n(n)
+        u = self._uniform((self.latent_dim, n), generator)
+        if self._use_table(n):
+            z = quad.sample_table(self.marginal_tables(with_inverse=True)[1], u)
+        else:
+            z = quad.inverse_cdf(u, self.marginal_tables()[0])
+        return z.T.contiguous()
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

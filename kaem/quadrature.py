@@ -186,11 +186,12 @@ def inverse_cdf(u: Tensor, table: CDFTable) -> Tensor:
     # `right=True` returns the last edge equal to u.
     idx = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True) - 1
     idx = idx.clamp_(0, n_cells - 1)
-    c_lo = torch.gather(cdf, -1, idx)
-    c_hi = torch.gather(cdf, -1, idx + 1)
-    frac = ((u - c_lo) / (c_hi - c_lo).clamp_min(torch.finfo(cdf.dtype).tiny)).clamp_(0.0, 1.0)
-    e_lo = edges[idx]
-    return e_lo + frac * (edges[idx + 1] - e_lo)
+    edges = edges.expand(*cdf.shape)  # gather on an expanded view beats fancy indexing
+    c_lo, e_lo = torch.gather(cdf, -1, idx), torch.gather(edges, -1, idx)
+    idx += 1
+    c_hi, e_hi = torch.gather(cdf, -1, idx), torch.gather(edges, -1, idx)
+    frac = (u - c_lo).div_((c_hi - c_lo).clamp_min_(torch.finfo(cdf.dtype).tiny)).clamp_(0.0, 1.0)
+    return torch.lerp(e_lo, e_hi, frac)
 
 
 def inverse_cdf_table(table: CDFTable, n_points: int) -> Tensor:
@@ -200,7 +201,12 @@ def inverse_cdf_table(table: CDFTable, n_points: int) -> Tensor:
     draw, independent of the number of cells, and friendly to gathers of whole rows. The table
     agrees with :func:`inverse_cdf` at every grid point; between grid points it interpolates
     linearly, so the CDF of table samples differs from the exact piecewise-linear CDF by less
-    than ``1 / M`` (and only in grid cells that contain a cell edge).
+    than ``1 / M`` (and only in grid intervals that contain a cell edge).
+
+    The cell of every grid point is found by merging rather than searching: cell edge ``j``
+    is passed by the grid points ``k >= ceil(M cdf_j)``, so a histogram of those first indices,
+    accumulated along the grid, counts the edges at or below each ``u_k`` (as
+    ``searchsorted(..., right=True)`` would, skipping empty cells) in linear time.
 
     Parameters
     ----------
@@ -214,12 +220,21 @@ def inverse_cdf_table(table: CDFTable, n_points: int) -> Tensor:
     Tensor
         Inverse CDF values, shape ``(..., M + 1)``.
     """
-    cdf = table.cdf
+    cdf, edges = table
+    batch = cdf.shape[:-1]
+    cdf = cdf.reshape(-1, cdf.shape[-1])
+    n_cells = cdf.shape[-1] - 1
+    first = torch.ceil(cdf * n_points).long().clamp_(0, n_points + 1)
+    hist = torch.zeros(cdf.shape[0], n_points + 2, dtype=torch.int32, device=cdf.device)
+    hist.scatter_add_(1, first, torch.ones_like(first, dtype=torch.int32))
+    idx = hist.cumsum(1, dtype=torch.int32)[:, : n_points + 1].long().sub_(1).clamp_(0, n_cells - 1)
     u = torch.linspace(0.0, 1.0, n_points + 1, dtype=cdf.dtype, device=cdf.device)
-    # Nudge the end point inside [0, 1) so it lands in the last non-empty cell.
-    u[-1] = 1.0 - torch.finfo(cdf.dtype).eps
-    u = u.expand(*cdf.shape[:-1], n_points + 1)
-    return inverse_cdf(u, table)
+    edges = edges.expand(cdf.shape[0], -1)  # gather on an expanded view beats fancy indexing
+    c_lo, e_lo = torch.gather(cdf, 1, idx), torch.gather(edges, 1, idx)
+    idx += 1
+    c_hi, e_hi = torch.gather(cdf, 1, idx), torch.gather(edges, 1, idx)
+    frac = (u - c_lo).div_((c_hi - c_lo).clamp_min_(torch.finfo(cdf.dtype).tiny)).clamp_(0.0, 1.0)
+    return torch.lerp(e_lo, e_hi, frac).reshape(*batch, n_points + 1)
 
 
 def sample_table(inverse_table: Tensor, u: Tensor) -> Tensor:
@@ -239,11 +254,11 @@ def sample_table(inverse_table: Tensor, u: Tensor) -> Tensor:
     """
     m = inverse_table.shape[-1] - 1
     x = u * m
-    idx = x.floor().long().clamp_(0, m - 1)
-    frac = x - idx
+    idx = x.long().clamp_(0, m - 1)  # truncation is floor for u >= 0
+    frac = x.sub_(idx)
     lo = torch.gather(inverse_table, -1, idx)
-    hi = torch.gather(inverse_table, -1, idx + 1)
-    return torch.lerp(lo, hi, frac)
+    hi = torch.gather(inverse_table, -1, idx.add_(1))
+    return torch.lerp(lo, hi, frac, out=lo)
 
 
 def sample_table_rows(inverse_table: Tensor, rows: Tensor, u: Tensor) -> Tensor:
@@ -266,7 +281,9 @@ def sample_table_rows(inverse_table: Tensor, rows: Tensor, u: Tensor) -> Tensor:
     """
     m = inverse_table.shape[-1] - 1
     x = u * m
-    idx = x.floor().long().clamp_(0, m - 1)
+    idx = x.long().clamp_(0, m - 1)  # truncation is floor for u >= 0
+    frac = x.sub_(idx)
     flat = inverse_table.reshape(-1)
-    pos = rows * (m + 1) + idx
-    return torch.lerp(flat[pos], flat[pos + 1], x - idx)
+    pos = idx.add_(rows * (m + 1))
+    lo = flat[pos]
+    return torch.lerp(lo, flat[pos.add_(1)], frac, out=lo)
