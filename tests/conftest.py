@@ -1,0 +1,22 @@
+"""Shared test configuration."""
+
+import os
+
+import pytest
+import torch
+
+# The SLURM cluster fixture, for tests that send the workflow to a real scheduler.
+from slurm_cluster import slurm_cluster  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    """Every test starts with the same PyTorch thread count and restores it afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    ci = os.environ.get("CI", "")
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, CI={ci}"
