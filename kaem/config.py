@@ -18,10 +18,13 @@ __all__ = [
     "ConfigError",
     "GeneratorConfig",
     "GridUpdateConfig",
+    "LangevinConfig",
     "ModelConfig",
     "PriorConfig",
     "ReferenceConfig",
+    "ThermodynamicConfig",
     "TrainConfig",
+    "VAEConfig",
     "from_dict",
     "to_dict",
 ]
@@ -122,10 +125,42 @@ class GridUpdateConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Training settings (Tables 4-5)."""
+class LangevinConfig:
+    """Posterior Langevin sampling (App. F.1): ULA-MLE and the thermodynamic criterion.
 
-    criterion: Literal["importance"] = "importance"
+    ``nonfinite``: ``raise`` stops with an error naming the step, temperature and chain;
+    ``halve_and_retry`` halves the step size and redoes the step, at most ``max_retries``
+    times.
+    """
+
+    sampler: Literal["ula", "mala"] = "ula"
+    steps: int = 40
+    step_size: float = 0.005
+    nonfinite: Literal["raise", "halve_and_retry"] = "raise"
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class ThermodynamicConfig:
+    """Power posteriors and the steppingstone criterion (eqs. 21-25, 40; Table 5)."""
+
+    n_temps: int = 5
+    p_start: float = 2.0
+    p_end: float = 0.5
+    n_cycles: int = 0
+    swap_every: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (Tables 4-5).
+
+    ``criterion``: ``importance`` (IS maximum likelihood), ``ula`` (Langevin posterior
+    maximum likelihood), ``thermodynamic`` (steppingstone over power posteriors) or ``elbo``
+    (the VAE baseline).
+    """
+
+    criterion: Literal["importance", "ula", "thermodynamic", "elbo"] = "importance"
     epochs: float = 10.0
     max_steps: int | None = None
     batch_size: int = 100
@@ -136,10 +171,23 @@ class TrainConfig:
     importance_samples: int = 100
     resampler: Literal["residual", "systematic", "stratified", "multinomial"] = "residual"
     ess_threshold: float = 0.5
+    langevin: LangevinConfig = field(default_factory=LangevinConfig)
+    thermodynamic: ThermodynamicConfig = field(default_factory=ThermodynamicConfig)
     grid_update: GridUpdateConfig = field(default_factory=GridUpdateConfig)
     checkpoint_every: int = 500
     log_every: int = 1
-    nonfinite: Literal["raise"] = "raise"
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The VAE baseline (App. F.2.2): CNN encoder, decoder matching the KAEM CNN generator."""
+
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    latent_dim: int = 81
+    encoder_channels: tuple[int, ...] = (32, 64, 128)
+    decoder_channels: tuple[int, ...] = (128, 64, 32)
+    leaky_slope: float = 0.2
+    likelihood_variance: float = 0.25
 
 
 T = TypeVar("T")

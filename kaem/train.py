@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +36,14 @@ from kaem.io import atomic_path, atomic_torch_save, read_checkpoint
 from kaem.losses import importance_loss
 from kaem.model import KAEM
 
-__all__ = ["CRITERIA", "NonFiniteLossError", "TrainResult", "train", "update_grids"]
+__all__ = [
+    "CRITERIA",
+    "NonFiniteLossError",
+    "StepContext",
+    "TrainResult",
+    "train",
+    "update_grids",
+]
 
 #: Keys of the training config that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "max_steps", "checkpoint_every", "log_every"}
@@ -56,13 +63,21 @@ class TrainResult:
     log: Path
 
 
+class StepContext(NamedTuple):
+    """Where a step sits in the run (schedules such as eq. 40 depend on it)."""
+
+    step: int  # 1-based index of the update being computed
+    total: int  # number of updates of the whole run
+
+
 StepFn = Callable[
-    [nn.Module, Tensor, TrainConfig, torch.Generator], tuple[Tensor, dict[str, float]]
+    [nn.Module, Tensor, TrainConfig, torch.Generator, StepContext],
+    tuple[Tensor, dict[str, float]],
 ]
 
 
 def _importance_step(
-    model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator
+    model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator, ctx: StepContext
 ) -> tuple[Tensor, dict[str, float]]:
     loss, info = importance_loss(
         model,
@@ -277,6 +292,7 @@ def train(
                 "step": step,
                 "elapsed": elapsed,
                 "train_config": cfg_dict,
+                "model_kind": type(model).__name__,
                 "model_config": to_dict(model.config) if hasattr(model, "config") else None,
                 "kaem_version": __version__,
             },
@@ -313,7 +329,7 @@ def train(
                 and update_grids(model, cfg, rng)
             )
             try:
-                loss, metrics = step_fn(model, x, cfg, rng)
+                loss, metrics = step_fn(model, x, cfg, rng, StepContext(step, total))
             except FloatingPointError as exc:
                 raise NonFiniteLossError(
                     f"training failed at step {step} (epoch {epoch}): {exc}; the last good "
