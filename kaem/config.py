@@ -142,13 +142,18 @@ class LangevinConfig:
 
 @dataclass(frozen=True)
 class ThermodynamicConfig:
-    """Power posteriors and the steppingstone criterion (eqs. 21-25, 40; Table 5)."""
+    """Power posteriors and the steppingstone criterion (eqs. 21-25, 40; Table 5).
+
+    ``n_temps`` is ``N_t`` (``N_t + 1`` temperatures from 0 to 1); ``chains`` is the number of
+    chains per data point and temperature (the paper: one).
+    """
 
     n_temps: int = 5
     p_start: float = 2.0
     p_end: float = 0.5
     n_cycles: int = 0
     swap_every: int = 1
+    chains: int = 1
 
 
 @dataclass(frozen=True)

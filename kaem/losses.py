@@ -19,9 +19,14 @@ from kaem.samplers import effective_sample_size, resample_if_needed
 __all__ = [
     "ISInfo",
     "ISPosterior",
+    "MLEInfo",
+    "ThermodynamicInfo",
     "importance_loss",
     "importance_posterior",
+    "mle_loss",
     "posterior_weight_matrix",
+    "thermodynamic_integration",
+    "thermodynamic_loss",
 ]
 
 
@@ -212,3 +217,175 @@ def importance_loss(
         sq = (const - log_lik) * (2 * model.likelihood.variance)
         mse = (w * sq).sum(1).mean() / dim
     return loss, ISInfo(log_evidence, post.ess, post.resampled, mse)
+
+
+def _prior_term(model: KAEM, z_post: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The prior part of eq. 4 from posterior samples ``z_post`` of shape ``(n, *event)``.
+
+    Univariate prior: contrastive divergence (eq. 16), ``mean f(z_post) - mean f(z_prior)``
+    with as many fresh inverse-transform prior samples. Mixture prior: the normalised log
+    density (eq. 18), minus the proportion regulariser.
+    """
+    prior = model.prior
+    n = z_post.shape[0]
+    if isinstance(prior, UnivariateEnergyPrior):
+        z_prior = prior.sample(n, generator)
+        weights = torch.cat([z_post.new_full((n,), 1.0 / n), z_post.new_full((n,), -1.0 / n)])
+        return prior.weighted_energy(torch.cat([z_post, z_prior]), weights)
+    return prior.log_prob(z_post).mean() - prior.regulariser()
+
+
+class MLEInfo(NamedTuple):
+    """Diagnostics of :func:`mle_loss`.
+
+    Attributes
+    ----------
+    log_lik
+        ``log p(x_b | z_b)`` at the posterior samples (with training noise), ``(B,)``.
+    mse
+        Mean squared error per pixel of the reconstructions.
+    """
+
+    log_lik: Tensor
+    mse: Tensor
+
+
+def mle_loss(
+    model: KAEM, x: Tensor, z_post: Tensor, *, generator: torch.Generator | None = None
+) -> tuple[Tensor, MLEInfo]:
+    """Maximum likelihood with posterior samples (eq. 4; ULA-MLE of App. F.1).
+
+    ``loss = -(mean_b log p(x_b | z_b) + prior term)`` with the prior term of eq. 16
+    (univariate) or 18 (mixture); the samples ``z_post`` (e.g. from
+    :func:`kaem.posterior.sample_posterior`) carry no gradient (eq. 4).
+
+    Parameters
+    ----------
+    model
+        The KAEM.
+    x
+        Data batch, ``(B, C, H, W)``.
+    z_post
+        One posterior sample per data point, ``(B, *event)``.
+    generator
+        Randomness of the generator noise and of the CD prior samples.
+    """
+    z_post = z_post.detach()
+    x_hat = model.decode(z_post, noise=True, generator=generator)
+    log_lik = model.likelihood.log_prob(x, x_hat)  # (B,)
+    loss = -(log_lik.mean() + _prior_term(model, z_post, generator))
+    with torch.no_grad():
+        mse = (x - x_hat).square().mean()
+    return loss, MLEInfo(log_lik.detach(), mse)
+
+
+class ThermodynamicInfo(NamedTuple):
+    """Diagnostics of :func:`thermodynamic_loss`.
+
+    Attributes
+    ----------
+    steppingstone
+        Steppingstone estimate of ``log p(x_b)`` (eqs. 23-24), ``(B,)``.
+    log_ratios
+        Its terms ``log Z_{t_k} / Z_{t_{k-1}}``, ``(K - 1, B)``.
+    """
+
+    steppingstone: Tensor
+    log_ratios: Tensor
+
+
+def thermodynamic_loss(
+    model: KAEM,
+    x: Tensor,
+    z: Tensor,
+    temperatures: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, ThermodynamicInfo]:
+    """The thermodynamic criterion: steppingstone over power posteriors plus the prior term.
+
+    With ``S`` samples ``z_s^(k-1) ~ p_{t_{k-1}}(z | x)`` at each temperature, eq. 24 gives
+
+        log Z_k / Z_{k-1} ~= log (1/S) sum_s exp((t_k - t_{k-1}) log p(x | z_s^(k-1))),
+
+    summed over ``k`` into the steppingstone estimate of ``log p(x)`` (eq. 23). Its exact
+    gradient telescopes to the MLE gradient ``E_{p_1}[grad log p(x | z)]`` (App. E.0.7), but
+    only if the dependence of each sampling distribution on the parameters is kept: with the
+    samples held fixed, differentiating the estimate gives ``sum_k (t_k - t_{k-1})
+    E_k[grad ll]``, a Riemann sum of ``int_0^1 E_t[grad ll] dt`` instead. The surrogate here
+    adds the score term of ``p_{t_{k-1}}``: its gradient is
+
+        sum_k [ t_k sum_s w_s grad ll(z_s^(k-1)) - t_{k-1} (1/S) sum_s grad ll(z_s^(k-1)) ],
+
+    with ``w = softmax_s((t_k - t_{k-1}) ll)``, which converges to the MLE gradient as
+    temperatures are added (the weighted average estimates ``E_k`` by importance sampling
+    from ``p_{k-1}``). With one sample per temperature (``S = 1``) the weights are all one and
+    the two coincide; the loss value is always the steppingstone estimate. The prior term of
+    eq. 4 uses the ``t = 1`` samples (eq. 16 or 18).
+
+    Parameters
+    ----------
+    model
+        The KAEM.
+    x
+        Data batch, ``(B, C, H, W)``.
+    z
+        Samples of each power posterior, ``(K, S, B, *event)`` (see
+        :func:`kaem.posterior.sample_power_posteriors`), from ``t_0 = 0`` to ``t_{K-1} = 1``.
+    temperatures
+        ``(K,)``, increasing from 0 to 1.
+    generator
+        Randomness of the generator noise and the CD prior samples.
+
+    Returns
+    -------
+    loss, info
+        ``-(mean_b steppingstone_b + prior term)`` and :class:`ThermodynamicInfo`.
+    """
+    n_temps, n_samples, batch = z.shape[:3]
+    if temperatures.shape != (n_temps,):
+        raise ValueError(f"expected {n_temps} temperatures, got shape {tuple(temperatures.shape)}")
+    z = z.detach()
+    t = temperatures.to(x.dtype)
+    # Only t_0 .. t_{K-2} enter the ratios; the t = 1 samples feed the prior term alone.
+    lower = z[:-1].flatten(0, 2)
+    x_hat = model.decode(lower, noise=True, generator=generator)
+    x_hat = x_hat.reshape(n_temps - 1, n_samples, batch, *x.shape[1:])
+    ll = model.likelihood.log_prob(x, x_hat)  # (K - 1, S, B)
+    dt = (t[1:] - t[:-1])[:, None, None]  # (K - 1, 1, 1)
+    log_ratios = torch.logsumexp(dt * ll, dim=1) - math.log(n_samples)  # (K - 1, B)
+    weights = torch.softmax((dt * ll).detach(), dim=1)  # IS weights from p_{k-1} to p_k
+    surrogate = (t[1:, None, None] * weights * ll).sum(1) - (t[:-1, None, None] * ll).mean(1)
+    steppingstone = log_ratios.sum(0)  # (B,)
+    objective = steppingstone.detach() + (surrogate.sum(0) - surrogate.sum(0).detach())
+    loss = -(objective.mean() + _prior_term(model, z[-1].flatten(0, 1), generator))
+    return loss, ThermodynamicInfo(steppingstone.detach(), log_ratios.detach())
+
+
+def thermodynamic_integration(
+    temperatures: Tensor, mean_log_lik: Tensor, var_log_lik: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Trapezium thermodynamic integration of ``log p(x)`` and its variance correction.
+
+    ``sum_k (t_k - t_{k-1}) (E_{k-1}[ll] + E_k[ll]) / 2`` (eqs. 21, 55) and the same minus
+    ``sum_k (t_k - t_{k-1})^2 / 12 (Var_k[ll] - Var_{k-1}[ll])`` (Calderhead and Girolami
+    2009), which removes the trapezium rule's leading error because
+    ``d/dt E_t[ll] = Var_t[ll]``.
+
+    Parameters
+    ----------
+    temperatures
+        ``(K,)`` from 0 to 1.
+    mean_log_lik, var_log_lik
+        ``E_{t_k}[log p(x | z)]`` and ``Var_{t_k}[...]`` per temperature, ``(K, ...)``.
+
+    Returns
+    -------
+    trapezium, corrected
+        Shapes ``(...)``.
+    """
+    t = temperatures.to(mean_log_lik.dtype).reshape(-1, *([1] * (mean_log_lik.ndim - 1)))
+    dt = t[1:] - t[:-1]
+    trapezium = (dt * (mean_log_lik[1:] + mean_log_lik[:-1]) / 2).sum(0)
+    correction = (dt.square() / 12 * (var_log_lik[1:] - var_log_lik[:-1])).sum(0)
+    return trapezium, trapezium - correction

@@ -33,8 +33,16 @@ from kaem import __version__
 from kaem.config import TrainConfig, to_dict
 from kaem.generators import KANGenerator
 from kaem.io import atomic_path, atomic_torch_save, read_checkpoint
-from kaem.losses import importance_loss
+from kaem.losses import (
+    importance_loss,
+    mle_loss,
+    thermodynamic_integration,
+    thermodynamic_loss,
+)
 from kaem.model import KAEM
+from kaem.posterior import sample_posterior, sample_power_posteriors
+from kaem.samplers import cosine_exponent_schedule, power_temperatures
+from kaem.vae import elbo_loss
 
 __all__ = [
     "CRITERIA",
@@ -95,8 +103,85 @@ def _importance_step(
     }
 
 
+def _elbo_step(
+    model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator, ctx: StepContext
+) -> tuple[Tensor, dict[str, float]]:
+    loss, info = elbo_loss(model, x, generator=generator)
+    return loss, {
+        "elbo": float(info.elbo.mean()),
+        "kl": float(info.kl.mean()),
+        "mse": float(info.mse),
+    }
+
+
+def _ula_step(
+    model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator, ctx: StepContext
+) -> tuple[Tensor, dict[str, float]]:
+    lc = cfg.langevin
+    post = sample_posterior(
+        model,
+        x,
+        n_steps=lc.steps,
+        step_size=lc.step_size,
+        sampler=lc.sampler,
+        nonfinite=lc.nonfinite,
+        max_retries=lc.max_retries,
+        generator=generator,
+    )
+    loss, info = mle_loss(model, x, post.z, generator=generator)
+    metrics = {
+        "log_lik": float(info.log_lik.mean()),
+        "mse": float(info.mse),
+        "step_size": post.step_size,
+        "retries": post.retries,
+    }
+    if lc.sampler == "mala":
+        metrics["acceptance"] = post.acceptance
+    return loss, metrics
+
+
+def _thermodynamic_step(
+    model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator, ctx: StepContext
+) -> tuple[Tensor, dict[str, float]]:
+    lc, tc = cfg.langevin, cfg.thermodynamic
+    exponent = cosine_exponent_schedule(ctx.step - 1, ctx.total, tc.p_start, tc.p_end, tc.n_cycles)
+    temperatures = power_temperatures(tc.n_temps, exponent, dtype=x.dtype).to(x.device)
+    population = sample_power_posteriors(
+        model,
+        x,
+        temperatures,
+        n_chains=tc.chains,
+        n_steps=lc.steps,
+        step_size=lc.step_size,
+        swap_every=tc.swap_every,
+        nonfinite=lc.nonfinite,
+        max_retries=lc.max_retries,
+        generator=generator,
+    )
+    loss, info = thermodynamic_loss(model, x, population.z, temperatures, generator=generator)
+    trapezium, corrected = thermodynamic_integration(
+        temperatures, population.trace_mean, population.trace_var
+    )
+    metrics = {
+        "steppingstone": float(info.steppingstone.mean()),
+        "ti_trapezium": float(trapezium.mean()),
+        "ti_corrected": float(corrected.mean()),
+        "exponent": exponent,
+        "step_size": population.step_size,
+        "retries": population.retries,
+    }
+    for k, rate in enumerate(population.swap_rate.tolist()):
+        metrics[f"swap_{k}_{k + 1}"] = rate
+    return loss, metrics
+
+
 #: Criterion name -> step function returning ``(loss, scalar diagnostics)``.
-CRITERIA: dict[str, StepFn] = {"importance": _importance_step}
+CRITERIA: dict[str, StepFn] = {
+    "importance": _importance_step,
+    "ula": _ula_step,
+    "thermodynamic": _thermodynamic_step,
+    "elbo": _elbo_step,
+}
 
 
 def _seed(*words: int) -> int:
@@ -135,22 +220,40 @@ class _GridSchedule:
         self.interval = float(state["interval"])
 
 
-@torch.no_grad()
-def update_grids(model: KAEM, cfg: TrainConfig, generator: torch.Generator) -> bool:
-    """Grid update of the prior energies and of a KAN generator from prior samples.
+def update_grids(model: KAEM, x: Tensor, cfg: TrainConfig, generator: torch.Generator) -> bool:
+    """Grid update of the prior energies and of a KAN generator (Liu et al. 2024).
 
-    With importance sampling every latent the generator sees is a prior draw, so prior samples
-    are exactly the inputs whose range the grids must cover. Returns whether anything changed.
+    The grids must cover the latents the model is evaluated at. With importance sampling
+    every latent is a prior draw, so ``cfg.grid_update.samples`` prior samples are used; with
+    Langevin criteria the chains explore beyond the prior (App. H), so the samples are short-run
+    posterior samples of the batch ``x`` (repeated to reach the sample count). Returns whether
+    anything changed.
     """
     g = cfg.grid_update
+    if cfg.criterion == "importance":
+        with torch.no_grad():
+            z = model.prior.sample(g.samples, generator)
+    else:
+        lc = cfg.langevin
+        reps = -(-g.samples // x.shape[0])
+        z = sample_posterior(
+            model,
+            x.repeat(reps, *([1] * (x.ndim - 1)))[: g.samples],
+            n_steps=lc.steps,
+            step_size=lc.step_size,
+            sampler=lc.sampler,
+            nonfinite=lc.nonfinite,
+            max_retries=lc.max_retries,
+            generator=generator,
+        ).z
     changed = False
-    z = model.prior.sample(g.samples, generator)
-    if g.prior:
-        model.prior.update_grid(z, g.ratio)
-        changed = True
-    if g.generator and isinstance(model.generator, KANGenerator):
-        model.generator.update_grid(model.prior.generator_input(z), g.ratio)
-        changed = True
+    with torch.no_grad():
+        if g.prior:
+            model.prior.update_grid(z, g.ratio)
+            changed = True
+        if g.generator and isinstance(model.generator, KANGenerator):
+            model.generator.update_grid(model.prior.generator_input(z), g.ratio)
+            changed = True
     return changed
 
 
@@ -326,7 +429,7 @@ def train(
                 cfg.grid_update.enabled
                 and isinstance(model, KAEM)
                 and schedule.due(step)
-                and update_grids(model, cfg, rng)
+                and update_grids(model, x, cfg, rng)
             )
             try:
                 loss, metrics = step_fn(model, x, cfg, rng, StepContext(step, total))

@@ -292,6 +292,7 @@ def tempered_ula(
     generator: torch.Generator | None,
     swap_every: int = 1,
     check_finite: bool = True,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[Tensor, TemperingInfo]:
     """Population ULA on the power posteriors with replica swaps (eqs. 11, 12, 25).
 
@@ -325,6 +326,10 @@ def tempered_ula(
     check_finite : bool
         Raise :class:`NonFiniteError` (naming the step and ``(k, b)`` chains) on a non-finite
         value or gradient; when off, only count them.
+    callback : callable, optional
+        Called as ``callback(step, log_lik)`` after every step (and its swap) with the
+        population's log-likelihoods ``(K, B)``, e.g. to accumulate per-temperature averages
+        along the trajectory for thermodynamic integration. Diagnostics only: never fed back.
 
     Returns
     -------
@@ -369,5 +374,7 @@ def tempered_ula(
             state = _TemperedState(*(_swap_rows(x, info.pair, info.accepted) for x in state))
             attempts[info.pair] += 1
             swapped[info.pair] += info.accepted.to(z0.dtype).mean()
+        if callback is not None:
+            callback(i + 1, state.log_lik)
     rate = torch.where(attempts > 0, swapped / attempts.clamp(min=1), math.nan)
     return state.position, TemperingInfo(rate, attempts, state.log_lik, state.log_prior, int(n_bad))
