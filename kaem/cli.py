@@ -57,13 +57,15 @@ def _train(args: argparse.Namespace) -> Path:
     from kaem.data import load_images
     from kaem.model import build_model
     from kaem.train import train
+    from kaem.vae import build_vae
 
     cfg = resolve_run_config(args.preset, args.config, args.set or [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     train_cfg = from_dict(TrainConfig, cfg.get("train"), "train")
-    model = build_model(cfg.get("model", {}), seed=train_cfg.seed)
+    build = build_vae if train_cfg.criterion == "elbo" else build_model
+    model = build(cfg.get("model", {}), seed=train_cfg.seed)
     images, _ = load_images(args.data, "train")
     if args.threads:
         torch.set_num_threads(args.threads)

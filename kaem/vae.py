@@ -238,6 +238,9 @@ def build_vae(cfg: Mapping[str, Any] | VAEConfig, seed: int = 0) -> VAE:
         leaky_slope=cfg.leaky_slope,
         generator=gen,
     )
+    # The first transposed convolution makes the size that the stride-2 layers double up to
+    # the image: 4x4 for SVHN and CelebA (App. F.2.2), 7x7 for 28x28 digits.
+    first_size = max(1, cfg.image_shape[1] // 2 ** len(cfg.decoder_channels))
     decoder = CNNGenerator(
         cfg.latent_dim,
         cfg.image_shape,
@@ -245,6 +248,7 @@ def build_vae(cfg: Mapping[str, Any] | VAEConfig, seed: int = 0) -> VAE:
         leaky_slope=cfg.leaky_slope,
         output_activation="sigmoid",
         generator=gen,
+        first_size=first_size,
     )
     likelihood = GaussianLikelihood(cfg.likelihood_variance)
     vae = VAE(encoder, decoder, likelihood, cfg.latent_dim, cfg.image_shape)

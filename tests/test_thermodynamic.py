@@ -48,13 +48,15 @@ def _gaussian_prior(dim: int, low=-6.0, high=6.0, n_nodes=200) -> UnivariateEner
 
 
 def _linear_gaussian(seed=0, dim=2, pixels=3, variance=0.3):
+    """z ~ N(0, I), x = W z + b + eps: log p(x) = log N(x; b, W W^T + sigma^2 I)."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(pixels, dim, generator=g, dtype=torch.float64)
     bias = torch.randn(pixels, generator=g, dtype=torch.float64) * 0.5
     model = KAEM(_gaussian_prior(dim), LinearGenerator(weight, bias), GaussianLikelihood(variance))
     model = model.double()
     cov = weight @ weight.T + variance * torch.eye(pixels, dtype=torch.float64)
-    x = torch.distributions.MultivariateNormal(bias, cov).sample((4,))
+    chol = torch.linalg.cholesky(cov)
+    x = bias + torch.randn(4, pixels, generator=g, dtype=torch.float64) @ chol.T
     truth = torch.distributions.MultivariateNormal(bias, cov).log_prob(x)
     return model, x.reshape(4, 1, 1, pixels), truth
 
@@ -91,34 +93,32 @@ def test_steppingstone_and_corrected_ti_match_closed_form() -> None:
         n_temps=10,
         exponent=3.0,
         n_chains=256,
-        n_steps=300,
-        step_size=0.002,
+        n_steps=800,
+        step_size=0.01,
         generator=torch.Generator().manual_seed(2),
     )
     # Within the reported Monte Carlo error, up to a small ULA discretisation bias.
-    assert bool(((est.estimate - truth).abs() < 4 * est.stderr + 0.02).all()), (
-        est.estimate - truth,
-        est.stderr,
-    )
-    # The variance-corrected trapezium beats the plain one, and both approach the truth as
-    # temperatures are added.
-    errors, corrected_errors = [], []
-    for n_temps in (2, 6, 20):
-        est = steppingstone_log_evidence(
+    error = (est.estimate - truth).abs()
+    assert bool((error < 3 * est.stderr + 0.05).all()), (error, est.stderr)
+    # Thermodynamic integration: the variance correction removes most of the trapezium
+    # rule's error, and the corrected estimate approaches the truth as temperatures are added.
+    coarse, fine = (
+        steppingstone_log_evidence(
             model,
             x,
             n_temps=n_temps,
             exponent=3.0,
-            n_chains=128,
-            n_steps=300,
-            step_size=0.002,
+            n_chains=64,
+            n_steps=800,
+            step_size=0.01,
             generator=torch.Generator().manual_seed(3),
         )
-        errors.append(float((est.trapezium - truth).abs().mean()))
-        corrected_errors.append(float((est.corrected - truth).abs().mean()))
-    assert corrected_errors[-1] < 0.05
-    assert corrected_errors[-1] < corrected_errors[0] / 5
-    assert corrected_errors[0] < errors[0]
+        for n_temps in (2, 12)
+    )
+    coarse_err = float((coarse.corrected - truth).abs().mean())
+    fine_err = float((fine.corrected - truth).abs().mean())
+    assert coarse_err < float((coarse.trapezium - truth).abs().mean())
+    assert fine_err < 0.15 and fine_err < coarse_err / 4, (coarse_err, fine_err)
 
 
 def test_thermodynamic_integration_on_known_curve() -> None:
@@ -162,46 +162,43 @@ def _generator_grad(model, loss_fn):
 
 
 def test_thermodynamic_gradient_approaches_mle_gradient() -> None:
+    """Eq. 24's gradient, with exact power-posterior samples, converges to the MLE gradient."""
     model = _one_dimensional_model()
+    model.likelihood = GaussianLikelihood(0.01)  # a narrow posterior: IS from the prior is poor
     x = torch.tensor([[[[1.0, -0.4]]]], dtype=torch.float64)
 
     def log_evidence() -> torch.Tensor:  # quadrature, differentiable in the generator
-        t = torch.linspace(-1.0, 2.0, 4001, dtype=torch.float64)
-        lp = model.prior.log_prob(t[:, None, None]) + model.likelihood.log_prob(
-            x, model.decode(t[:, None, None])
-        )
-        return torch.logsumexp(lp, 0) + math.log(3.0 / 4000)
+        t = torch.linspace(-1.0, 2.0, 20_001, dtype=torch.float64)[:, None, None]
+        lp = model.prior.log_prob(t) + model.likelihood.log_prob(x, model.decode(t))
+        return torch.logsumexp(lp, 0) + math.log(3.0 / 20_000)
 
     exact = -_generator_grad(model, lambda: -log_evidence())
-    errors, riemann = [], []
-    for n_temps in (1, 3, 10, 30):
+
+    def rmse(n_temps: int, n_samples: int, reps: int = 6) -> float:
         temps = power_temperatures(n_temps, 1.0, dtype=torch.float64)
-        z = torch.stack(
-            [
-                _exact_power_posterior_samples(model, x, float(t), 4000, seed=k)
-                for k, t in enumerate(temps)
-            ]
-        )  # (K, S)
-        z = z[:, :, None, None, None]  # (K, S, B=1, Q=1, P=1)
-        grad = -_generator_grad(
-            model,
-            lambda z=z, temps=temps: thermodynamic_loss(
-                model, x, z, temps, generator=torch.Generator().manual_seed(0)
-            )[0],
-        )
-        errors.append(float((grad - exact).norm() / exact.norm()))
-        # Differentiating the estimate with the samples held fixed instead (one draw per
-        # temperature): a Riemann sum of int E_t[grad ll] dt, which does not converge to it.
-        grad_fixed = -_generator_grad(
-            model,
-            lambda z=z, temps=temps: thermodynamic_loss(
-                model, x, z[:, :1], temps, generator=torch.Generator().manual_seed(0)
-            )[0],
-        )
-        riemann.append(float((grad_fixed - exact).norm() / exact.norm()))
-    assert errors[-1] < 0.03, errors
-    assert errors[-1] < errors[0] / 5, errors
-    assert riemann[-1] > 5 * errors[-1], (riemann, errors)
+        errors = []
+        for rep in range(reps):
+            z = torch.stack(
+                [
+                    _exact_power_posterior_samples(model, x, float(t), n_samples, 1000 * rep + k)
+                    for k, t in enumerate(temps)
+                ]
+            )[:, :, None, None, None]  # (K, S, B=1, Q=1, P=1)
+            grad = -_generator_grad(
+                model,
+                lambda z=z: thermodynamic_loss(
+                    model, x, z, temps, generator=torch.Generator().manual_seed(0)
+                )[0],
+            )
+            errors.append(float((grad - exact).norm() / exact.norm()) ** 2)
+        return math.sqrt(sum(errors) / reps)
+
+    one, many = rmse(1, 200), rmse(30, 200)
+    assert many < 0.05 and many < one / 3, (one, many)
+    # With one sample per temperature the weights are all one and the gradient is the Riemann
+    # sum of int E_t[grad ll] dt (the estimate differentiated with its samples held fixed):
+    # adding temperatures does not bring it to the MLE gradient.
+    assert rmse(30, 1) > 5 * many
 
 
 def test_posterior_samples_and_nonfinite_policies() -> None:
