@@ -174,7 +174,8 @@ class PopulationSample(NamedTuple):
         trajectory, averaged over its ``S`` chains, ``(K, B)``: the per-temperature
         expectations thermodynamic integration needs (eqs. 21, 55-56).
     swap_rate
-        Acceptance rate of swaps per adjacent pair, ``(K - 1,)``.
+        Acceptance rate of swaps per adjacent pair, ``(K - 1,)``; NaN for the pair
+        ``(t_0 = 0, t_1)`` when ``t_0 = 0``, whose samples are exact prior draws, not a chain.
     step_size, retries
         As in :class:`PosteriorSample`.
     """
@@ -204,9 +205,11 @@ def sample_power_posteriors(
 ) -> PopulationSample:
     """Population ULA on ``p_t(z | x) ∝ p(x | z)^t pi(z)`` with replica swaps (eqs. 12, 25).
 
-    All ``K x S x B`` chains start from exact prior samples and advance as one batched tensor;
-    every ``swap_every`` steps one random adjacent pair of temperatures proposes swaps, decided
-    per chain.
+    All chains start from exact prior samples and advance as one batched tensor; every
+    ``swap_every`` steps one random adjacent pair of temperatures proposes swaps, decided per
+    chain. At ``t_0 = 0`` the power posterior is the prior, so its samples are drawn exactly by
+    the inverse transform rather than by a chain: a population of ``N_t + 1`` temperatures runs
+    ``N_t`` Langevin chains per data point.
 
     Parameters
     ----------
@@ -222,20 +225,26 @@ def sample_power_posteriors(
         As in :func:`sample_posterior`; a non-finite value is reported with its temperature.
     """
     temperatures = torch.as_tensor(temperatures, dtype=x.dtype, device=x.device)
-    n_temps, batch = temperatures.shape[0], x.shape[0]
+    batch = x.shape[0]
     if n_chains < 1:
         raise ValueError(f"n_chains must be at least 1, got {n_chains}")
     prior = model.prior
     log_lik = log_likelihood_fn(model, x)
-    z0 = prior.sample(n_temps * n_chains * batch, generator)
-    z0 = z0.reshape(n_temps, n_chains * batch, *z0.shape[1:])
+    # p_0 is the prior itself: its samples come exactly from the inverse transform, so only
+    # the temperatures t > 0 need Langevin chains (and the population costs N_t chains, not
+    # N_t + 1).
+    exact_prior = bool(temperatures[0] == 0)
+    chained = temperatures[1:] if exact_prior else temperatures
+    n_chained = chained.shape[0]
+    z0 = prior.sample(n_chained * n_chains * batch, generator)
+    z0 = z0.reshape(n_chained, n_chains * batch, *z0.shape[1:])
     state = generator.get_state() if generator is not None else None
     burn_in = n_steps // 2
 
     def run(eta: float) -> tuple:
         if state is not None:
             generator.set_state(state)
-        total = torch.zeros(n_temps, n_chains * batch, dtype=x.dtype, device=x.device)
+        total = torch.zeros(n_chained, n_chains * batch, dtype=x.dtype, device=x.device)
         total_sq = torch.zeros_like(total)
         count = [0]
 
@@ -249,7 +258,7 @@ def sample_power_posteriors(
             prior.log_prob,
             log_lik,
             z0,
-            temperatures,
+            chained,
             step_size=eta,
             n_steps=n_steps,
             generator=generator,
@@ -261,21 +270,28 @@ def sample_power_posteriors(
         return z, info, mean, var
 
     def describe(err: NonFiniteError) -> str:
-        where = [(float(temperatures[k]), b % batch) for k, b in err.chains[:10]]
+        where = [(float(chained[k]), b % batch) for k, b in err.chains[:10]]
         return (
             f"power-posterior ULA produced a non-finite {err.quantity} at step {err.step} in "
             f"chain(s) (temperature, data point) {where}"
         )
 
     (z, info, mean, var), eta, retries = _retrying(run, step_size, nonfinite, max_retries, describe)
-    shape = (n_temps, n_chains, batch)
-    return PopulationSample(
-        z.reshape(*shape, *z.shape[2:]),
-        temperatures,
-        info.log_lik.reshape(shape),
-        mean.reshape(shape).mean(1),
-        var.reshape(shape).mean(1),
-        info.swap_acceptance_rate,
-        eta,
-        retries,
-    )
+    shape = (n_chained, n_chains, batch)
+    z = z.reshape(*shape, *z.shape[2:])
+    ll = info.log_lik.reshape(shape)
+    mean, var = mean.reshape(shape).mean(1), var.reshape(shape).mean(1)
+    swap_rate = info.swap_acceptance_rate
+    if exact_prior:
+        with torch.no_grad():
+            z_prior = prior.sample(n_chains * batch, generator)
+            ll_prior = log_lik(z_prior[None])[0].reshape(n_chains, batch)
+            # E_0[ll] and Var_0[ll] for thermodynamic integration, from a shared set of draws.
+            draws = model.decode(prior.sample(max(64, n_chains), generator))
+            ll_draws = model.likelihood.pairwise_log_prob(x, draws)  # (B, M)
+        z = torch.cat([z_prior.reshape(1, n_chains, batch, *z_prior.shape[1:]), z])
+        ll = torch.cat([ll_prior[None], ll])
+        mean = torch.cat([ll_draws.mean(1)[None], mean])
+        var = torch.cat([ll_draws.var(1)[None], var])
+        swap_rate = torch.cat([swap_rate.new_full((1,), float("nan")), swap_rate])
+    return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries)

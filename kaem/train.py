@@ -171,7 +171,8 @@ def _thermodynamic_step(
         "retries": population.retries,
     }
     for k, rate in enumerate(population.swap_rate.tolist()):
-        metrics[f"swap_{k}_{k + 1}"] = rate
+        if rate == rate:  # the exact t = 0 level takes no swaps (NaN)
+            metrics[f"swap_{k}_{k + 1}"] = rate
     return loss, metrics
 
 
