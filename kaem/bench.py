@@ -190,7 +190,8 @@ def _perturb(model: nn.Module) -> Callable[[], None]:
     return setup
 
 
-BENCHMARKS = (
+#: Benchmarks of the core (NIST IS training, prior sampling against Langevin).
+CORE = (
     "is_step",
     "its_prior",
     "its_prior_warm",
@@ -200,6 +201,18 @@ BENCHMARKS = (
     "its_mixture_svhn_warm",
     "langevin_prior_svhn",
 )
+#: Training steps and generation with the SVHN settings (App. A): ULA-MLE, thermodynamic
+#: steps for several numbers of temperatures, the VAE.
+SVHN = (
+    "ula_step_svhn",
+    "thermo_step_svhn_nt2",
+    "thermo_step_svhn_nt5",
+    "thermo_step_svhn_nt10",
+    "vae_step_svhn",
+    "generate_kaem_svhn",
+    "generate_vae_svhn",
+)
+BENCHMARKS = CORE + SVHN
 
 
 def _benchmark(name: str, device: torch.device, repeats: int, n_samples: int) -> BenchResult:
@@ -220,6 +233,8 @@ def _benchmark(name: str, device: torch.device, repeats: int, n_samples: int) ->
         return measure(
             name, lambda: mixture.sample(n_samples, g), repeats=repeats, device=device, setup=setup
         )
+    if name in SVHN:
+        return _svhn_benchmark(name, device, repeats, n_samples, g)
     nist = preset("nist")
     model: KAEM = build_model(nist["model"]).to(device)
     if name.startswith("its_prior"):
@@ -244,6 +259,35 @@ def _benchmark(name: str, device: torch.device, repeats: int, n_samples: int) ->
 
         return measure(name, is_step, repeats=repeats, device=device, setup=_perturb(model))
     raise ValueError(f"unknown benchmark {name!r}; choose from {list(BENCHMARKS)}")
+
+
+def _svhn_benchmark(
+    name: str, device: torch.device, repeats: int, n_samples: int, g: torch.Generator
+) -> BenchResult:
+    """One training step (loss and gradient) or a generation run with the SVHN settings."""
+    from kaem.train import CRITERIA, StepContext
+    from kaem.vae import build_vae
+
+    vae = "vae" in name
+    cfg = preset("vae_svhn" if vae else "svhn")
+    model = (build_vae(cfg["model"]) if vae else build_model(cfg["model"])).to(device)
+    if name.startswith("generate"):
+        return measure(name, lambda: model.generate(n_samples, g), repeats=repeats, device=device)
+    train_cfg = dict(cfg["train"])
+    if name.startswith("thermo"):
+        n_temps = int(name.rsplit("nt", 1)[1])
+        train_cfg["criterion"] = "thermodynamic"
+        train_cfg["thermodynamic"] = {**train_cfg["thermodynamic"], "n_temps": n_temps}
+    tc = from_dict(TrainConfig, train_cfg)
+    x = torch.rand(tc.batch_size, *model.image_shape, generator=g, device=device)
+    step_fn = CRITERIA[tc.criterion]
+
+    def step() -> None:
+        loss, _ = step_fn(model, x, tc, g, StepContext(1, 40_000))
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    return measure(name, step, repeats=repeats, device=device)
 
 
 def run_benchmarks(
@@ -279,7 +323,7 @@ def run_benchmarks(
         Run each benchmark in its own Python process, so memory peaks and caches of one
         cannot affect another.
     """
-    names = list(only) if only else list(BENCHMARKS)
+    names = list(only) if only else list(CORE)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
@@ -311,6 +355,11 @@ def run_benchmarks(
 
 
 RATIOS = [
+    ("thermo_step_svhn_nt2", "ula_step_svhn"),
+    ("thermo_step_svhn_nt5", "ula_step_svhn"),
+    ("thermo_step_svhn_nt10", "ula_step_svhn"),
+    ("ula_step_svhn", "vae_step_svhn"),
+    ("generate_vae_svhn", "generate_kaem_svhn"),
     ("langevin_prior_3240", "its_prior"),
     ("langevin_prior_81", "its_prior"),
     ("langevin_prior_svhn", "its_mixture_svhn"),
@@ -335,7 +384,16 @@ def main(argv: Sequence[str] | None = None) -> list[BenchResult]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=10_000, help="prior samples per call")
-    parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="benchmarks to run")
+    parser.add_argument(
+        "--only", nargs="*", choices=BENCHMARKS, help="benchmarks to run (default: the core set)"
+    )
+    parser.add_argument(
+        "--suite",
+        choices=["core", "svhn", "all"],
+        default="core",
+        help="core: NIST IS and prior sampling; svhn: training steps and generation with the "
+        "SVHN settings (minutes on a CPU); all: both",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -346,8 +404,12 @@ def main(argv: Sequence[str] | None = None) -> list[BenchResult]:
         result = _benchmark(args.worker, torch.device(args.device), args.repeats, args.samples)
         print(json.dumps(asdict(result)))
         return [result]
+    suites = {"core": CORE, "svhn": SVHN, "all": BENCHMARKS}
     results = run_benchmarks(
-        args.device, repeats=args.repeats, n_samples=args.samples, only=args.only
+        args.device,
+        repeats=args.repeats,
+        n_samples=args.samples,
+        only=args.only or suites[args.suite],
     )
     print(
         f"# kaem.bench on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} "
