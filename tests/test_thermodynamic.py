@@ -322,3 +322,44 @@ def test_nonfinite_training_step_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(NonFiniteLossError, match=r"at step 1 \(epoch 0\).*temperature"):
         train(build_model(TINY), images, cfg, tmp_path, progress=False)
+
+
+def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
+    import json
+
+    from kaem.cli import main
+    from kaem.data import prepare_dataset
+
+    data = prepare_dataset("tiny", tmp_path / "tiny.h5", n_train=64, n_test=8, progress=False)
+    model_cfg = {"image_shape": [1, 8, 8], "prior": TINY["prior"], "generator": TINY["generator"]}
+    (tmp_path / "cfg.yaml").write_text(
+        json.dumps({"model": model_cfg, "train": {"max_steps": 3, "batch_size": 16}})
+    )
+    run = tmp_path / "run"
+    main(["train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(data), "--out", str(run)])
+    out = tmp_path / "evidence.json"
+    main(
+        [
+            "evaluate",
+            str(run),
+            "--data",
+            str(data),
+            "--n-images",
+            "4",
+            "--samples",
+            "200",
+            "--temps",
+            "3",
+            "--chains",
+            "4",
+            "--steps",
+            "30",
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert set(result) == {"importance", "steppingstone", "ti_trapezium", "ti_corrected"}
+    assert result["importance"]["images"] == 4 and result["importance"]["stderr"] > 0
+    assert result["ti_corrected"]["stderr"] is None
+    assert all(math.isfinite(v["mean"]) for v in result.values())
