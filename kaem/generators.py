@@ -187,10 +187,13 @@ class CNNGenerator(Generator):
     latent_dim
         ``Q``.
     image_shape
-        ``(C, H, W)`` with ``H = W = 4 * 2^k``.
+        ``(C, H, W)`` with ``H = W = first_size * 2^k``.
     channels
         Channels of the hidden layers: SVHN ``(128, 64, 32)``, CelebA ``(256, 128, 64, 32)``
         (the image channels ``C`` are appended). Their number fixes the resolution.
+    first_size
+        Side of the first layer's output (its kernel): the paper's 4; 7 makes 28x28 images
+        with two hidden layers.
     leaky_slope
         Negative slope of the LeakyReLU activations.
     output_activation
@@ -208,10 +211,13 @@ class CNNGenerator(Generator):
         leaky_slope: float = 0.2,
         output_activation: str = "sigmoid",
         generator: torch.Generator | None = None,
+        first_size: int = 4,
     ) -> None:
         super().__init__(latent_dim, image_shape, output_activation)
         c, h, w = self.image_shape
-        expected = 4 * 2 ** len(channels)
+        if first_size < 1:
+            raise ValueError(f"first_size must be positive, got {first_size}")
+        expected = first_size * 2 ** len(channels)
         if h != w or h != expected:
             raise ValueError(
                 f"CNN generator with {len(channels)} hidden layers {tuple(channels)} makes "
@@ -220,8 +226,8 @@ class CNNGenerator(Generator):
         widths = [latent_dim, *[int(ch) for ch in channels], c]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
-            stride, padding = (1, 0) if i == 0 else (2, 1)
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride, padding))
+            kernel, stride, padding = (first_size, 1, 0) if i == 0 else (4, 2, 1)
+            layers.append(nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding))
             if i < len(widths) - 2:
                 layers.append(nn.LeakyReLU(leaky_slope))
         self.net = nn.Sequential(*layers)

@@ -288,3 +288,125 @@ def figures_for_run(
         "samples": plot_image_grid(model.generate(100, g), out / "samples.png"),
         "training_curve": plot_training_curve(run_dir / "log.csv", out / "training_curve.png"),
     }
+
+
+# ----------------------------------------------------------------------------- workflow figures
+
+__all__ += ["plot_benchmarks", "plot_extrapolation", "plot_temperature_schedule"]
+
+
+def plot_temperature_schedule(
+    n_temps: int,
+    p_start: float,
+    p_end: float,
+    n_cycles: int,
+    total_steps: int,
+    path: str | os.PathLike,
+) -> Path:
+    """Temperature schedule of thermodynamic training, as the paper's Figs. 10-11.
+
+    Left: the exponent ``p_i`` of eq. 40 over the ``I`` parameter updates (cosine from
+    ``p_start`` to ``p_end`` with ``n_cycles`` cycles). Right: the power-posterior ladder
+    ``t_k = (k / N_t)^{p_i}``, ``k = 0..N_t`` (eqs. 22, 40), one line per temperature.
+    """
+    from kaem.samplers.tempering import cosine_exponent_schedule, power_temperatures
+
+    steps = np.unique(np.linspace(0, total_steps, min(total_steps, 400) + 1).round().astype(int))
+    exponents = np.array(
+        [cosine_exponent_schedule(int(s), total_steps, p_start, p_end, n_cycles) for s in steps]
+    )
+    ladder = np.stack([power_temperatures(n_temps, float(p)).double().numpy() for p in exponents])
+    fig = Figure(figsize=(8.0, 3.0))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.plot(steps, exponents, color="C0")
+    ax.set_xlabel("parameter update i")
+    ax.set_ylabel("exponent p_i")
+    ax.set_title(f"eq. 40: p from {p_start:g} to {p_end:g}, {n_cycles} cycles", fontsize=9)
+    ax = fig.add_subplot(1, 2, 2)
+    colours = [str(c) for c in np.linspace(0.75, 0.0, n_temps + 1)]
+    for k in range(n_temps + 1):
+        ax.plot(steps, ladder[:, k], color=colours[k], linewidth=1.0, label=f"t_{k}")
+    ax.set_xlabel("parameter update i")
+    ax.set_ylabel("temperature t_k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"power posteriors t_k = (k / {n_temps})^p_i", fontsize=9)
+    if n_temps <= 10:
+        ax.legend(fontsize=6, ncol=2, loc="center right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_extrapolation(metrics: dict, path: str | os.PathLike, *, title: str = "") -> Path:
+    """FID and KID against ``1 / N`` with the least-squares line extrapolated to ``1/N = 0``.
+
+    Parameters
+    ----------
+    metrics
+        A metrics mapping (``kaem.scores.cell_metrics``): ``sizes``, ``fid``, ``kid`` and the
+        fits' ``fid_inf``, ``fid_slope``, ``fid_se``, ``fid_r2`` (and the same for KID).
+    path
+        Output image.
+    title
+        Figure title (e.g. the cell name).
+    """
+    x = 1.0 / np.asarray(metrics["sizes"], dtype=float)
+    grid = np.linspace(0.0, x.max() * 1.05, 50)
+    fig = Figure(figsize=(7.0, 2.8))
+    for n, name in enumerate(("fid", "kid")):
+        ax = fig.add_subplot(1, 2, n + 1)
+        y = np.asarray(metrics[name], dtype=float)
+        intercept, slope = metrics[f"{name}_inf"], metrics[f"{name}_slope"]
+        ax.plot(x, y, "o", color="C0", markersize=4, label="random subsets")
+        ax.plot(grid, intercept + slope * grid, color="C1", label="least squares on 1/N")
+        ax.errorbar(
+            [0.0],
+            [intercept],
+            yerr=[metrics.get(f"{name}_se") or 0.0],
+            fmt="s",
+            color="C3",
+            capsize=3,
+            label=f"{name.upper()}_inf = {intercept:.4g}",
+        )
+        ax.set_xlabel("1 / N")
+        ax.set_ylabel(name.upper())
+        ax.set_title(f"{name.upper()}_inf, R^2 = {metrics[f'{name}_r2']:.3f}", fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_benchmarks(results: list[dict], path: str | os.PathLike, *, title: str = "") -> Path:
+    """Median seconds (log scale when they span decades) and peak memory per benchmark.
+
+    Parameters
+    ----------
+    results
+        One mapping per benchmark with ``name``, ``seconds`` and ``peak_mib`` (the
+        ``results`` of ``python -m kaem.bench --json``).
+    path
+        Output image.
+    title
+        Figure title (e.g. the device).
+    """
+    if not results:
+        raise ValueError("no benchmark results to plot")
+    names = [r["name"] for r in results]
+    y = np.arange(len(names))
+    fig = Figure(figsize=(9.0, 0.35 * len(names) + 1.4))
+    for n, (key, label) in enumerate((("seconds", "median seconds"), ("peak_mib", "peak MiB"))):
+        ax = fig.add_subplot(1, 2, n + 1)
+        values = np.asarray([float(r[key]) for r in results])
+        colours = ["C1" if "langevin" in name else "C0" for name in names]
+        ax.barh(y, values, color=colours)
+        ax.set_yticks(y, names if n == 0 else [""] * len(names), fontsize=7)
+        ax.invert_yaxis()
+        if key == "seconds" and (values > 0).all() and values.max() > 20 * values.min():
+            ax.set_xscale("log")  # Langevin and inverse-transform times differ by decades
+        ax.set_xlabel(label)
+        ax.grid(True, axis="x", color="0.9", linewidth=0.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
