@@ -219,10 +219,10 @@ def evaluate_log_evidence(
         x = images[start : start + batch_size]
         if isinstance(model, VAE):
             with torch.no_grad():
-                add(
-                    "iwae_bound",
-                    *importance_weighted_bound(model, x, n_samples=n_samples, generator=g),
+                bound = importance_weighted_bound(
+                    model, x, n_samples=n_samples, generator=g, batch_size=100
                 )
+                add("iwae_bound", *bound)
             continue
         add("importance", *importance_log_evidence(model, x, n_samples=n_samples, generator=g))
         if steppingstone:
