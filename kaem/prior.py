@@ -35,6 +35,7 @@ from kaem.kan import KANLayer
 __all__ = [
     "DEFAULT_DOMAINS",
     "MixtureEnergyPrior",
+    "PriorTables",
     "ReferencePrior",
     "UnivariateEnergyPrior",
 ]
@@ -117,9 +118,19 @@ class ReferencePrior:
         return torch.zeros_like(z)
 
 
-class _Tables(NamedTuple):
-    cdf: quad.CDFTable  # cdf (Q, P, N + 1)
-    inverse: Tensor | None  # (Q, P, M + 1)
+class PriorTables(NamedTuple):
+    """What sampling needs, cached per parameter version.
+
+    Attributes
+    ----------
+    cdf
+        CDF of every ``pi_qp`` at the cell edges, ``cdf`` of shape ``(Q, P, N + 1)``.
+    inverse
+        Tabulated inverse CDFs, ``(Q, P, M + 1)``, or None if not requested.
+    """
+
+    cdf: quad.CDFTable
+    inverse: Tensor | None
 
 
 class _EnergyPrior(nn.Module):
@@ -199,15 +210,15 @@ class _EnergyPrior(nn.Module):
                 self._cache[name] = build()
         return self._cache[name]
 
-    def tables(self, with_inverse: bool = False) -> _Tables:
+    def tables(self, with_inverse: bool = False) -> PriorTables:
         """CDF tables of every ``pi_qp`` (and optionally their inverse-CDF tables), cached."""
         cdf = self._cached(
             "cdf", lambda: quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
         )
         if not with_inverse:
-            return _Tables(cdf, None)
+            return PriorTables(cdf, None)
         inverse = self._cached("inverse", lambda: quad.inverse_cdf_table(cdf, self.table_points))
-        return _Tables(cdf, inverse)
+        return PriorTables(cdf, inverse)
 
     def _use_table(self, n: int) -> bool:
         if self.sampling == "auto":
