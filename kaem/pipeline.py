@@ -1,0 +1,402 @@
+"""The workflow's configuration: schema validation with defaults, and cells built from presets.
+
+The Snakemake workflow (``Snakefile``, ``workflow/``) reads one YAML file describing datasets,
+training *cells* and evaluation settings. :func:`load_config` checks it in two passes before
+any job runs:
+
+1. the JSON schema (``workflow/schemas/config.schema.yaml``): names, types and ranges, with
+   the schema's defaults filled in;
+2. :func:`check_config`: what a schema cannot say, such as a cell naming a dataset that is
+   not configured, an override key that :mod:`kaem.config` does not know, or a model whose
+   image shape differs from its dataset's.
+
+Every error names the offending key (``cells.mnist_is.override: ...``) and all errors are
+reported at once. A cell's settings are its preset (:mod:`kaem.presets`, where the paper's
+numbers live) with ``common_override`` and then the cell's ``override`` merged in
+(:func:`resolve_cell`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import yaml
+from torch import nn
+
+from kaem.config import ConfigError, ModelConfig, TrainConfig, VAEConfig, from_dict
+from kaem.data import DATASETS
+from kaem.presets import PRESETS, merge
+
+__all__ = [
+    "RESERVED_TABLES",
+    "CellInfo",
+    "WorkflowConfigError",
+    "build_cell_model",
+    "cell_info",
+    "cell_sizes",
+    "check_config",
+    "check_models",
+    "job_context",
+    "load_config",
+    "load_schema",
+    "resolve_cell",
+    "resolve_device",
+    "run_key",
+    "validate_config",
+    "write_yaml",
+]
+
+#: Table names the workflow writes itself, so configured tables may not use them.
+RESERVED_TABLES = ("benchmark", "cells", "extractors")
+
+#: Training keys that may change while a run resumes from its checkpoint; kept equal to the
+#: set :func:`kaem.train.train` accepts, so a longer run continues where a shorter one ended.
+RESUMABLE_TRAIN_KEYS = frozenset({"epochs", "max_steps", "checkpoint_every", "log_every"})
+
+_CRITERION_NAMES = {
+    "importance": "IS",
+    "ula": "ULA",
+    "thermodynamic": "thermodynamic",
+    "elbo": "ELBO",
+}
+
+
+class WorkflowConfigError(ConfigError):
+    """The workflow configuration is invalid; the message lists every fault with its key."""
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def load_schema(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON schema written in YAML."""
+    with open(path) as f:
+        schema = yaml.safe_load(f)
+    if not isinstance(schema, dict):
+        raise ValueError(f"{path} does not hold a JSON schema (a mapping)")
+    return schema
+
+
+def _validator_with_defaults(schema: Mapping[str, Any]) -> Any:
+    """A draft 2020-12 validator that also fills in each property's ``default``.
+
+    Defaults are set before the properties are validated, so a default mapping (``{}``) is
+    itself filled from its own properties' defaults as validation descends into it.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+    Draft202012Validator.check_schema(schema)
+    return cls(schema)
+
+
+def _where(path: Any) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    return ".".join(parts).replace(".[", "[") or "config"
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``config`` against ``schema`` and return a copy with the defaults filled in.
+
+    Parameters
+    ----------
+    config
+        The parsed configuration file.
+    schema
+        The JSON schema (:func:`load_schema`).
+
+    Raises
+    ------
+    WorkflowConfigError
+        Listing every violation as ``key.path: message``.
+    """
+    if not isinstance(config, Mapping):
+        raise WorkflowConfigError(f"config: expected a mapping, got {type(config).__name__}")
+    filled = copy.deepcopy(dict(config))
+    validator = _validator_with_defaults(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.path])
+    if errors:
+        lines = [f"{_where(e.path)}: {e.message}" for e in errors]
+        raise WorkflowConfigError(
+            "invalid workflow configuration:\n" + "\n".join(f"  - {x}" for x in lines)
+        )
+    return filled
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+class CellInfo(NamedTuple):
+    """What a cell is: ``(dataset, model, basis, sampler, reference prior)`` and more."""
+
+    name: str
+    dataset: str
+    model: str  # "KAEM" or "VAE"
+    basis: str | None
+    criterion: str  # importance, ula, thermodynamic or elbo
+    sampler: str  # a short label of the criterion
+    reference: str | None
+    prior: str | None  # univariate or mixture
+    generator: str | None  # kan or cnn
+
+
+def resolve_cell(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``{model, train}`` settings of cell ``name``: preset, common and own overrides.
+
+    Parameters
+    ----------
+    config
+        A validated configuration (:func:`load_config`).
+    name
+        A key of ``config["cells"]``.
+    """
+    cells = config["cells"]
+    if name not in cells:
+        raise KeyError(f"no cell {name!r}; configured cells are {sorted(cells)}")
+    cell = cells[name]
+    cfg = merge(PRESETS[cell["preset"]], config.get("common_override") or {})
+    return merge(cfg, cell.get("override") or {})
+
+
+def _is_vae(cfg: Mapping[str, Any]) -> bool:
+    return cfg.get("train", {}).get("criterion") == "elbo"
+
+
+def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
+    """Describe cell ``name`` by its dataset, model, basis, sampler and reference prior."""
+    cfg = resolve_cell(config, name)
+    criterion = cfg["train"].get("criterion", TrainConfig.criterion)
+    dataset = config["cells"][name]["dataset"]
+    if _is_vae(cfg):
+        return CellInfo(name, dataset, "VAE", None, criterion, "ELBO", None, None, None)
+    model = from_dict(ModelConfig, cfg["model"], "model")
+    sampler = _CRITERION_NAMES[criterion]
+    if criterion == "thermodynamic":
+        train = from_dict(TrainConfig, cfg["train"], "train")
+        sampler = f"thermodynamic (N_t={train.thermodynamic.n_temps})"
+    return CellInfo(
+        name,
+        dataset,
+        "KAEM",
+        model.prior.basis,
+        criterion,
+        sampler,
+        model.prior.reference.name,
+        model.prior.kind,
+        model.generator.kind,
+    )
+
+
+def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
+    """Regression sizes of cell ``name`` (its own, else ``metrics.sizes``), ascending."""
+    sizes = config["cells"][name].get("sizes") or config["metrics"]["sizes"]
+    return sorted(int(s) for s in sizes)
+
+
+def run_key(cfg: Mapping[str, Any]) -> str:
+    """A short hash of the settings a training checkpoint depends on.
+
+    Keys that a resumed run may change (:data:`RESUMABLE_TRAIN_KEYS`, such as ``epochs``) are
+    left out, so a longer run continues from a shorter one's checkpoint, while any other
+    change starts afresh in a new folder instead of failing on a mismatched checkpoint.
+    """
+    train = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_TRAIN_KEYS}
+    text = json.dumps({"model": cfg.get("model", {}), "train": train}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
+    cell = config["cells"][name]
+    where = f"cells.{name}"
+    dataset = cell["dataset"]
+    if dataset not in config["datasets"]:
+        yield (
+            f"{where}.dataset: {dataset!r} is not a configured dataset "
+            f"(configured: {', '.join(sorted(config['datasets']))})"
+        )
+        return
+    cfg = resolve_cell(config, name)
+    unknown = sorted(set(cfg) - {"model", "train"})
+    if unknown:
+        yield f"{where}: unknown top-level section(s) {unknown}; use model and train"
+        return
+    vae_preset = cell["preset"].startswith("vae")
+    try:
+        train = from_dict(TrainConfig, cfg.get("train"), "train")
+        model_cls = VAEConfig if vae_preset else ModelConfig
+        model = from_dict(model_cls, cfg.get("model"), "model")
+    except ConfigError as exc:
+        yield f"{where}.override: {exc}"
+        return
+    if vae_preset != (train.criterion == "elbo"):
+        yield (
+            f"{where}.override: train.criterion {train.criterion!r} does not fit preset "
+            f"{cell['preset']!r} (the VAE trains with 'elbo', KAEM with importance, ula or "
+            "thermodynamic)"
+        )
+    spec = DATASETS[dataset]
+    if tuple(model.image_shape) != spec.image_shape:
+        yield (
+            f"{where}.override: model.image_shape {list(model.image_shape)} differs from "
+            f"dataset {dataset!r}'s {list(spec.image_shape)}"
+        )
+    n_train = config["datasets"][dataset].get("n_train") or spec.n_train
+    if train.batch_size > n_train:
+        yield (
+            f"{where}.override: train.batch_size {train.batch_size} exceeds the {n_train} "
+            f"training images of {dataset!r}"
+        )
+
+
+def _check_benchmarks(names: list[str] | None) -> Iterator[str]:
+    if not names:
+        return
+    from kaem.bench import BENCHMARKS
+
+    for bad in sorted(set(names) - set(BENCHMARKS)):
+        yield f"benchmark.only: {bad!r} is not a benchmark of kaem.bench ({', '.join(BENCHMARKS)})"
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Checks beyond the schema, on a configuration whose defaults are filled in.
+
+    Raises
+    ------
+    WorkflowConfigError
+        Listing every fault with its key: unknown datasets of cells, override keys or values
+        that :mod:`kaem.config` rejects, a model whose image shape or criterion does not fit,
+        a classifier extractor for unlabelled data, tables naming unknown cells, unknown
+        benchmarks.
+    """
+    errors: list[str] = []
+    for name in config["cells"]:
+        errors.extend(_cell_errors(config, name))
+    for name, ds in config["datasets"].items():
+        if ds["features"] == "classifier" and DATASETS[name].num_classes == 0:
+            errors.append(
+                f"datasets.{name}.features: {name!r} has no labels to train a classifier on; "
+                "use inception"
+            )
+    for table, spec in (config.get("tables") or {}).items():
+        if table in RESERVED_TABLES:
+            errors.append(
+                f"tables.{table}: the name is reserved for a table the workflow writes itself "
+                f"({', '.join(RESERVED_TABLES)})"
+            )
+        for label, cell in spec["rows"].items():
+            if cell not in config["cells"]:
+                errors.append(f"tables.{table}.rows.{label}: {cell!r} is not a configured cell")
+    if config["benchmark"]["enabled"]:
+        errors.extend(_check_benchmarks(config["benchmark"]["only"]))
+    if errors:
+        raise WorkflowConfigError(
+            "invalid workflow configuration:\n" + "\n".join(f"  - {x}" for x in errors)
+        )
+
+
+def load_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`validate_config` then :func:`check_config`; the filled-in configuration."""
+    filled = validate_config(config, schema)
+    check_config(filled)
+    return filled
+
+
+# ----------------------------------------------------------------------------- run time
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) is CUDA when this process sees a GPU, else the CPU."""
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(name)!r} was asked for, but this machine has no GPU")
+    return device
+
+
+def build_cell_model(cfg: Mapping[str, Any]) -> nn.Module:
+    """The untrained model of a resolved cell (:func:`resolve_cell`), seeded by ``train.seed``."""
+    seed = int(cfg.get("train", {}).get("seed", TrainConfig.seed))
+    if _is_vae(cfg):
+        from kaem.vae import build_vae
+
+        return build_vae(cfg["model"], seed=seed)
+    from kaem.model import build_model
+
+    return build_model(cfg["model"], seed=seed)
+
+
+def check_models(config: Mapping[str, Any]) -> None:
+    """Build every cell's model once, so settings no model accepts stop the run up front.
+
+    Raises
+    ------
+    WorkflowConfigError
+        Naming each cell whose model cannot be built and why (e.g. a CNN whose layers do not
+        make the dataset's image size).
+    """
+    errors = []
+    for name in config["cells"]:
+        try:
+            build_cell_model(resolve_cell(config, name))
+        except (ValueError, TypeError, ConfigError) as exc:
+            errors.append(f"cells.{name}.override: the model cannot be built: {exc}")
+    if errors:
+        raise WorkflowConfigError(
+            "invalid workflow configuration:\n" + "\n".join(f"  - {x}" for x in errors)
+        )
+
+
+def write_yaml(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``data`` as YAML, atomically."""
+    from kaem.io import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False), path)
+    return path
+
+
+@contextlib.contextmanager
+def job_context(log: str | os.PathLike | None, threads: int = 1) -> Iterator[None]:
+    """Run a workflow job: its output and errors go to ``log``, PyTorch uses ``threads``.
+
+    Progress bars (tqdm writes to stderr) and tracebacks end up in the job's log file,
+    which Snakemake shows when a job fails (``--show-failed-logs``).
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    if log is None:
+        yield
+        return
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(log, "w", buffering=1) as f,
+        contextlib.redirect_stderr(f),
+        contextlib.redirect_stdout(f),
+    ):
+        try:
+            yield
+        except BaseException:
+            import traceback
+
+            traceback.print_exc(file=f)
+            raise

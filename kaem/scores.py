@@ -1,0 +1,355 @@
+"""Scores of the workflow: extractors, cached feature files, metrics per cell.
+
+Feature files are ``.npz`` archives holding ``features`` (float32 ``(n, d)``) and ``meta``
+(a JSON text: extractor, source file, image count), written atomically. Real-data features
+are computed once per dataset and shared by every cell; generated features once per cell.
+:func:`cell_metrics` turns a pair of feature files into the paper's effectively unbiased
+FID_inf and KID_inf (section 4.1; Chong and Forsyth, 2020): the metric on random generated
+subsets at each size ``N``, regressed on ``1 / N``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kaem.data import load_images
+from kaem.features import (
+    ClassifierFeatures,
+    InceptionFeatures,
+    extract_features,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from kaem.io import atomic_path, atomic_write_text
+from kaem.metrics import extrapolate_to_infinity, feature_statistics, metric_at_sizes
+
+__all__ = [
+    "EXTRACTORS",
+    "build_extractor",
+    "cell_metrics",
+    "classifier_accuracy",
+    "dataset_features",
+    "fit_classifier",
+    "load_features",
+    "read_json",
+    "sample_features",
+    "save_features",
+    "write_json",
+]
+
+#: Feature extractors a dataset may use.
+EXTRACTORS = ("inception", "classifier")
+
+
+def write_json(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON, atomically. Non-finite floats are written as null."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, np.generic):
+            return clean(v.item())
+        return v
+
+    path = Path(path)
+    atomic_write_text(json.dumps(clean(dict(data)), indent=2) + "\n", path)
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object, naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def save_features(
+    features: np.ndarray, path: str | os.PathLike, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Write features ``(n, d)`` and their metadata to an ``.npz`` file, atomically."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must have shape (n, d), got {features.shape}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, features=features, meta=np.asarray(json.dumps(dict(meta or {}))))
+    return path
+
+
+def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """Features ``(n, d)`` float32 and metadata of a file written by :func:`save_features`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no features file")
+    with np.load(path, allow_pickle=False) as data:
+        if "features" not in data or "meta" not in data:
+            raise ValueError(f"{path}: not a features file (needs features and meta)")
+        return data["features"], json.loads(str(data["meta"]))
+
+
+def build_extractor(
+    kind: str,
+    *,
+    classifier: str | os.PathLike | None = None,
+    inception_weights: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """A feature extractor, uint8 ``(n, C, H, W)`` -> ``(n, d)``.
+
+    Parameters
+    ----------
+    kind
+        ``inception`` (2048-d pool3 features, clean-fid ``mode="clean"``) or ``classifier``
+        (the penultimate layer of a classifier written by :func:`fit_classifier`).
+    classifier
+        The classifier file, for ``kind="classifier"``.
+    inception_weights
+        An explicit Inception TorchScript file; otherwise the caches are searched.
+    device
+        Where the network runs.
+    """
+    if kind == "inception":
+        return InceptionFeatures(inception_weights, device=device)
+    if kind == "classifier":
+        if classifier is None:
+            raise ValueError("the classifier extractor needs the classifier file")
+        return ClassifierFeatures.from_file(classifier, device)
+    raise ValueError(f"unknown feature extractor {kind!r}; choose one of {list(EXTRACTORS)}")
+
+
+def _features_of(
+    batches: np.ndarray | Iterable[np.ndarray],
+    extractor: nn.Module,
+    batch_size: int,
+    device: torch.device | str,
+    progress: bool,
+) -> np.ndarray:
+    return extract_features(
+        batches, extractor, batch_size=batch_size, device=device, progress=progress
+    )
+
+
+def dataset_features(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    extractor: nn.Module,
+    *,
+    kind: str,
+    split: str = "train",
+    max_images: int | None = None,
+    batch_size: int = 200,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Features of the first ``max_images`` images of a prepared dataset's split.
+
+    The split is a seeded random draw from its source (:func:`kaem.data.prepare_dataset`),
+    so its first images are a random subset.
+    """
+    images, _ = load_images(data, split)
+    if max_images is not None:
+        images = images[:max_images]
+    feats = _features_of(images, extractor, batch_size, device, progress)
+    meta = {"extractor": kind, "source": str(data), "split": split, "n": int(feats.shape[0])}
+    return save_features(feats, out, meta)
+
+
+def sample_features(
+    samples: str | os.PathLike,
+    out: str | os.PathLike,
+    extractor: nn.Module,
+    *,
+    kind: str,
+    batch_size: int = 200,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Features of a generated set (:func:`kaem.sampling.write_samples`), streamed in batches."""
+    from kaem.sampling import iter_samples
+
+    feats = _features_of(iter_samples(samples, batch_size), extractor, batch_size, device, progress)
+    meta = {"extractor": kind, "source": str(samples), "n": int(feats.shape[0])}
+    return save_features(feats, out, meta)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+@torch.no_grad()
+def classifier_accuracy(
+    path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
+) -> float:
+    """Fraction of uint8 images ``(n, C, H, W)`` that the saved classifier labels correctly."""
+    model = load_classifier(path)
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    pred = torch.cat([model(b.float() / 255.0).argmax(1) for b in batches])
+    return float((pred.numpy() == labels).mean())
+
+
+def fit_classifier(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    epochs: int = 3,
+    batch_size: int = 128,
+    learning_rate: float = 3e-3,
+    width: int = 16,
+    feature_dim: int = 128,
+    holdout: float = 0.1,
+    max_images: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the feature classifier on a prepared dataset's labels and save it to ``out``.
+
+    A random ``holdout`` fraction of the training images is kept out of training and measures
+    the accuracy; the accuracy on the dataset's test split is reported too.
+
+    Returns
+    -------
+    dict
+        ``holdout_accuracy``, ``test_accuracy``, the image counts and the settings.
+    """
+    images, labels = load_images(data, "train")
+    if max_images is not None:
+        images, labels = images[:max_images], labels[:max_images]
+    if labels.min() < 0:
+        raise ValueError(f"{data}: the dataset has no class labels to train a classifier on")
+    generator = torch.Generator().manual_seed(seed)
+    model, holdout_accuracy = train_classifier(
+        images,
+        labels,
+        test_fraction=holdout,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=learning_rate,
+        width=width,
+        feature_dim=feature_dim,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )
+    save_classifier(model, out)
+    test_images, test_labels = load_images(data, "test")
+    return {
+        "holdout_accuracy": holdout_accuracy,
+        "test_accuracy": classifier_accuracy(out, test_images, test_labels),
+        # the held-out count as train_classifier draws it
+        "n_train": len(images) - max(1, round(holdout * len(images))),
+        "n_test": len(test_images),
+        "epochs": epochs,
+        "feature_dim": feature_dim,
+        "seed": seed,
+    }
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def cell_metrics(
+    real: str | os.PathLike,
+    generated: str | os.PathLike,
+    sizes: Sequence[int],
+    *,
+    seed: int,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """FID and KID at each size and their extrapolations FID_inf and KID_inf (section 4.1).
+
+    For every ``N`` in ``sizes`` a random subset of ``N`` generated images is scored against
+    all real features (:func:`kaem.metrics.metric_at_sizes`); an ordinary least-squares fit
+    on ``1 / N`` gives the intercept, its standard error and ``R^2``
+    (:func:`kaem.metrics.extrapolate_to_infinity`).
+
+    Parameters
+    ----------
+    real, generated
+        Feature files (:func:`save_features`) of the real and generated images, with the
+        same extractor.
+    sizes
+        At least three distinct sizes, none above the generated count.
+    seed
+        Seed of the subset draws.
+
+    Returns
+    -------
+    dict
+        ``sizes``, ``fid`` and ``kid`` (one value per size), ``fid_inf``, ``fid_se``,
+        ``fid_r2``, ``kid_inf``, ``kid_se``, ``kid_r2``, the slopes, the extractor and counts.
+    """
+    real_feats, real_meta = load_features(real)
+    gen_feats, gen_meta = load_features(generated)
+    if real_meta.get("extractor") != gen_meta.get("extractor"):
+        raise ValueError(
+            f"{real} holds {real_meta.get('extractor')!r} features but {generated} holds "
+            f"{gen_meta.get('extractor')!r} features"
+        )
+    sizes = sorted(int(s) for s in sizes)
+    g = torch.Generator().manual_seed(seed)
+    fid = metric_at_sizes(
+        feature_statistics(real_feats),
+        gen_feats,
+        sizes,
+        metric="fid",
+        generator=g,
+        progress=progress,
+    )
+    kid = metric_at_sizes(
+        real_feats,
+        gen_feats,
+        sizes,
+        metric="kid",
+        generator=g,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        progress=progress,
+    )
+    out: dict[str, Any] = {
+        "extractor": real_meta.get("extractor"),
+        "n_real": int(real_feats.shape[0]),
+        "n_generated": int(gen_feats.shape[0]),
+        "sizes": sizes,
+        "fid": fid.tolist(),
+        "kid": kid.tolist(),
+        "seed": seed,
+    }
+    for name, values in (("fid", fid), ("kid", kid)):
+        fit = extrapolate_to_infinity(sizes, values)
+        out.update(
+            {
+                f"{name}_inf": fit.intercept,
+                f"{name}_se": fit.stderr,
+                f"{name}_r2": fit.r2,
+                f"{name}_slope": fit.slope,
+            }
+        )
+    return out

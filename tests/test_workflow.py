@@ -1,0 +1,779 @@
+"""The Snakemake workflow: its configuration checks, the paper's plan, lint, and whole runs.
+
+Fast tests check the pieces the rules call (kaem.pipeline, kaem.sampling, kaem.scores,
+kaem.tables) against closed forms. Tests marked ``workflow`` run Snakemake in a subprocess,
+each in its own temporary directory, on the tiny configuration
+(``tests/workflow_configs/tiny.yaml``: scikit-learn's 8x8 digits, one cell per kind of
+training, tens of steps, a small classifier as feature extractor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from matplotlib.image import imread
+from PIL import Image
+
+from kaem.config import ModelConfig, from_dict
+from kaem.data import load_images
+from kaem.features import find_inception_weights
+from kaem.metrics import extrapolate_to_infinity
+from kaem.model import build_model, load_model
+from kaem.pipeline import (
+    WorkflowConfigError,
+    cell_info,
+    cell_sizes,
+    check_models,
+    load_config,
+    load_schema,
+    resolve_cell,
+    run_key,
+    validate_config,
+)
+from kaem.presets import preset
+from kaem.sampling import iter_samples, read_samples, samples_metadata, write_samples
+from kaem.scores import cell_metrics, load_features, save_features, write_json
+from kaem.tables import (
+    PAPER_TABLES,
+    benchmark_table,
+    metrics_table,
+    to_latex,
+    to_markdown,
+    write_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+SCHEMA = load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")
+TINY = REPO / "tests" / "workflow_configs" / "tiny.yaml"
+PAPER = REPO / "config" / "config.yaml"
+DEMO = REPO / "config" / "demo.yaml"
+
+
+def tiny_config() -> dict:
+    return yaml.safe_load(TINY.read_text())
+
+
+def snakemake_command(workdir: Path, config: Path, *args: str) -> list[str]:
+    """This repository's workflow on ``config`` in ``workdir`` (``--configfile`` takes several
+    values, so it comes before the options that end its list, and the targets)."""
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", str(config)]
+    return [*cmd, "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+
+
+def snakemake(
+    workdir: Path, config: Path, *args: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run :func:`snakemake_command` and capture its output."""
+    return subprocess.run(
+        snakemake_command(workdir, config, *args),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def not_blank(path: Path) -> float:
+    """Fraction of pixels that differ from the image's most common colour."""
+    image = imread(path)[..., :3]
+    flat = image.reshape(-1, 3)
+    colours, counts = np.unique(flat, axis=0, return_counts=True)
+    background = colours[counts.argmax()]
+    return float(np.any(np.abs(flat - background) > 0.02, axis=1).mean())
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_tiny_config_is_valid_and_gets_the_schema_defaults():
+    cfg = load_config(tiny_config(), SCHEMA)
+    assert cfg["sampling"]["seed"] == 1 and cfg["metrics"]["seed"] == 2
+    assert cfg["datasets"]["tiny"]["source"] is None and cfg["datasets"]["tiny"]["download"]
+    assert cfg["features"]["classifier"]["holdout"] == 0.1
+    assert cfg["tables"]["tiny"]["paper"] == "table1"
+    # The input is not modified: defaults go into a copy.
+    raw = tiny_config()
+    validate_config(raw, SCHEMA)
+    assert raw == tiny_config()
+
+
+def test_a_cell_is_its_preset_with_the_common_and_its_own_overrides():
+    cfg = load_config(tiny_config(), SCHEMA)
+    thermo = resolve_cell(cfg, "tiny_thermo")
+    nist = preset("nist")
+    assert thermo["train"]["criterion"] == "thermodynamic"
+    assert thermo["train"]["thermodynamic"]["n_temps"] == 3
+    # untouched preset numbers stay the preset's (paper numbers live once)
+    assert thermo["train"]["learning_rate"] == nist["train"]["learning_rate"]
+    assert thermo["train"]["grid_update"]["decay"] == nist["train"]["grid_update"]["decay"]
+    assert thermo["train"]["grid_update"]["frequency"] == 10
+    assert thermo["train"]["max_steps"] == 30  # common_override
+    assert thermo["model"]["prior"]["widths"] == [4, 9]
+    info = {c: cell_info(cfg, c) for c in cfg["cells"]}
+    assert info["tiny_is"][1:7] == ("tiny", "KAEM", "rbf", "importance", "IS", "gaussian")
+    assert info["tiny_thermo"].sampler == "thermodynamic (N_t=3)"
+    assert info["tiny_vae"].model == "VAE" and info["tiny_vae"].basis is None
+    assert cell_sizes(cfg, "tiny_is") == [100, 150, 200, 250]
+
+
+def test_run_key_ignores_what_a_resumed_run_may_change():
+    cfg = resolve_cell(load_config(tiny_config(), SCHEMA), "tiny_is")
+    longer = copy.deepcopy(cfg)
+    longer["train"]["max_steps"] = 300
+    longer["train"]["epochs"] = 50
+    other = copy.deepcopy(cfg)
+    other["train"]["learning_rate"] = 0.5
+    assert run_key(longer) == run_key(cfg) != run_key(other)
+    # The keys left out are exactly those kaem.train lets a resumed run change.
+    from kaem.pipeline import RESUMABLE_TRAIN_KEYS
+    from kaem.train import _RESUMABLE_KEYS
+
+    assert set(_RESUMABLE_KEYS) == RESUMABLE_TRAIN_KEYS
+
+
+def _set(cfg: dict, dotted: str, value) -> dict:
+    node = cfg
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return cfg
+
+
+def _delete(cfg: dict, dotted: str) -> dict:
+    node = cfg
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node[key]
+    del node[keys[-1]]
+    return cfg
+
+
+DELETE = object()
+
+#: (key of the tiny config to change, its new value or DELETE, what the message must say)
+MALFORMED = [
+    pytest.param("cels", {}, r"config: Additional properties .*'cels' was unexpected", id="cels"),
+    pytest.param(
+        "datasets.mnst", {"features": "classifier"}, r"datasets: 'mnst' is not", id="datasets.mnst"
+    ),
+    pytest.param(
+        "datasets.tiny.n_train",
+        "many",
+        r"datasets\.tiny\.n_train: 'many' is not of type 'integer', 'null'",
+        id="datasets.tiny.n_train",
+    ),
+    pytest.param(
+        "datasets.tiny.features",
+        "vgg",
+        r"datasets\.tiny\.features: 'vgg'",
+        id="datasets.tiny.features",
+    ),
+    pytest.param(
+        "cells.tiny_is.preset",
+        DELETE,
+        r"cells\.tiny_is: 'preset' is a required",
+        id="cells.tiny_is.preset",
+    ),
+    pytest.param(
+        "cells.tiny_is.preset",
+        "mnist",
+        r"cells\.tiny_is\.preset: 'mnist'",
+        id="cells.tiny_is.preset-2",
+    ),
+    pytest.param(
+        "cells.tiny_is.dataset",
+        "svhn",
+        r"cells\.tiny_is\.dataset: 'svhn' is not a configured dataset",
+        id="cells.tiny_is.dataset",
+    ),
+    pytest.param(
+        "cells.tiny_is.override.model.prior.widthz",
+        [2, 3],
+        r"cells\.tiny_is\.override: unknown config key\(s\) model\.prior\.widthz",
+        id="override.model.prior.widthz",
+    ),
+    pytest.param(
+        "cells.tiny_is.override.train.batch_size",
+        "big",
+        r"cells\.tiny_is\.override: train\.batch_size: expected an integer, got 'big'",
+        id="override.train.batch_size",
+    ),
+    pytest.param(
+        "cells.tiny_is.override.train.batch_size",
+        5000,
+        r"train\.batch_size 5000 exceeds the 1500 training images of 'tiny'",
+        id="override.train.batch_size-2",
+    ),
+    pytest.param(
+        "metrics.sizes",
+        [100, 200],
+        r"metrics\.sizes: \[100, 200\] is too short",
+        id="metrics.sizes",
+    ),
+    pytest.param(
+        "metrics.sizes", [1, 100, 200], r"metrics\.sizes\[0\]: 1 is less than", id="metrics.sizes-2"
+    ),
+    pytest.param(
+        "cells.tiny_is.override.model",
+        DELETE,
+        r"model\.image_shape \[1, 28, 28\] differs from dataset 'tiny''s \[1, 8, 8\]",
+        id="override.model",
+    ),
+    pytest.param(
+        "cells.tiny_is.override.train.criterion",
+        "elbo",
+        r"cells\.tiny_is\.override: train\.criterion 'elbo' does not fit preset 'nist'",
+        id="override.train.criterion",
+    ),
+    pytest.param(
+        "cells.tiny_is.override.train.criterion",
+        "gibbs",
+        r"train\.criterion: 'gibbs' is not one of",
+        id="override.train.criterion-2",
+    ),
+    pytest.param(
+        "datasets.celeba",
+        {"features": "classifier"},
+        r"datasets\.celeba\.features: 'celeba' has no labels",
+        id="datasets.celeba",
+    ),
+    pytest.param(
+        "tables.tiny.rows.MLE",
+        "nope",
+        r"tables\.tiny\.rows\.MLE: 'nope' is not a configured cell",
+        id="tables.tiny.rows.MLE",
+    ),
+    pytest.param(
+        "tables.cells", {"title": "x", "rows": {"a": "tiny_is"}}, r"reserved", id="tables.cells"
+    ),
+    pytest.param(
+        "tables.tiny.paper", "table9", r"tables\.tiny\.paper: 'table9'", id="tables.tiny.paper"
+    ),
+    pytest.param(
+        "benchmark.only",
+        ["its_prior", "warp"],
+        r"benchmark\.only: 'warp' is not a benchmark",
+        id="benchmark.only",
+    ),
+    pytest.param(
+        "cells.a/b", {"dataset": "tiny", "preset": "nist"}, r"'a/b' does not", id="cells.a/b"
+    ),
+    pytest.param("device", "tpu", r"device: 'tpu' is not one of", id="device"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), MALFORMED)
+def test_malformed_configs_are_rejected_naming_the_fault(key, value, message):
+    bad = _delete(tiny_config(), key) if value is DELETE else _set(tiny_config(), key, value)
+    with pytest.raises(WorkflowConfigError, match=message):
+        load_config(bad, SCHEMA)
+
+
+def test_every_fault_of_a_config_is_reported_at_once():
+    bad = _set(_set(tiny_config(), "datasets.tiny.seed", -1), "sampling.batch_size", 0)
+    with pytest.raises(WorkflowConfigError) as err:
+        load_config(bad, SCHEMA)
+    assert "datasets.tiny.seed: -1" in str(err.value)
+    assert "sampling.batch_size: 0" in str(err.value)
+
+
+def test_a_model_that_cannot_be_built_is_named_before_any_job():
+    cfg = load_config(
+        _set(tiny_config(), "cells.tiny_vae.override.model.encoder_channels", [8, 8, 8, 8]), SCHEMA
+    )
+    with pytest.raises(WorkflowConfigError, match=r"cells\.tiny_vae\.override: the model cannot"):
+        check_models(cfg)
+
+
+# ----------------------------------------------------------------------------- kaem pieces
+
+
+def test_samples_are_written_in_batches_reproducibly_and_read_back(tmp_path):
+    model = build_model(
+        from_dict(ModelConfig, resolve_cell(load_config(tiny_config(), SCHEMA), "tiny_is")["model"])
+    )
+    path = write_samples(
+        model,
+        tmp_path / "s.h5",
+        23,
+        generator=torch.Generator().manual_seed(5),
+        batch_size=10,
+        progress=False,
+        attrs={"cell": "c", "seed": 5, "settings": {"a": 1}},
+    )
+    images = read_samples(path)
+    assert images.shape == (23, 1, 8, 8) and images.dtype == np.uint8
+    meta = samples_metadata(path)
+    assert meta["n"] == 23 and meta["seed"] == 5 and json.loads(meta["settings"]) == {"a": 1}
+    # Batches are draws of one generator in order: the same as one big call.
+    expected = model.generate(10, torch.Generator().manual_seed(5))
+    assert np.array_equal(images[:10], (expected * 255).round().to(torch.uint8).numpy())
+    assert [len(b) for b in iter_samples(path, 8)] == [8, 8, 7]
+    assert np.array_equal(np.concatenate(list(iter_samples(path, 8))), images)
+    assert images.std() > 0
+
+
+def test_a_failed_sampling_leaves_no_file(tmp_path):
+    class Broken(torch.nn.Module):
+        calls = 0
+
+        def generate(self, n, generator=None):
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("generator failed")
+            return torch.rand(n, 1, 4, 4, generator=generator)
+
+    with pytest.raises(RuntimeError, match="generator failed"):
+        write_samples(Broken(), tmp_path / "s.h5", 20, generator=torch.Generator(), batch_size=10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cell_metrics_recover_the_frechet_distance_of_shifted_gaussians(tmp_path):
+    """Real N(0, I) against generated N(mu, I): FID_inf = |mu|^2; identical distributions give
+    FID_inf = KID_inf = 0 although FID at every finite N is biased upwards (slope > 0)."""
+    rng = np.random.default_rng(0)
+    d, shift = 6, np.array([1.0, -0.5, 0.5, 0.0, 0.0, 0.25])
+    meta = {"extractor": "x"}
+    real = save_features(rng.standard_normal((40_000, d)), tmp_path / "r.npz", meta)
+    gen = save_features(rng.standard_normal((4_000, d)) + shift, tmp_path / "g.npz", meta)
+    same = save_features(rng.standard_normal((4_000, d)), tmp_path / "s.npz", meta)
+    sizes = [500, 1000, 2000, 4000]
+    kid = {"kid_subsets": 20, "kid_subset_size": 500, "progress": False}
+    out = cell_metrics(real, gen, sizes, seed=0, **kid)
+    target = float(shift @ shift)  # 1.5625
+    assert abs(out["fid_inf"] - target) < 5 * out["fid_se"] + 0.03
+    fit = extrapolate_to_infinity(out["sizes"], out["fid"])
+    assert out["fid_inf"] == pytest.approx(fit.intercept) and 0 <= out["fid_r2"] <= 1
+    assert out["fid_se"] == pytest.approx(fit.stderr) and out["kid_inf"] > 0.05
+    null = cell_metrics(real, same, sizes, seed=0, **kid)
+    assert min(null["fid"]) > 0 and null["fid_slope"] > 5  # the 1/N bias being removed
+    assert abs(null["fid_inf"]) < 0.02 and abs(null["kid_inf"]) < 0.01
+    # Features of different extractors are never compared.
+    other = save_features(np.zeros((10, d)), tmp_path / "o.npz", {"extractor": "y"})
+    with pytest.raises(ValueError, match=r"'x' features but .* holds 'y' features"):
+        cell_metrics(real, other, [2, 3, 4], seed=0)
+
+
+def test_features_files_round_trip(tmp_path):
+    feats = np.arange(12, dtype=np.float32).reshape(4, 3)
+    path = save_features(feats, tmp_path / "f.npz", {"extractor": "classifier", "n": 4})
+    back, meta = load_features(path)
+    assert np.array_equal(back, feats) and meta == {"extractor": "classifier", "n": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz"]  # no temporary left
+
+
+def test_metrics_tables_put_the_papers_values_beside_ours(tmp_path):
+    ours = {
+        "fid_inf": 80.0,
+        "fid_se": 0.5,
+        "fid_r2": 0.9,
+        "kid_inf": 0.07,
+        "kid_se": 1e-4,
+        "kid_r2": 0.5,
+    }
+    df = metrics_table({"MLE": ("svhn_mle", ours), "Extra": ("x", {})}, "table1")
+    mle = df.set_index("model").loc["MLE"]
+    assert mle["FID_inf"] == 80.0 and mle["paper FID_inf"] == 97.61
+    assert mle["paper KID SE"] == PAPER_TABLES["table1"]["rows"]["MLE"]["KID SE"] == 0.00021
+    extra = df.set_index("model").loc["Extra"]
+    assert math.isnan(extra["FID_inf"]) and math.isnan(extra["paper FID_inf"])
+    md = to_markdown(df, "Table 1")
+    assert "| MLE | svhn_mle | 80.00 | 0.5 | 0.900 | 0.0700 |" in md and "| Extra | x | - |" in md
+    tex = to_latex(df, "FID_inf & KID_inf", "tab:t1")
+    assert r"\caption{FID\_inf \& KID\_inf}" in tex and r"\toprule" in tex
+    assert tex.count(r"\\") == 3  # header and two rows
+    paths = write_table(df, tmp_path / "t1", title="Table 1")
+    assert pd.read_csv(paths["csv"]).equals(df)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.csv", "t1.md", "t1.tex"]
+
+
+def test_the_benchmark_table_lists_timings_then_speed_ups_with_the_papers_claims():
+    bench = {
+        "device": "cpu",
+        "results": [
+            {"name": "generate_kaem_svhn", "seconds": 0.5, "peak_mib": 300.0, "repeats": 3},
+            {"name": "generate_vae_svhn", "seconds": 2.0, "peak_mib": 100.0, "repeats": 3},
+        ],
+        "ratios": {"generate_vae_svhn/generate_kaem_svhn": 4.0},
+    }
+    df = benchmark_table(bench).set_index("benchmark")
+    assert df.loc["generate_kaem_svhn", "seconds"] == 0.5
+    assert math.isnan(df.loc["generate_kaem_svhn", "speed-up"])
+    assert df.loc["generate_vae_svhn/generate_kaem_svhn", "speed-up"] == 4.0
+    assert "faster than the VAE" in df.loc["generate_vae_svhn/generate_kaem_svhn", "paper"]
+    assert "| 4x |" in to_markdown(df.reset_index())
+
+
+# ----------------------------------------------------------------------------- the paper's plan
+
+
+@pytest.mark.workflow
+def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
+    proc = snakemake(tmp_path, PAPER, "--dry-run")
+    assert_ok(proc)
+    out = proc.stdout + proc.stderr
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], re.M))
+    # App. G.1: 2 NIST datasets x 4 reference priors; Tables 1-2: SVHN and CelebA x (MLE,
+    # Thermo, VAE); App. H: SVHN and CelebA x (MLE, Thermo) with RBF bases.
+    cells = 2 * 4 + 2 * 3 + 2 * 2
+    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == cells == 18
+    assert int(stats["prepare_data"]) == 4 and int(stats["classifier"]) == 2
+    assert int(stats["features_real"]) == 4 and int(stats["features_generated"]) == cells
+    assert int(stats["benchmark"]) == int(stats["figures"]) == int(stats["tables"]) == 1
+    assert int(stats["total"]) == 86
+    planned = set(re.findall(r"rule train:.*?wildcards: cell=(\w+)", out, re.S))
+    assert planned == set(yaml.safe_load(PAPER.read_text())["cells"])
+    # Colour datasets train on a GPU; the criterion of every cell is the paper's.
+    cfg = load_config(yaml.safe_load(PAPER.read_text()), SCHEMA)
+    criteria = {c: cell_info(cfg, c).criterion for c in cfg["cells"]}
+    assert [c for c, k in criteria.items() if k == "thermodynamic"] == [
+        "svhn_thermo",
+        "svhn_rbf_thermo",
+        "celeba_thermo",
+        "celeba_rbf_thermo",
+    ]
+    assert {k for c, k in criteria.items() if c.endswith("mle")} == {"ula"}
+    assert cell_sizes(cfg, "svhn_mle")[-1] == 20_000 and cell_sizes(cfg, "svhn_rbf_mle") == list(
+        range(1000, 3001, 200)
+    )
+    assert {t["paper"] for t in cfg["tables"].values()} >= set(PAPER_TABLES)
+
+
+@pytest.mark.workflow
+def test_the_workflow_lints_clean(tmp_path):
+    proc = snakemake(tmp_path, TINY, "--lint")
+    assert_ok(proc)
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_a_bad_config_stops_snakemake_before_any_job(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", _set(tiny_config(), "metrics.seed", "zero"))
+    proc = snakemake(tmp_path, bad, "--cores", "1")
+    assert proc.returncode != 0
+    assert "metrics.seed: 'zero' is not of type 'integer'" in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+# ----------------------------------------------------------------------------- the tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole tiny workflow, once for the tests below (about a minute on two cores)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    proc = snakemake(workdir, TINY, "--cores", "2")
+    assert_ok(proc)
+    return workdir
+
+
+@pytest.mark.workflow
+def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
+    tables = tiny_run / "results" / "tables"
+    cfg = load_config(tiny_config(), SCHEMA)
+    for name in ("tiny", "cells", "extractors", "benchmark"):
+        for ext in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{ext}").stat().st_size > 0
+    ours = ["FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2"]
+    tiny = pd.read_csv(tables / "tiny.csv")
+    assert list(tiny["model"]) == ["MLE", "Thermo", "VAE"]
+    assert list(tiny["cell"]) == ["tiny_is", "tiny_thermo", "tiny_vae"]
+    assert np.isfinite(tiny[ours].to_numpy()).all()
+    assert (tiny["FID_inf"] > 0).all() and tiny[["FID R2", "KID R2"]].le(1).all().all()
+    assert list(tiny["paper FID_inf"]) == [97.61, 148.84, 62.83]
+    cells = pd.read_csv(tables / "cells.csv")
+    assert list(cells["cell"]) == list(cfg["cells"])
+    assert list(cells["sampler"]) == ["IS", "thermodynamic (N_t=3)", "ELBO"]
+    assert (cells["steps"] == 30).all() and np.isfinite(cells[ours].to_numpy()).all()
+    extractors = pd.read_csv(tables / "extractors.csv")
+    assert list(extractors["dataset"]) == ["tiny"]
+    # The tiny classifier is a real classifier: far above the 10% of guessing.
+    assert extractors["holdout accuracy"].iloc[0] > 0.8
+    assert extractors["test accuracy"].iloc[0] > 0.7
+    bench = pd.read_csv(tables / "benchmark.csv").set_index("benchmark")
+    runs = bench.loc[["its_prior", "langevin_prior_81", "is_step"]]
+    assert (runs["seconds"] > 0).all() and np.isfinite(runs["peak MiB"]).all()
+    ratio = bench.loc["langevin_prior_81/its_prior", "speed-up"]
+    assert ratio == pytest.approx(
+        runs.loc["langevin_prior_81", "seconds"] / runs.loc["its_prior", "seconds"], rel=1e-6
+    )
+    assert "| MLE | tiny_is |" in (tables / "tiny.md").read_text()
+    assert r"\begin{tabular}" in (tables / "tiny.tex").read_text()
+
+
+@pytest.mark.workflow
+def test_tiny_run_figures_exist_and_are_not_blank(tiny_run):
+    figures = tiny_run / "results" / "figures"
+    expected = ["benchmark.png"]
+    for cell in ("tiny_is", "tiny_thermo", "tiny_vae"):
+        expected += [f"{cell}/{k}.png" for k in ("samples", "training_curve", "extrapolation")]
+    for cell in ("tiny_is", "tiny_thermo"):  # KAEM cells: the learned priors (Fig. 3)
+        expected += [f"{cell}/prior_grid.png", f"{cell}/prior_top.png"]
+    expected.append("tiny_thermo/temperature_schedule.png")  # Figs. 10-11
+    found = sorted(str(p.relative_to(figures)) for p in figures.rglob("*.png"))
+    assert found == sorted(expected)
+    for name in expected:
+        assert not_blank(figures / name) > 0.01, name
+
+
+@pytest.mark.workflow
+def test_tiny_run_artifacts_carry_their_settings_and_seeds(tiny_run):
+    res = tiny_run / "results"
+    cfg = load_config(tiny_config(), SCHEMA)
+    for cell in cfg["cells"]:
+        # The resolved settings are written next to the trained model.
+        written = yaml.safe_load((res / "train" / cell / "config.yaml").read_text())
+        assert written == resolve_cell(cfg, cell)
+        assert (res / "train" / cell / f"work-{run_key(written)}" / "checkpoint.pt").exists()
+        meta = samples_metadata(res / "samples" / f"{cell}.h5")
+        assert meta["n"] == 250 and meta["seed"] == 1 and meta["cell"] == cell
+        metrics = json.loads((res / "metrics" / f"{cell}.json").read_text())
+        assert metrics["sizes"] == [100, 150, 200, 250] and metrics["seed"] == 2
+        assert metrics["n_generated"] == 250 and metrics["n_real"] == 1500
+        assert metrics["extractor"] == "classifier"
+        feats, fmeta = load_features(res / "features" / "cells" / f"{cell}.npz")
+        assert feats.shape == (250, 16) and fmeta["n"] == 250
+    # The generated set is reproducible from the trained model and the recorded seed.
+    model = load_model(res / "train" / "tiny_is" / "model.pt")
+    again = model.generate(100, torch.Generator().manual_seed(1))
+    stored = read_samples(res / "samples" / "tiny_is.h5", 0, 100)
+    assert np.array_equal(stored, (again * 255).round().to(torch.uint8).numpy())
+    real, rmeta = load_features(res / "features" / "tiny" / "real.npz")
+    assert real.shape == (1500, 16) and rmeta["extractor"] == "classifier"
+    # Logs of every job exist (progress bars and results go there).
+    assert "trained 30 steps" in (tiny_run / "logs" / "train" / "tiny_is.log").read_text()
+    assert "FID_inf" in (tiny_run / "logs" / "metrics" / "tiny_vae.log").read_text()
+
+
+@pytest.mark.workflow
+def test_tiny_run_is_complete_and_a_finished_cell_is_never_retrained(tiny_run):
+    proc = snakemake(tiny_run, TINY, "--dry-run")
+    assert_ok(proc)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    model = tiny_run / "results" / "train" / "tiny_thermo" / "model.pt"
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    log_before = (model.parent / "log.csv").read_text()
+    # Even when Snakemake is told to rerun the job, the finished checkpoint makes it a no-op.
+    proc = snakemake(tiny_run, TINY, "--cores", "1", "--force", str(model.relative_to(tiny_run)))
+    assert_ok(proc)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+    assert (model.parent / "log.csv").read_text() == log_before
+    job_log = (tiny_run / "logs" / "train" / "tiny_thermo.log").read_text()
+    assert "trained 30 steps" in job_log and re.search(r"\b30/30\b", job_log)
+    assert not re.search(r"\b(?:[0-9]|[12][0-9])/30\b", job_log)  # no step was computed
+
+
+@pytest.mark.workflow
+def test_tiny_run_builds_an_html_report_with_every_figure_and_table(tiny_run):
+    report = tiny_run / "report.html"
+    proc = snakemake(tiny_run, TINY, "--report", str(report))
+    assert_ok(proc)
+    html = report.read_text()
+    for name in (
+        "temperature_schedule.png",
+        "prior_top.png",
+        "benchmark.png",
+        "tiny.csv",
+        "extractors.csv",
+        "Fig. 3",
+        "Chong and Forsyth",
+    ):
+        assert name in html, name
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+@pytest.mark.workflow
+def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
+    cfg = tiny_config()
+    cfg["cells"] = {"tiny_thermo": cfg["cells"]["tiny_thermo"]}
+    cfg["cells"]["tiny_thermo"]["override"]["train"].update(max_steps=100, checkpoint_every=5)
+    cfg["tables"] = {}
+    config = write_config(tmp_path / "resume.yaml", cfg)
+    target = "results/train/tiny_thermo/model.pt"
+    cmd = snakemake_command(tmp_path, config, "--cores", "1", target)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    work = tmp_path / "results" / "train" / "tiny_thermo"
+    checkpoints: list[Path] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            checkpoints = list(work.glob("work-*/checkpoint.pt"))
+            if checkpoints and torch.load(checkpoints[0], weights_only=False)["step"] >= 10:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "training finished before it could be interrupted"
+    finally:
+        # Jobs run in the driver's process group: this kills the training process too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (work / "model.pt").exists()  # nothing half-published
+    step = torch.load(checkpoints[0], weights_only=False)["step"]
+    assert 10 <= step < 100
+    assert_ok(snakemake(tmp_path, config, "--unlock"))
+    proc = snakemake(tmp_path, config, "--cores", "1", "--rerun-incomplete", target)
+    assert_ok(proc)
+    log = pd.read_csv(work / "log.csv")
+    assert list(log["step"]) == list(range(1, 101))  # every step once, none repeated
+    job_log = (tmp_path / "logs" / "train" / "tiny_thermo.log").read_text()
+    first = int(re.search(r"\b(\d+)/100\b", job_log).group(1))
+    assert first >= step  # the rerun started from the checkpoint, not from step 0
+
+
+# ----------------------------------------------------------------------------- data readers
+
+
+def _svhn_mat(path: Path, n: int, rng) -> np.ndarray:
+    import scipy.io
+
+    x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+    scipy.io.savemat(path, {"X": x, "y": rng.integers(1, 11, size=(n, 1)).astype(np.uint8)})
+    return x.transpose(3, 2, 0, 1)  # (n, 3, 32, 32)
+
+
+def _celeba_zip(path: Path, n: int) -> Path:
+    """Aligned-CelebA-sized JPEGs (178x218): red grows with the column, blue = 40 + 5 i."""
+    red = np.broadcast_to(np.arange(178) * 255.0 / 177, (218, 178))
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(n):
+            rgb = np.stack([red, np.full((218, 178), 128.0), np.full((218, 178), 40.0 + 5 * i)])
+            buf = io.BytesIO()
+            Image.fromarray(np.rint(rgb).astype(np.uint8).transpose(1, 2, 0)).save(
+                buf, format="JPEG", quality=98, subsampling=0
+            )
+            zf.writestr(f"img_align_celeba/{i + 1:06d}.jpg", buf.getvalue())
+    return path
+
+
+INCEPTION = find_inception_weights() is not None
+
+
+@pytest.fixture(scope="module")
+def readers_run(tmp_path_factory):
+    """prepare_data on a small SVHN .mat and CelebA zip, and Inception features of 6 images."""
+    workdir = tmp_path_factory.mktemp("readers")
+    rng = np.random.default_rng(0)
+    svhn = _svhn_mat(workdir / "train_32x32.mat", 40, rng)
+    _celeba_zip(workdir / "img_align_celeba.zip", 12)
+    cfg = tiny_config()
+    cfg["datasets"] = {
+        "svhn": {"features": "inception", "source": "train_32x32.mat", "n_train": 30, "n_test": 5},
+        "celeba": {
+            "features": "inception",
+            "source": "img_align_celeba.zip",
+            "n_train": 8,
+            "n_test": 2,
+        },
+        "tiny": {"features": "inception"},
+    }
+    cfg["common_override"] = {}
+    cfg["cells"] = {
+        "svhn_mle": {
+            "dataset": "svhn",
+            "preset": "svhn",
+            "override": {"train": {"batch_size": 10}},
+        },
+        "celeba_vae": {
+            "dataset": "celeba",
+            "preset": "vae_celeba",
+            "override": {"train": {"batch_size": 4}},
+        },
+    }
+    cfg["tables"] = {}
+    cfg["metrics"]["real_images"] = 6
+    config = write_config(workdir / "readers.yaml", cfg)
+    targets = ["results/data/svhn.h5", "results/data/celeba.h5"]
+    if INCEPTION:
+        targets.append("results/features/tiny/real.npz")
+    proc = snakemake(workdir, config, "--cores", "2", *targets)
+    assert_ok(proc)
+    return workdir, svhn
+
+
+@pytest.mark.workflow
+def test_prepare_data_reads_a_user_svhn_mat_file(readers_run):
+    workdir, svhn = readers_run
+    images, labels = load_images(workdir / "results" / "data" / "svhn.h5", "train")
+    assert images.shape == (30, 3, 32, 32) and set(labels) <= set(range(10))
+    with h5py.File(workdir / "results" / "data" / "svhn.h5") as f:
+        index = f["train/source_index"][...]
+        assert "SVHN .mat" in f.attrs["source"]
+    assert np.array_equal(images, svhn[index])  # pixels and layout exactly the file's
+    test, _ = load_images(workdir / "results" / "data" / "svhn.h5", "test")
+    assert test.shape == (5, 3, 32, 32)
+
+
+@pytest.mark.workflow
+def test_prepare_data_reads_a_user_celeba_zip_centre_cropped(readers_run):
+    workdir, _ = readers_run
+    path = workdir / "results" / "data" / "celeba.h5"
+    images, labels = load_images(path, "train")
+    assert images.shape == (8, 3, 64, 64) and (labels == -1).all()
+    with h5py.File(path) as f:
+        index = f["train/source_index"][...]
+    blue = images[:, 2].mean(axis=(1, 2))
+    assert np.abs(blue - (40 + 5 * index)).max() < 3  # each image is the JPEG it claims
+    # The centre 140 columns of 178 were kept: red runs from about 27 to 228, not 0 to 255.
+    red = images[:, 0].mean(axis=(0, 1))
+    assert 20 < red[0] < 40 and 215 < red[-1] < 235 and (np.diff(red) > 0).all()
+
+
+@pytest.mark.workflow
+@pytest.mark.skipif(not INCEPTION, reason="no Inception weights (run `kaem fetch-weights`)")
+def test_inception_features_of_real_images_through_the_workflow(readers_run):
+    from kaem.features import InceptionFeatures
+
+    workdir, _ = readers_run
+    feats, meta = load_features(workdir / "results" / "features" / "tiny" / "real.npz")
+    assert feats.shape == (6, 2048) and meta["extractor"] == "inception" and meta["n"] == 6
+    assert np.isfinite(feats).all() and (feats >= 0).all()  # pool3 follows a ReLU
+    assert feats.std(axis=0).max() > 0  # different digits, different features
+    images, _ = load_images(workdir / "results" / "data" / "tiny.h5", "train")
+    direct = InceptionFeatures(download=False)(images[:6]).numpy()
+    np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_write_json_writes_non_finite_values_as_null(tmp_path):
+    path = write_json(
+        {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}, tmp_path / "x.json"
+    )
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": 2.0}
