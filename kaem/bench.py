@@ -33,21 +33,9 @@ from kaem.samplers import ula
 
 __all__ = ["BenchResult", "langevin_prior", "main", "measure", "run_benchmarks"]
 
-#: The SVHN prior of Table 5: mixture of P = 40 Morlet components for each of Q = 81 coordinates.
-SVHN_PRIOR = {
-    "image_shape": [3, 32, 32],
-    "prior": {
-        "kind": "mixture",
-        "widths": [40, 81],
-        "basis": "morlet",
-        "grid_size": 20,
-        "base_activation": "none",
-        "reference": {"name": "gaussian"},
-        "n_nodes": 200,
-    },
-    "generator": {"kind": "cnn", "channels": [128, 64, 32], "noise": 0.25},
-    "likelihood_variance": 0.25,
-}
+#: The SVHN model of Table 5: its prior mixes P = 40 Morlet components for each of Q = 81
+#: coordinates.
+SVHN_PRIOR = preset("svhn")["model"]
 
 
 @dataclass(frozen=True)

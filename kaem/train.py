@@ -114,19 +114,22 @@ def _elbo_step(
     }
 
 
+def _langevin_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments of the posterior samplers from ``train.langevin``."""
+    lc = cfg.langevin
+    return {
+        "n_steps": lc.steps,
+        "step_size": lc.step_size,
+        "nonfinite": lc.nonfinite,
+        "max_retries": lc.max_retries,
+    }
+
+
 def _ula_step(
     model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator, ctx: StepContext
 ) -> tuple[Tensor, dict[str, float]]:
-    lc = cfg.langevin
     post = sample_posterior(
-        model,
-        x,
-        n_steps=lc.steps,
-        step_size=lc.step_size,
-        sampler=lc.sampler,
-        nonfinite=lc.nonfinite,
-        max_retries=lc.max_retries,
-        generator=generator,
+        model, x, sampler=cfg.langevin.sampler, generator=generator, **_langevin_settings(cfg)
     )
     loss, info = mle_loss(model, x, post.z, generator=generator)
     metrics = {
@@ -135,7 +138,7 @@ def _ula_step(
         "step_size": post.step_size,
         "retries": post.retries,
     }
-    if lc.sampler == "mala":
+    if cfg.langevin.sampler == "mala":
         metrics["acceptance"] = post.acceptance
     return loss, metrics
 
@@ -143,7 +146,7 @@ def _ula_step(
 def _thermodynamic_step(
     model: nn.Module, x: Tensor, cfg: TrainConfig, generator: torch.Generator, ctx: StepContext
 ) -> tuple[Tensor, dict[str, float]]:
-    lc, tc = cfg.langevin, cfg.thermodynamic
+    tc = cfg.thermodynamic
     exponent = cosine_exponent_schedule(ctx.step - 1, ctx.total, tc.p_start, tc.p_end, tc.n_cycles)
     temperatures = power_temperatures(tc.n_temps, exponent, dtype=x.dtype).to(x.device)
     population = sample_power_posteriors(
@@ -151,12 +154,9 @@ def _thermodynamic_step(
         x,
         temperatures,
         n_chains=tc.chains,
-        n_steps=lc.steps,
-        step_size=lc.step_size,
         swap_every=tc.swap_every,
-        nonfinite=lc.nonfinite,
-        max_retries=lc.max_retries,
         generator=generator,
+        **_langevin_settings(cfg),
     )
     loss, info = thermodynamic_loss(model, x, population.z, temperatures, generator=generator)
     trapezium, corrected = thermodynamic_integration(
@@ -235,17 +235,13 @@ def update_grids(model: KAEM, x: Tensor, cfg: TrainConfig, generator: torch.Gene
         with torch.no_grad():
             z = model.prior.sample(g.samples, generator)
     else:
-        lc = cfg.langevin
         reps = -(-g.samples // x.shape[0])
         z = sample_posterior(
             model,
             x.repeat(reps, *([1] * (x.ndim - 1)))[: g.samples],
-            n_steps=lc.steps,
-            step_size=lc.step_size,
-            sampler=lc.sampler,
-            nonfinite=lc.nonfinite,
-            max_retries=lc.max_retries,
+            sampler=cfg.langevin.sampler,
             generator=generator,
+            **_langevin_settings(cfg),
         ).z
     changed = False
     with torch.no_grad():
