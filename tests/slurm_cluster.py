@@ -55,7 +55,10 @@ MUNGE_KEY = Path("/etc/munge/munge.key")
 # Keys the test profile adds to the user-facing profile. With accounting off `sacct` exits
 # 1, and the plugin, which prefers `sacct` whenever the program exists, would poll forever;
 # `squeue` works because MinJobAge keeps finished jobs listed for 10 minutes. The first
-# status check after 1 s instead of 40 s cuts a two-job run from about 2 min to under 30 s.
+# status check comes after 2 s instead of 40 s, and each check that finds no job finished
+# waits 10 s longer than the last (the plugin's rule), so checks fall 2, 14 and 36 s after
+# a submission: a job of about 12 s (a Snakemake start inside the job, the usual cost
+# here) is seen at 14 s. A one-job run then takes about 20 s instead of a minute.
 # `slurm-no-account` is declared by plugin 2.8.0 but not read; what keeps `-A` off the
 # sbatch line is dropping `slurm_account` (see `derive_test_profile`). Successful jobs'
 # logs are kept so that tests can read them; retries are off so that a rule made to fail
@@ -63,7 +66,7 @@ MUNGE_KEY = Path("/etc/munge/munge.key")
 TEST_PROFILE_KEYS: dict[str, Any] = {
     "slurm-status-command": "squeue",
     "slurm-no-account": True,
-    "slurm-init-seconds-before-status-checks": 1,
+    "slurm-init-seconds-before-status-checks": 2,
     "slurm-keep-successful-logs": True,
     "retries": 0,
 }
@@ -641,6 +644,7 @@ class SlurmCluster:
         dest: Path,
         *,
         source: Path = USER_PROFILE,
+        cpus: int | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write the test profile derived from ``source`` to ``dest/config.yaml``.
@@ -651,6 +655,10 @@ class SlurmCluster:
             Profile directory to create (pass it to ``snakemake --profile``).
         source : Path
             The user-facing profile (default ``profiles/slurm/config.yaml``).
+        cpus : int, optional
+            Most CPUs one job may ask for; the node's CPUs when None. The workflow's rules
+            each run one thread, so ``cpus=1`` lets jobs share the node instead of queueing
+            behind a GPU rule whose ``cpus_per_gpu`` would otherwise take every CPU.
         overrides : Mapping[str, Any], optional
             Top-level profile keys to set last (e.g. ``{"jobs": 1}``).
 
@@ -659,20 +667,21 @@ class SlurmCluster:
         Path
             ``dest``.
         """
+        cpus = self.cpus if cpus is None else cpus
+        if not 1 <= cpus <= self.cpus:
+            raise ValueError(f"cpus must lie in [1, {self.cpus}] (the node's CPUs), got {cpus}")
         profile = yaml.safe_load(source.read_text())
         # Half the node's memory per job, so that two one-CPU jobs can run side by side.
         max_mem = max(1, self.real_memory_mb // 2)
-        derived = derive_test_profile(
-            profile, cpus=self.cpus, max_mem_mb=max_mem, overrides=overrides
-        )
+        derived = derive_test_profile(profile, cpus=cpus, max_mem_mb=max_mem, overrides=overrides)
         dest.mkdir(parents=True, exist_ok=True)
         header = (
             f"# Generated for a one-node test cluster from {source}.\n"
             "# Changed from that file: conda deployment dropped (jobs run in the test's\n"
             "# virtualenv); slurm_account dropped (the cluster has no accounting);\n"
             "# gpu/gpu_model removed and cpus_per_gpu turned into cpus_per_task, because\n"
-            f"# the node has no GPU; CPUs capped at {self.cpus} and mem_mb at {max_mem};\n"
-            "# status checks with squeue after 1 s; successful jobs' logs kept; no retries.\n"
+            f"# the node has no GPU; CPUs capped at {cpus} and mem_mb at {max_mem};\n"
+            "# status checks with squeue after 2 s; successful jobs' logs kept; no retries.\n"
         )
         (dest / "config.yaml").write_text(header + yaml.safe_dump(derived, sort_keys=False))
         return dest
