@@ -114,63 +114,64 @@ def _inverse_cdf(rows: Tensor, positions: Tensor) -> Tensor:
     return torch.searchsorted(cdf.contiguous(), positions.contiguous(), right=True)
 
 
+_SHARED_DOC = """
+    Parameters
+    ----------
+    weights : Tensor, shape (..., N)
+        Non-negative weights summing to 1 over the last dimension.
+    generator : torch.Generator, optional
+        Source of randomness, on the device of ``weights``.
+    num_samples : int, optional
+        ``M``, the number of ancestors per row; defaults to ``N``.
+
+    Returns
+    -------
+    Tensor, shape (..., M), int64
+        Ancestor indices into the last dimension of ``weights``{ordering}.
+    """
+
+
+def _resampler(sorted_output: bool) -> Callable[[Resampler], Resampler]:
+    """Stamp the signature shared by every resampler onto its docstring (as BlackJAX does)."""
+
+    def stamp(fn: Resampler) -> Resampler:
+        ordering = ", sorted along the last dimension" if sorted_output else ""
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _SHARED_DOC.format(ordering=ordering)
+        return fn
+
+    return stamp
+
+
 def _finish(ancestors: Tensor, batch_shape: torch.Size) -> Tensor:
     return ancestors.reshape(*batch_shape, ancestors.shape[-1])
 
 
+@_resampler(sorted_output=False)
 def multinomial_resample(
     weights: Tensor,
     generator: torch.Generator | None = None,
     num_samples: int | None = None,
 ) -> Tensor:
-    """Multinomial resampling: ``M`` independent draws from the categorical ``weights``.
-
-    Parameters
-    ----------
-    weights : Tensor, shape (..., N)
-        Non-negative weights summing to 1 over the last dimension.
-    generator : torch.Generator, optional
-        Source of randomness, on the device of ``weights``.
-    num_samples : int, optional
-        ``M``, the number of ancestors per row; defaults to ``N``.
-
-    Returns
-    -------
-    Tensor, shape (..., M), int64
-        Ancestor indices into the last dimension of ``weights``.
-    """
+    """Multinomial resampling: ``M`` independent draws from the categorical ``weights``."""
     rows, m, batch_shape = _prepare(weights, num_samples)
     u = torch.rand(rows.shape[0], m, generator=generator, dtype=rows.dtype, device=rows.device)
     return _finish(_inverse_cdf(rows, u), batch_shape)
 
 
+@_resampler(sorted_output=True)
 def stratified_resample(
     weights: Tensor,
     generator: torch.Generator | None = None,
     num_samples: int | None = None,
 ) -> Tensor:
-    """Stratified resampling: one independent uniform in each stratum ``[j/M, (j+1)/M)``.
-
-    Parameters
-    ----------
-    weights : Tensor, shape (..., N)
-        Non-negative weights summing to 1 over the last dimension.
-    generator : torch.Generator, optional
-        Source of randomness, on the device of ``weights``.
-    num_samples : int, optional
-        ``M``, the number of ancestors per row; defaults to ``N``.
-
-    Returns
-    -------
-    Tensor, shape (..., M), int64
-        Ancestor indices, sorted along the last dimension.
-    """
+    """Stratified resampling: one independent uniform in each stratum ``[j/M, (j+1)/M)``."""
     rows, m, batch_shape = _prepare(weights, num_samples)
     u = torch.rand(rows.shape[0], m, generator=generator, dtype=rows.dtype, device=rows.device)
     strata = torch.arange(m, dtype=rows.dtype, device=rows.device)
     return _finish(_inverse_cdf(rows, (strata + u) / m), batch_shape)
 
 
+@_resampler(sorted_output=True)
 def systematic_resample(
     weights: Tensor,
     generator: torch.Generator | None = None,
@@ -179,20 +180,6 @@ def systematic_resample(
     """Systematic resampling: one uniform per row, shifted into each stratum ``[j/M, (j+1)/M)``.
 
     Each particle receives ``floor(M w_i)`` or ``ceil(M w_i)`` copies.
-
-    Parameters
-    ----------
-    weights : Tensor, shape (..., N)
-        Non-negative weights summing to 1 over the last dimension.
-    generator : torch.Generator, optional
-        Source of randomness, on the device of ``weights``.
-    num_samples : int, optional
-        ``M``, the number of ancestors per row; defaults to ``N``.
-
-    Returns
-    -------
-    Tensor, shape (..., M), int64
-        Ancestor indices, sorted along the last dimension.
     """
     rows, m, batch_shape = _prepare(weights, num_samples)
     u = torch.rand(rows.shape[0], 1, generator=generator, dtype=rows.dtype, device=rows.device)
@@ -200,31 +187,18 @@ def systematic_resample(
     return _finish(_inverse_cdf(rows, (strata + u) / m), batch_shape)
 
 
+@_resampler(sorted_output=True)
 def residual_resample(
     weights: Tensor,
     generator: torch.Generator | None = None,
     num_samples: int | None = None,
 ) -> Tensor:
-    """Residual resampling (Douc et al. 2005; paper eq. 39 and App. D).
+    """Residual resampling (Douc et al. 2005; paper eq. 39 and App. C.2).
 
     Particle ``i`` first gets ``floor(M w_i)`` deterministic copies; the ``R = M - sum_i
     floor(M w_i)`` remaining ancestors are drawn multinomially from the normalised residuals
     ``(M w_i - floor(M w_i)) / R``. (The paper's code took a softmax of the residuals instead,
     which is biased; this is the textbook scheme.)
-
-    Parameters
-    ----------
-    weights : Tensor, shape (..., N)
-        Non-negative weights summing to 1 over the last dimension.
-    generator : torch.Generator, optional
-        Source of randomness, on the device of ``weights``.
-    num_samples : int, optional
-        ``M``, the number of ancestors per row; defaults to ``N``.
-
-    Returns
-    -------
-    Tensor, shape (..., M), int64
-        Ancestor indices, sorted along the last dimension.
     """
     rows, m, batch_shape = _prepare(weights, num_samples)
     n_rows, n = rows.shape
