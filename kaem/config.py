@@ -70,7 +70,7 @@ class PriorConfig:
     train_proportions: bool = True
     proportion_l1: float = 0.0
     sampling: Literal["auto", "search", "table"] = "auto"
-    table_points: int = 1024
+    table_points: int = 384
 
 
 @dataclass(frozen=True)

@@ -183,8 +183,11 @@ def evaluate_log_evidence(
     """Held-out ``log p(x)`` of a trained model, averaged over ``images``, by every estimator.
 
     KAEM: importance sampling with the prior as proposal (``n_samples`` draws) and, if asked,
-    the steppingstone estimator with both thermodynamic-integration companions. VAE: the
-    importance-weighted bound with ``n_samples`` draws (a lower bound, not an estimate).
+    the steppingstone estimator with both thermodynamic-integration companions. A univariate
+    prior with ``shared_uniforms`` has no joint density for Langevin chains
+    (:func:`kaem.posterior.check_langevin_prior`): there importance sampling, which needs only
+    its samples, is the estimator, and the steppingstone entry says why it was skipped. VAE:
+    the importance-weighted bound with ``n_samples`` draws (a lower bound, not an estimate).
 
     Parameters
     ----------
@@ -205,12 +208,20 @@ def evaluate_log_evidence(
     dict
         Estimator name -> ``{"mean": average log p(x) per image in nats, "stderr": Monte
         Carlo standard error of that average (None for the thermodynamic integrals),
-        "per_pixel": mean / pixels, "images": count}``.
+        "per_pixel": mean / pixels, "images": count}``, or ``{"skipped": reason}``.
     """
     from kaem.vae import VAE, importance_weighted_bound  # kaem.vae imports this package
 
     g = torch.Generator(device=images.device).manual_seed(seed)
     parts: dict[str, list[EvidenceEstimate]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    if steppingstone and not isinstance(model, VAE) and not model.prior.samples_follow_log_prob:
+        steppingstone = False
+        skipped["steppingstone"] = {
+            "skipped": "the univariate prior draws u_p shared across q "
+            "(model.prior.shared_uniforms: true), so it has no joint density for Langevin "
+            "chains; importance sampling is the estimator for this model"
+        }
 
     def add(name: str, estimate: Tensor, stderr: Tensor) -> None:
         parts.setdefault(name, []).append(EvidenceEstimate(estimate.detach(), stderr.detach()))
@@ -251,4 +262,4 @@ def evaluate_log_evidence(
             "per_pixel": mean / pixels,
             "images": len(est),
         }
-    return out
+    return {**out, **skipped}

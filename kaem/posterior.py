@@ -2,8 +2,10 @@
 
 The samplers of :mod:`kaem.samplers` know nothing of models: they take log-density callables.
 This module builds those callables for a KAEM and a data batch, starts chains from exact
-inverse-transform prior samples, and handles non-finite values as configured (raise with the
-step, temperature and chain, or halve the step size and retry).
+inverse-transform prior samples, keeps them on the prior's domain (reflection at its ends, so
+they target the same model that inverse-transform sampling and importance sampling use), and
+handles non-finite values as configured (raise with the step, temperature and chain, or halve
+the step size and retry).
 """
 
 from __future__ import annotations
@@ -21,12 +23,37 @@ __all__ = [
     "NonFinitePolicy",
     "PopulationSample",
     "PosteriorSample",
+    "check_langevin_prior",
     "log_likelihood_fn",
     "sample_posterior",
     "sample_power_posteriors",
 ]
 
 NonFinitePolicy = Literal["raise", "halve_and_retry"]
+
+
+def check_langevin_prior(model: KAEM, what: str = "a Langevin sampler") -> None:
+    """Refuse a prior whose samples do not follow its ``log_prob``.
+
+    A Langevin chain targets ``log_prob``; the univariate prior with ``shared_uniforms``
+    samples comonotone coordinates (one ``u_p`` for every ``q``, eq. 13) whose joint law has no
+    density, so chains started from its samples would target a different prior from the one
+    that is sampled.
+
+    Raises
+    ------
+    ValueError
+        Naming the setting and the fix.
+    """
+    if not model.prior.samples_follow_log_prob:
+        raise ValueError(
+            f"{what} runs Langevin chains on the prior's log density, but this univariate "
+            "prior draws one u_p shared across q (model.prior.shared_uniforms: true, the "
+            "paper's eq. 13): its samples are comonotone and have no such density, so the "
+            "chains would target another prior than the one sampled. Set "
+            "model.prior.shared_uniforms: false (independent draws), or train by importance "
+            "sampling"
+        )
 
 
 def log_likelihood_fn(model: KAEM, x: Tensor) -> Callable[[Tensor], Tensor]:
@@ -108,7 +135,8 @@ def sample_posterior(
 ) -> PosteriorSample:
     """Short-run Langevin samples of ``p(z | x_b) ∝ p(x_b | z) pi(z)`` (eqs. 10-11; App. F.1).
 
-    Chains start from exact inverse-transform prior samples, one per data point.
+    Chains start from exact inverse-transform prior samples, one per data point, and are
+    reflected at the ends of the prior's domain, so they never leave its support.
 
     Parameters
     ----------
@@ -127,6 +155,7 @@ def sample_posterior(
     generator
         Randomness for the start and the Langevin noise.
     """
+    check_langevin_prior(model, "posterior sampling")
     log_lik = log_likelihood_fn(model, x)
     prior = model.prior
 
@@ -135,14 +164,15 @@ def sample_posterior(
 
     z0 = prior.sample(x.shape[0], generator)
     state = generator.get_state() if generator is not None else None
+    kw = {"n_steps": n_steps, "generator": generator, "bounds": prior.domain}
 
     def run(eta: float) -> tuple:
         if state is not None:  # a retry replays the same noise at the smaller step
             generator.set_state(state)
         if sampler == "mala":
-            z, info = mala(log_density, z0, step_size=eta, n_steps=n_steps, generator=generator)
+            z, info = mala(log_density, z0, step_size=eta, **kw)
             return z, float(info.acceptance_rate.mean())
-        z, _ = ula(log_density, z0, step_size=eta, n_steps=n_steps, generator=generator)
+        z, _ = ula(log_density, z0, step_size=eta, **kw)
         return z, float("nan")
 
     def describe(err: NonFiniteError) -> str:
@@ -155,6 +185,37 @@ def sample_posterior(
         raise ValueError(f"sampler must be 'ula' or 'mala', got {sampler!r}")
     (z, acceptance), eta, retries = _retrying(run, step_size, nonfinite, max_retries, describe)
     return PosteriorSample(z, eta, retries, acceptance)
+
+
+class _TraceMoments:
+    """Mean and unbiased variance of a stream of values per chain, shifted for accuracy.
+
+    Log-likelihoods are large (hundreds of nats) and their spread small, so the sums are
+    taken relative to the first value of each chain (no cancellation in float32).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift = self.total = self.total_sq = None
+
+    def add(self, values: Tensor) -> None:
+        if self.shift is None:
+            self.shift = values.detach().clone()
+            self.total, self.total_sq = torch.zeros_like(values), torch.zeros_like(values)
+        centred = values.detach() - self.shift
+        self.total.add_(centred)
+        self.total_sq.add_(centred.square())
+        self.count += 1
+
+    def moments(self) -> tuple[Tensor, Tensor]:
+        """``(mean, variance)``; the variance is 0 for fewer than two values."""
+        if self.shift is None:
+            raise ValueError("no values were recorded (too few steps after burn-in)")
+        mean = self.total / self.count
+        if self.count < 2:
+            return mean + self.shift, torch.zeros_like(mean)
+        var = (self.total_sq - self.count * mean.square()) / (self.count - 1)
+        return mean + self.shift, var.clamp_min(0.0)
 
 
 class PopulationSample(NamedTuple):
@@ -170,9 +231,11 @@ class PopulationSample(NamedTuple):
     log_lik
         ``log p(x_b | z)`` of the final samples, ``(K, S, B)``.
     trace_mean, trace_var
-        Mean and variance of each chain's log-likelihood over the second half of its
-        trajectory, averaged over its ``S`` chains, ``(K, B)``: the per-temperature
-        expectations thermodynamic integration needs (eqs. 21, 55-56).
+        ``E_t[log p(x_b | z)]`` and ``Var_t[...]`` per temperature, ``(K, B)``, for
+        thermodynamic integration (eqs. 21, 55-56). One estimator at every temperature: the
+        mean and the unbiased variance of ``T`` log-likelihoods per chain, averaged over the
+        ``S`` chains, where the ``T`` values are the second half of the chain's trajectory at
+        ``t > 0`` and ``T`` independent exact prior draws at ``t = 0``.
     swap_rate
         Acceptance rate of swaps per adjacent pair, ``(K - 1,)``; NaN for the pair
         ``(t_0 = 0, t_1)`` when ``t_0 = 0``, whose samples are exact prior draws, not a chain.
@@ -209,7 +272,8 @@ def sample_power_posteriors(
     ``swap_every`` steps one random adjacent pair of temperatures proposes swaps, decided per
     chain. At ``t_0 = 0`` the power posterior is the prior, so its samples are drawn exactly by
     the inverse transform rather than by a chain: a population of ``N_t + 1`` temperatures runs
-    ``N_t`` Langevin chains per data point.
+    ``N_t`` Langevin chains per data point. Chains are reflected at the ends of the prior's
+    domain.
 
     Parameters
     ----------
@@ -224,6 +288,7 @@ def sample_power_posteriors(
     n_steps, step_size, swap_every, nonfinite, max_retries, generator
         As in :func:`sample_posterior`; a non-finite value is reported with its temperature.
     """
+    check_langevin_prior(model, "power-posterior sampling")
     temperatures = torch.as_tensor(temperatures, dtype=x.dtype, device=x.device)
     batch = x.shape[0]
     if n_chains < 1:
@@ -244,15 +309,11 @@ def sample_power_posteriors(
     def run(eta: float) -> tuple:
         if state is not None:
             generator.set_state(state)
-        total = torch.zeros(n_chained, n_chains * batch, dtype=x.dtype, device=x.device)
-        total_sq = torch.zeros_like(total)
-        count = [0]
+        trace = _TraceMoments()
 
         def accumulate(step: int, ll: Tensor) -> None:
             if step > burn_in:
-                total.add_(ll)
-                total_sq.add_(ll.square())
-                count[0] += 1
+                trace.add(ll)
 
         z, info = tempered_ula(
             prior.log_prob,
@@ -264,10 +325,9 @@ def sample_power_posteriors(
             generator=generator,
             swap_every=swap_every,
             callback=accumulate,
+            bounds=prior.domain,
         )
-        mean = total / max(count[0], 1)
-        var = (total_sq / max(count[0], 1) - mean.square()).clamp_min(0.0)
-        return z, info, mean, var
+        return z, info, *trace.moments()
 
     def describe(err: NonFiniteError) -> str:
         where = [(float(chained[k]), b % batch) for k, b in err.chains[:10]]
@@ -286,12 +346,18 @@ def sample_power_posteriors(
         with torch.no_grad():
             z_prior = prior.sample(n_chains * batch, generator)
             ll_prior = log_lik(z_prior[None])[0].reshape(n_chains, batch)
-            # E_0[ll] and Var_0[ll] for thermodynamic integration, from a shared set of draws.
-            draws = model.decode(prior.sample(max(64, n_chains), generator))
-            ll_draws = model.likelihood.pairwise_log_prob(x, draws)  # (B, M)
+            # The same estimator as the chains': S groups of T draws, here independent and
+            # exact (shared by the batch, so each costs one decode).
+            draws = max(n_steps - burn_in, 2)
+            decoded = model.decode(prior.sample(n_chains * draws, generator))
+            ll_draws = model.likelihood.pairwise_log_prob(x, decoded)  # (B, S T)
+            trace = _TraceMoments()
+            for group in ll_draws.reshape(batch, n_chains, draws).permute(2, 1, 0):
+                trace.add(group)  # (S, B) per draw
+            mean0, var0 = (m.mean(0) for m in trace.moments())
         z = torch.cat([z_prior.reshape(1, n_chains, batch, *z_prior.shape[1:]), z])
         ll = torch.cat([ll_prior[None], ll])
-        mean = torch.cat([ll_draws.mean(1)[None], mean])
-        var = torch.cat([ll_draws.var(1)[None], var])
+        mean = torch.cat([mean0[None], mean])
+        var = torch.cat([var0[None], var])
         swap_rate = torch.cat([swap_rate.new_full((1,), float("nan")), swap_rate])
     return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries)

@@ -13,9 +13,13 @@ with ``Z_qp`` from quadrature (eq. 20) and samples from the tabulated CDF (eq. 1
 * :class:`MixtureEnergyPrior` (eqs. 17-18): the latent is ``z`` of shape ``(Q,)``, each
   coordinate a mixture of ``P`` tilted densities with softmax proportions.
 
+Both live on ``[a, b]`` alone: ``log_prob`` is ``-inf`` outside, inverse-transform samples
+never leave it, and the Langevin kernels of :mod:`kaem.samplers` reflect at its ends, so
+every sampler and estimator targets the same density on the same support.
+
 Everything that depends only on the parameters (energies on the quadrature nodes, CDFs, the
-inverse-CDF table) is computed once per parameter version and cached, so repeated sampling
-between optimiser steps costs only the draws.
+guide table) is built once per parameter state and reused (:class:`ParameterCache`), so
+repeated sampling between optimiser steps costs only the draws.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kaem import quadrature as quad
@@ -35,6 +38,7 @@ from kaem.kan import KANLayer
 __all__ = [
     "DEFAULT_DOMAINS",
     "MixtureEnergyPrior",
+    "ParameterCache",
     "PriorTables",
     "ReferencePrior",
     "UnivariateEnergyPrior",
@@ -101,8 +105,8 @@ class ReferencePrior:
     def log_density(self, z: Tensor) -> Tensor:
         """``log pi_0(z)`` elementwise (normalised on the real line, not on the domain).
 
-        Outside the domain the formula is continued analytically (Langevin chains may leave the
-        domain); the log-normal gives ``-inf`` for ``z <= 0``.
+        The formula itself ignores the domain (the log-normal gives ``-inf`` for ``z <= 0``);
+        the priors restrict it to ``[a, b]``, and their ``log_prob`` is ``-inf`` outside.
         """
         if self.name == "gaussian":
             return -0.5 * ((z - self.loc) / self.scale).square() - (
@@ -119,18 +123,52 @@ class ReferencePrior:
 
 
 class PriorTables(NamedTuple):
-    """What sampling needs, cached per parameter version.
+    """What sampling needs, built once per parameter state (see :class:`ParameterCache`).
 
     Attributes
     ----------
     cdf
-        CDF of every ``pi_qp`` at the cell edges, ``cdf`` of shape ``(Q, P, N + 1)``.
-    inverse
-        Tabulated inverse CDFs, ``(Q, P, M + 1)``, or None if not requested.
+        CDFs of the densities at the cell edges (``cdf`` of shape ``(..., N + 1)``).
+    guide
+        Their guide table (:func:`kaem.quadrature.guide_table`), or None if not requested.
+    shared
+        Instead of ``guide``, for the univariate prior with ``shared_uniforms``: the guide
+        laid out for uniforms shared across ``q`` (:func:`kaem.quadrature.shared_guide_table`).
     """
 
     cdf: quad.CDFTable
-    inverse: Tensor | None
+    guide: quad.GuideTable | None = None
+    shared: quad.SharedGuide | None = None
+
+
+class ParameterCache:
+    """Values derived from a module's tensors, reused only while the tensors are unchanged.
+
+    Version counters alone miss writes through ``.data`` or a NumPy view, so on a CPU the
+    contents are also compared with a snapshot taken when the values were built (about a
+    microsecond per thousand parameters). On an accelerator that comparison would wait for
+    the device, so there nothing is kept between calls and every call rebuilds, which costs a
+    few kernel launches and never a host synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._snapshot: list[Tensor] = []
+        self._values: dict[str, Any] = {}
+
+    def current(self, tensors: list[Tensor]) -> dict[str, Any]:
+        """The values built for the tensors as they are now (empty if anything changed)."""
+        if any(t.device.type != "cpu" for t in tensors):
+            self._key, self._snapshot, self._values = None, [], {}
+            return {}
+        key = tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
+        if key != self._key or not all(
+            torch.equal(t, old) for t, old in zip(tensors, self._snapshot, strict=True)
+        ):
+            self._key = key
+            self._snapshot = [t.detach().clone() for t in tensors]
+            self._values = {}
+        return self._values
 
 
 class _EnergyPrior(nn.Module):
@@ -144,14 +182,14 @@ class _EnergyPrior(nn.Module):
         n_nodes: int = 200,
         quadrature: quad.QuadratureRule = "gauss_legendre",
         sampling: SamplingMethod = "auto",
-        table_points: int = 1024,
+        table_points: int = 384,
         table_threshold: int = 256,
     ) -> None:
         super().__init__()
         if sampling not in ("auto", "search", "table"):
             raise ValueError(f"sampling must be 'auto', 'search' or 'table', got {sampling!r}")
-        if table_points < 2:
-            raise ValueError(f"table_points must be at least 2, got {table_points}")
+        if table_points < 1:
+            raise ValueError(f"table_points must be at least 1, got {table_points}")
         self.kan = kan
         self.reference = reference
         self.quadrature = quadrature
@@ -163,8 +201,7 @@ class _EnergyPrior(nn.Module):
         self.register_buffer("log_weights", weights.log())  # (N,)
         self.register_buffer("edges", quad.cell_edges(weights, reference.low))  # (N + 1,)
         self.register_buffer("log_reference_nodes", reference.log_density(nodes))  # (N,)
-        self._cache_key: tuple | None = None
-        self._cache: dict[str, Any] = {}
+        self._cache = ParameterCache()
 
     # -- quantities on the quadrature nodes ------------------------------------------------
     @property
@@ -173,6 +210,7 @@ class _EnergyPrior(nn.Module):
 
     @property
     def domain(self) -> tuple[float, float]:
+        """The bounded support ``[a, b]`` of every density (and of every sampler's chains)."""
         return (self.reference.low, self.reference.high)
 
     @property
@@ -192,41 +230,49 @@ class _EnergyPrior(nn.Module):
         """``log Z_qp`` by quadrature (eq. 20), shape ``(Q, P)``; differentiable."""
         return quad.log_normaliser(self.node_log_density(), self.log_weights)
 
-    def _version_key(self) -> tuple:
-        tensors = [*self.parameters(), *self.buffers()]
-        return (
-            tuple(t._version for t in tensors),
-            tuple(t.data_ptr() for t in tensors),
-            self.table_points,
-        )
+    def _on_support(self, z: Tensor, log_density: Tensor) -> Tensor:
+        """``log_density`` where ``z`` lies in ``[a, b]``, ``-inf`` outside (shapes of ``z``)."""
+        low, high = self.domain
+        inside = (z >= low) & (z <= high)
+        return torch.where(inside, log_density, -math.inf)
 
-    def _cached(self, name: str, build: Callable[[], Any]) -> Any:
-        """``build()`` once per parameter version (an optimiser step or grid update bumps it)."""
-        key = self._version_key()
-        if key != self._cache_key:
-            self._cache_key, self._cache = key, {}
-        if name not in self._cache:
-            with torch.no_grad():
-                self._cache[name] = build()
-        return self._cache[name]
+    def _state(self) -> dict[str, Any]:
+        """Cached tables of the parameters as they are now (:class:`ParameterCache`)."""
+        return self._cache.current([*self.parameters(), *self.buffers()])
 
-    def tables(self, with_inverse: bool = False) -> PriorTables:
-        """CDF tables of every ``pi_qp`` (and optionally their inverse-CDF tables), cached."""
-        cdf = self._cached(
-            "cdf", lambda: quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
-        )
-        if not with_inverse:
-            return PriorTables(cdf, None)
-        inverse = self._cached("inverse", lambda: quad.inverse_cdf_table(cdf, self.table_points))
-        return PriorTables(cdf, inverse)
+    def _tables(
+        self,
+        state: dict[str, Any],
+        name: str,
+        build_cdf: Callable[[], quad.CDFTable],
+        guide: bool,
+    ) -> PriorTables:
+        """The CDFs ``name`` (and their guide table), built into ``state`` when missing."""
+        with torch.no_grad():
+            if name not in state:
+                state[name] = build_cdf()
+            if guide and name + ".guide" not in state:
+                state[name + ".guide"] = quad.guide_table(state[name], self.table_points)
+        return PriorTables(state[name], state.get(name + ".guide") if guide else None)
 
-    def _use_table(self, n: int) -> bool:
-        if self.sampling == "auto":
-            return n > self.table_threshold
-        return self.sampling == "table"
+    def _guided(self, n: int, state: dict[str, Any], name: str) -> bool:
+        """Whether ``n`` draws go through the guide table (both paths are exact).
+
+        ``auto`` builds the table on a CPU once more than ``table_threshold`` draws have been
+        asked of the same parameters (a table costs about as much to build as searching a few
+        hundred draws, and then makes every draw cheap); on an accelerator it searches, which
+        the device does in parallel without a host synchronisation.
+        """
+        if self.sampling != "auto":
+            return self.sampling == "table"
+        if self.nodes.device.type != "cpu":
+            return False
+        asked = state.get(name + ".asked", 0) + n
+        state[name + ".asked"] = asked
+        return asked > self.table_threshold
 
     def _check_n(self, n: int) -> None:
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"number of samples must be a positive integer, got {n!r}")
 
     def _uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
@@ -251,9 +297,12 @@ class UnivariateEnergyPrior(_EnergyPrior):
         Draw one ``u_p`` per ``p`` shared by every ``q`` (the paper, eq. 13: ``z_qp =
         F_qp^{-1}(u_p)``) or independent ``u_qp``.
     sampling
-        ``search`` inverts each CDF exactly by binary search; ``table`` reads an inverse-CDF
-        table of ``table_points`` intervals (built once per parameter version, constant time
-        per draw); ``auto`` uses the table for more than ``table_threshold`` samples.
+        How the CDFs are inverted; every path is exact and, for the same uniforms, returns
+        the same samples to float rounding. ``search`` finds each draw's cell by binary
+        search; ``table`` looks it up in a guide table of ``table_points`` intervals (built
+        once per parameter state, a few multiply-adds per draw); ``auto`` builds the table on
+        a CPU once more than ``table_threshold`` draws have been asked of the same
+        parameters, and searches on an accelerator.
     """
 
     def __init__(
@@ -265,7 +314,7 @@ class UnivariateEnergyPrior(_EnergyPrior):
         quadrature: quad.QuadratureRule = "gauss_legendre",
         shared_uniforms: bool = True,
         sampling: SamplingMethod = "auto",
-        table_points: int = 1024,
+        table_points: int = 384,
         table_threshold: int = 256,
     ) -> None:
         super().__init__(
@@ -328,17 +377,51 @@ class UnivariateEnergyPrior(_EnergyPrior):
         return self.kan.weighted_edge_sum(z, weights)
 
     def component_log_prob(self, z: Tensor) -> Tensor:
-        """Normalised ``log pi_qp(z_qp)`` (eq. 14), shape ``(n, Q, P)``."""
+        """Normalised ``log pi_qp(z_qp)`` (eq. 14), shape ``(n, Q, P)``; ``-inf`` off ``[a, b]``."""
         self._check_z(z)
-        return self.kan.edges_at(z) + self.reference.log_density(z) - self.log_normaliser()
+        lp = self.kan.edges_at(z) + self.reference.log_density(z) - self.log_normaliser()
+        return self._on_support(z, lp)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """Normalised ``log pi(z)`` (eq. 15), shape ``(n,)`` for ``z`` of shape ``(n, Q, P)``."""
+        """Normalised ``log pi(z)`` (eq. 15), shape ``(n,)`` for ``z`` of shape ``(n, Q, P)``.
+
+        This is the density of independent coordinates; with ``shared_uniforms`` the samples
+        are comonotone across ``q`` instead and have the same marginals but not this joint
+        density (see :attr:`samples_follow_log_prob`).
+        """
         return self.component_log_prob(z).sum(dim=(-2, -1))
+
+    @property
+    def samples_follow_log_prob(self) -> bool:
+        """Whether :meth:`sample` draws from the joint density :meth:`log_prob` evaluates.
+
+        False with ``shared_uniforms`` (the paper's eq. 13): one ``u_p`` for every ``q`` makes
+        the draws comonotone, with the right marginals but a joint distribution that has no
+        density. Importance sampling only needs the marginals; a Langevin chain on
+        :meth:`log_prob` would target a different prior from the one that is sampled.
+        """
+        return not self.shared_uniforms
 
     def generator_input(self, z: Tensor) -> Tensor:
         """``h_q = sum_p z_qp`` (eq. 19): ``(n, Q, P) -> (n, Q)``."""
         return z.sum(dim=-1)
+
+    def tables(self, guide: bool = False) -> PriorTables:
+        """CDFs of every ``pi_qp`` (and their guide table) for the current parameters."""
+        return self._component_tables(self._state(), guide)
+
+    def _component_tables(self, state: dict[str, Any], guide: bool) -> PriorTables:
+        if not (guide and self.shared_uniforms):
+            return self._tables(state, "components", self._build_cdf, guide)
+        # Draws shared across q read the guide in its interleaved layout only.
+        cdf = self._tables(state, "components", self._build_cdf, False).cdf
+        if "components.shared" not in state:
+            with torch.no_grad():
+                state["components.shared"] = quad.shared_guide_table(cdf, self.table_points)
+        return PriorTables(cdf, shared=state["components.shared"])
+
+    def _build_cdf(self) -> quad.CDFTable:
+        return quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -358,43 +441,23 @@ class UnivariateEnergyPrior(_EnergyPrior):
         """
         self._check_n(n)
         q, p = self.event_shape
+        state = self._state()
+        guided = self._guided(n, state, "components")
+        tables = self._component_tables(state, guided)
         if self.shared_uniforms:
             u = self._uniform((n, p), generator)  # u_p, shared across q
-            if self._use_table(n):
-                return self._sample_table_shared(u)
-            cdf = self.tables().cdf
-            u_rows = u.T[None].expand(q, p, n)  # (Q, P, n)
-            return quad.inverse_cdf(u_rows, cdf).permute(2, 0, 1)
+            if guided:
+                z = quad.guided_inverse_cdf_shared(u, tables.cdf, tables.shared)
+                return z.permute(1, 2, 0)  # (P, n, Q) -> (n, Q, P)
+            return quad.inverse_cdf(u.T[None].expand(q, p, n), tables.cdf).permute(2, 0, 1)
         u = self._uniform((q, p, n), generator)
-        if self._use_table(n):
-            inverse = self.tables(with_inverse=True).inverse
-            z = quad.sample_table(inverse.reshape(q * p, -1), u.reshape(q * p, n))
-            return z.reshape(q, p, n).permute(2, 0, 1)
-        return quad.inverse_cdf(u, self.tables().cdf).permute(2, 0, 1)
-
-    def _sample_table_shared(self, u: Tensor, chunk: int = 128) -> Tensor:
-        # With u shared across q, every draw (s, p) reads whole Q-vectors of the table: lay it
-        # out as rows of Q values per (p, grid point), gather the two rows around each draw
-        # and interpolate, in cache-sized chunks. This is the fast path that makes 10^4
-        # samples of 3,240 coordinates cost about as much as writing them.
-        def rows() -> Tensor:
-            inverse = self.tables(with_inverse=True).inverse  # (Q, P, M + 1)
-            return inverse.permute(1, 2, 0).reshape(-1, inverse.shape[0]).contiguous()
-
-        table = self._cached("gather_rows", rows)  # (P * (M + 1), Q)
-        n, p = u.shape
-        q, m = self.latent_dim, self.table_points
-        x = u * m
-        idx = x.long().clamp_(0, m - 1)  # truncation is floor for u >= 0
-        frac = x.sub_(idx)[..., None]  # (n, P, 1)
-        idx += torch.arange(p, device=u.device) * (m + 1)  # row of (p, grid point)
-        out = torch.empty(n, p, q, dtype=table.dtype, device=table.device)
-        for start in range(0, n, chunk):
-            i = idx[start : start + chunk]
-            lo = F.embedding(i, table)  # (c, P, Q)
-            hi = F.embedding(i + 1, table)
-            torch.lerp(lo, hi, frac[start : start + chunk], out=out[start : start + chunk])
-        return out.permute(0, 2, 1)  # (n, Q, P)
+        if guided:
+            out = u.new_empty(n, q, p)  # written through its (Q P, n) view
+            quad.guided_inverse_cdf(
+                u.view(q * p, n), tables.cdf, tables.guide, out=out.view(n, -1).T
+            )
+            return out
+        return quad.inverse_cdf(u, tables.cdf).permute(2, 0, 1)
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:
@@ -437,7 +500,7 @@ class MixtureEnergyPrior(_EnergyPrior):
         train_proportions: bool = True,
         proportion_l1: float = 0.0,
         sampling: SamplingMethod = "auto",
-        table_points: int = 1024,
+        table_points: int = 384,
         table_threshold: int = 256,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -499,11 +562,12 @@ class MixtureEnergyPrior(_EnergyPrior):
             )
 
     def component_log_prob(self, z: Tensor) -> Tensor:
-        """``log alpha_qp + log pi_qp(z_q)``, shape ``(n, Q, P)``."""
+        """``log alpha_qp + log pi_qp(z_q)``, shape ``(n, Q, P)``; ``-inf`` off ``[a, b]``."""
         self._check_z(z)
         log_alpha = torch.log_softmax(self.logits, dim=-1)
         log_ref = self.reference.log_density(z)[..., None]
-        return self.kan.edges(z) + log_ref + log_alpha - self.log_normaliser()
+        lp = self.kan.edges(z) + log_ref + log_alpha - self.log_normaliser()
+        return self._on_support(z[..., None], lp)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Normalised mixture log density (eq. 18), shape ``(n,)`` for ``z`` of shape ``(n, Q)``."""
@@ -512,6 +576,33 @@ class MixtureEnergyPrior(_EnergyPrior):
     def generator_input(self, z: Tensor) -> Tensor:
         """The generator sees ``z`` itself (eq. 19): ``(n, Q) -> (n, Q)``."""
         return z
+
+    @property
+    def samples_follow_log_prob(self) -> bool:
+        """Always True: coordinates are drawn independently from their mixtures."""
+        return True
+
+    def tables(self, guide: bool = False) -> PriorTables:
+        """CDFs of every component ``pi_qp`` (and their guide table), shape ``(Q, P, N + 1)``."""
+        return self._tables(self._state(), "components", self._build_cdf, guide)
+
+    def _build_cdf(self) -> quad.CDFTable:
+        return quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
+
+    def marginal_tables(self, guide: bool = False) -> PriorTables:
+        """CDF of each coordinate's whole mixture, ``cdf`` of shape ``(Q, N + 1)``.
+
+        Every component lives on the same quadrature cells, so the mixture of their
+        piecewise-constant densities is itself piecewise constant with cell masses
+        ``sum_p alpha_qp m_qpn``: one CDF per coordinate instead of one per component.
+        """
+        return self._tables(self._state(), "marginal", self._build_marginal_cdf, guide)
+
+    def _build_marginal_cdf(self) -> quad.CDFTable:
+        log_mass = torch.log_softmax(self.node_log_density() + self.log_weights, dim=-1)
+        log_alpha = torch.log_softmax(self.logits, dim=-1)[..., None]
+        mixture = torch.logsumexp(log_alpha + log_mass, dim=1)  # (Q, N) log cell masses
+        return quad.build_cdf(mixture, torch.zeros_like(self.log_weights), self.edges)
 
     @torch.no_grad()
     def sample_with_components(
@@ -530,40 +621,18 @@ class MixtureEnergyPrior(_EnergyPrior):
         self._check_n(n)
         q, p = self.latent_dim, self.num_components
         u_comp = self._uniform((q, n), generator)
-        u = self._uniform((q, n), generator)
+        u = self._uniform((q, n), generator).reshape(-1)
         cum = torch.cumsum(self.proportions(), dim=-1)  # (Q, P)
         comp = torch.searchsorted(cum, u_comp, right=True).clamp_(max=p - 1)  # (Q, n)
         rows = (comp + torch.arange(q, device=comp.device)[:, None] * p).reshape(-1)  # (Q n,)
-        if self._use_table(n):
-            inverse = self.tables(with_inverse=True).inverse.reshape(q * p, -1)
-            z = quad.sample_table_rows(inverse, rows, u.reshape(-1))
+        state = self._state()
+        guided = self._guided(n, state, "components")
+        tables = self._tables(state, "components", self._build_cdf, guided)
+        if guided:
+            z = quad.guided_inverse_cdf_rows(rows, u, tables.cdf, tables.guide)
         else:
-            cdf = self.tables().cdf
-            table = quad.CDFTable(cdf.cdf.reshape(q * p, -1)[rows], cdf.edges)
-            z = quad.inverse_cdf(u.reshape(-1, 1), table)
+            z = quad.inverse_cdf_rows(rows, u, tables.cdf)
         return z.reshape(q, n).T, comp.T
-
-    def marginal_tables(self, with_inverse: bool = False) -> tuple[quad.CDFTable, Tensor | None]:
-        """CDF of each coordinate's whole mixture, shape ``(Q, N + 1)`` (and its inverse table).
-
-        Every component lives on the same quadrature cells, so the mixture of their
-        piecewise-constant densities is itself piecewise constant with cell masses
-        ``sum_p alpha_qp m_qpn``: one CDF per coordinate instead of one per component.
-        """
-
-        def build() -> quad.CDFTable:
-            log_mass = torch.log_softmax(self.node_log_density() + self.log_weights, dim=-1)
-            log_alpha = torch.log_softmax(self.logits, dim=-1)[..., None]
-            mixture = torch.logsumexp(log_alpha + log_mass, dim=1)  # (Q, N) log cell masses
-            return quad.build_cdf(mixture, torch.zeros_like(self.log_weights), self.edges)
-
-        cdf = self._cached("marginal_cdf", build)
-        if not with_inverse:
-            return cdf, None
-        inverse = self._cached(
-            "marginal_inverse", lambda: quad.inverse_cdf_table(cdf, self.table_points)
-        )
-        return cdf, inverse
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -576,11 +645,13 @@ class MixtureEnergyPrior(_EnergyPrior):
         """
         self._check_n(n)
         u = self._uniform((self.latent_dim, n), generator)
-        if self._use_table(n):
-            z = quad.sample_table(self.marginal_tables(with_inverse=True)[1], u)
-        else:
-            z = quad.inverse_cdf(u, self.marginal_tables()[0])
-        return z.T.contiguous()
+        state = self._state()
+        guided = self._guided(n, state, "marginal")
+        tables = self._tables(state, "marginal", self._build_marginal_cdf, guided)
+        if guided:
+            out = u.new_empty(n, self.latent_dim)  # written through its (Q, n) view
+            return quad.guided_inverse_cdf(u, tables.cdf, tables.guide, out=out.T).T
+        return quad.inverse_cdf(u, tables.cdf).T.contiguous()
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

@@ -40,7 +40,7 @@ from kaem.losses import (
     thermodynamic_loss,
 )
 from kaem.model import KAEM
-from kaem.posterior import sample_posterior, sample_power_posteriors
+from kaem.posterior import check_langevin_prior, sample_posterior, sample_power_posteriors
 from kaem.samplers import cosine_exponent_schedule, power_temperatures
 from kaem.vae import elbo_loss
 
@@ -352,6 +352,8 @@ def train(
             f"got {tuple(images.shape)}"
         )
     _check_grid_update(model, cfg)
+    if cfg.criterion in ("ula", "thermodynamic"):
+        check_langevin_prior(model, f"train.criterion {cfg.criterion!r}")
     n = images.shape[0]
     if n < cfg.batch_size:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n} training images")

@@ -57,7 +57,11 @@ def test_table_resolution_option() -> None:
     coarse = build_model(
         {**TINY, "prior": {**TINY["prior"], "table_points": 64, "sampling": "table"}}
     ).prior
-    assert coarse.tables(with_inverse=True).inverse.shape[-1] == 65
+    assert coarse.tables(guide=True).shared.grid.shape[-1] == 65
+    z = coarse.sample(500, torch.Generator().manual_seed(1))
+    coarse.sampling = "search"
+    searched = coarse.sample(500, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(z, searched, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("basis", ["bspline", "chebyshev"])
@@ -95,7 +99,7 @@ def test_epochs_log_every_swap_every_and_prior_only_grid_updates(tmp_path: Path)
             "grid_update": {"generator": False, "frequency": 2, "samples": 16},
         },
     )
-    model = build_model(TINY)
+    model = build_model({**TINY, "prior": {**TINY["prior"], "shared_uniforms": False}})
     grids = [layer.basis.grid.clone() for layer in model.generator.layers]
     prior_grid = model.prior.kan.basis.grid.clone()
     result = train(model, _images(), cfg, tmp_path, progress=False)

@@ -95,3 +95,40 @@ def test_grid_update_refused_for_gridless_bases(basis: str) -> None:
 def test_unknown_activation() -> None:
     with pytest.raises(ValueError, match="'swish'"):
         _layer(act="swish")
+
+
+def _edge_by_hand(layer: KANLayer, value: float, i: int, o: int) -> torch.Tensor:
+    """phi_io(value) from its definition, evaluating input i of the basis alone."""
+    x = torch.zeros(1, layer.in_features, dtype=layer.coef.dtype)
+    x[0, i] = value
+    spline = layer.basis(x)[0, i] @ layer.coef[i, :, o] * layer.w_spline[i, o]
+    if layer.activation is None:
+        return spline
+    return spline + layer.activation(x[0, i]) * layer.w_base[i, o]
+
+
+def test_edges_at_evaluates_each_edge_at_its_own_input() -> None:
+    layer = _layer(d_in=3, d_out=4).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)  # a different value on every edge
+    at = layer.edges_at(x)  # (2, out, in)
+    for s in range(2):
+        for o in range(4):
+            for i in range(3):
+                expected = _edge_by_hand(layer, float(x[s, o, i]), i, o)
+                torch.testing.assert_close(at[s, o, i], expected)
+
+
+@pytest.mark.parametrize("act", ["relu", "none"])
+@pytest.mark.parametrize("basis", ["rbf", "morlet", "chebyshev", "bspline"])
+def test_weighted_edge_sum_matches_autograd_of_the_plain_sum(basis: str, act: str) -> None:
+    layer = _layer(basis=basis, act=act, d_in=3, d_out=4).double()
+    x = torch.rand(40, 4, 3, dtype=torch.float64) * 1.8 - 0.9
+    w = torch.randn(40, dtype=torch.float64)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    fast = layer.weighted_edge_sum(x, w)
+    plain = (w * layer.edges_at(x).sum(dim=(-2, -1))).sum()
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
+    for a, b in zip(
+        torch.autograd.grad(fast, params), torch.autograd.grad(plain, params), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

@@ -7,13 +7,14 @@ import pytest
 import torch
 from scipy import integrate
 
+from kaem import quadrature as quad
 from kaem.bases import build_basis
 from kaem.generators import Generator
 from kaem.kan import KANLayer
 from kaem.likelihood import GaussianLikelihood
 from kaem.losses import importance_loss, importance_posterior
 from kaem.model import KAEM, build_model
-from kaem.prior import ReferencePrior, UnivariateEnergyPrior
+from kaem.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
 
 
 class AffineGenerator(Generator):
@@ -137,3 +138,105 @@ def test_bad_batch_shape_named() -> None:
     model = build_model({"image_shape": [1, 8, 8], "prior": {"widths": [2, 3]}})
     with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):
         importance_loss(model, torch.rand(4, 1, 28, 28))
+
+
+def _log_evidence_by_quadrature(model: KAEM, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x)`` on a fine grid over the domain, differentiable in every parameter."""
+    low, high = model.prior.domain
+    t = torch.linspace(low, high, 8001, dtype=torch.float64)
+    z = t[:, None, None] if isinstance(model.prior, UnivariateEnergyPrior) else t[:, None]
+    lp = model.prior.log_prob(z) + model.likelihood.log_prob(x, model.decode(z))
+    weights = torch.full_like(t, (high - low) / 8000)
+    weights[[0, -1]] /= 2  # trapezium
+    return torch.logsumexp(lp + weights.log(), 0)
+
+
+def _mixture_1d_model() -> KAEM:
+    g = torch.Generator().manual_seed(0)
+    ref = ReferencePrior("gaussian", -1.0, 2.0)
+    kan = KANLayer(1, 3, build_basis("rbf", 1, grid_size=6, grid_range=(-1.0, 2.0)), generator=g)
+    with torch.no_grad():
+        kan.coef.normal_(0.0, 1.0, generator=g)
+    prior = MixtureEnergyPrior(kan, ref, n_nodes=100, generator=g)
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor([[0.3, -0.5, 0.2]]))
+    return KAEM(prior, AffineGenerator(), GaussianLikelihood(0.3)).double()
+
+
+@pytest.mark.parametrize("kind", ["univariate", "mixture"])
+def test_importance_gradient_of_every_prior_parameter_matches_quadrature(kind) -> None:
+    # Energies (coefficients, spline and base weights), the RBF bandwidth and the mixture
+    # logits: the IS gradient of eq. 4 (with the contrastive-divergence term for the
+    # univariate prior) against d/dtheta log p(x) by quadrature.
+    model = _one_dimensional_model() if kind == "univariate" else _mixture_1d_model()
+    model.generator_noise = 0.0
+    x = torch.tensor([[[[1.0, -0.4]]]], dtype=torch.float64)
+    names, params = zip(*model.prior.named_parameters(), strict=True)
+    assert "kan.basis.tau" in names and ("logits" in names) == (kind == "mixture")
+    exact = torch.autograd.grad(_log_evidence_by_quadrature(model, x), params)
+    loss, _ = importance_loss(
+        model, x, n_samples=400_000, ess_threshold=0.0, generator=torch.Generator().manual_seed(2)
+    )
+    estimate = torch.autograd.grad(-loss, params)
+    for name, e, g in zip(names, exact, estimate, strict=True):
+        scale = float(e.abs().max())
+        assert float((g - e).abs().max()) < 0.03 * scale + 1e-4, (name, g, e)
+
+
+def _piecewise_constant_posterior_mean(model: KAEM, x: torch.Tensor) -> float:
+    """The posterior mean of ``z`` under the law inverse-transform sampling draws from: the
+    prior's cell masses spread evenly over their cells (what IS with exact draws targets)."""
+    tables = model.prior.tables()
+    edges = tables.cdf.edges.double()
+    mass = tables.cdf.cdf.double()[0, 0].diff()
+    # 400 points inside each cell, midpoint rule
+    frac = (torch.arange(400, dtype=torch.float64) + 0.5) / 400
+    z = edges[:-1, None] + frac * edges.diff()[:, None]  # (N, 400)
+    with torch.no_grad():
+        ll = model.likelihood.log_prob(x, model.decode(z.reshape(-1, 1, 1).to(edges.dtype)))
+    w = (mass[:, None] / 400 * torch.exp(ll.reshape(z.shape) - ll.max())).reshape(-1)
+    return float((w * z.reshape(-1)).sum() / w.sum())
+
+
+def test_importance_posterior_in_the_prior_tail_is_unbiased() -> None:
+    # A data point explained only by latents in the prior's thin right tail: the posterior is
+    # a reweighting of the tail's few draws, so every error of the sampler there shows.
+    g = torch.Generator().manual_seed(0)
+    ref = ReferencePrior("gaussian", -1.0, 2.0)
+    kan = KANLayer(1, 1, build_basis("rbf", 1, grid_size=6, grid_range=(-1.0, 2.0)), generator=g)
+    with torch.no_grad():
+        kan.coef.copy_(torch.tensor([0.0, 0.5, 1.0, 0.0, -1.0, -1.5]).reshape(1, 6, 1))
+    prior = UnivariateEnergyPrior(kan, ref, n_nodes=40)  # float32, wide cells
+    model = KAEM(prior, AffineGenerator().float(), GaussianLikelihood(0.02))
+    model.generator_noise = 0.0
+    x = model.decode(torch.full((1, 1, 1), 1.8)).detach()  # generated from z = 1.8
+    truth = _piecewise_constant_posterior_mean(model, x)
+    cdf = prior.tables().cdf
+    tail = 1.0 - float(cdf.cdf[0, 0][int((cdf.edges < 1.7).sum())])
+    assert 1e-5 < tail < 1e-3  # a few hundred of the draws below
+
+    def estimate(sample) -> tuple[float, float]:
+        z = sample(2_000_000)  # (S,)
+        with torch.no_grad():
+            ll = model.likelihood.pairwise_log_prob(x, model.decode(z[:, None, None]))[0]
+        w = torch.softmax(ll.double(), 0)
+        mean = float((w * z).sum())
+        se = float(torch.sqrt((w**2 * (z.double() - mean) ** 2).sum()))  # delta method
+        return mean, se
+
+    gen = torch.Generator().manual_seed(1)
+    for sampling in ("search", "table"):
+        prior.sampling = sampling
+        mean, se = estimate(lambda n: prior.sample(n, gen)[:, 0, 0])
+        assert abs(mean - truth) < 4.5 * se, (sampling, mean, truth, se)
+    # The test has power: linear interpolation of the inverse CDF in u (a 1,024-point table)
+    # is off by many standard errors here.
+    grid = quad.inverse_cdf(torch.linspace(0, 1, 1025)[None, None].expand(1, 1, -1), cdf)[0, 0]
+
+    def interpolated(n: int) -> torch.Tensor:
+        u = torch.rand(n, generator=gen) * 1024
+        i = u.long().clamp(max=1023)
+        return torch.lerp(grid[i], grid[i + 1], u - i)
+
+    mean, se = estimate(interpolated)
+    assert abs(mean - truth) > 8 * se, (mean, truth, se)

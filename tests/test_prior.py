@@ -1,5 +1,8 @@
 """Energy priors: exact sampling (KS tests against scipy), normalisation, mixtures, caching."""
 
+import copy
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -30,13 +33,13 @@ def _reference(name, domain) -> ReferencePrior:
     return ReferencePrior(name, low, high)
 
 
-def _univariate(ref: ReferencePrior, *, q=2, p=3, seed=0, energy_scale=1.0, **kw):
+def _univariate(ref: ReferencePrior, *, q=2, p=3, seed=0, energy_scale=1.0, dtype=None, **kw):
     g = torch.Generator().manual_seed(seed)
     basis = build_basis("rbf", p, grid_size=8, grid_range=(ref.low, ref.high))
     kan = KANLayer(p, q, basis, base_activation="silu", generator=g)
     with torch.no_grad():
         kan.coef.normal_(0.0, energy_scale, generator=g)
-    return UnivariateEnergyPrior(kan, ref, **kw).double()
+    return UnivariateEnergyPrior(kan, ref, **kw).to(dtype or torch.float64)
 
 
 def _scipy_log_ref(ref: ReferencePrior, z: np.ndarray) -> np.ndarray:
@@ -53,7 +56,8 @@ def _reference_cdfs(prior: UnivariateEnergyPrior, grid: np.ndarray) -> np.ndarra
     z = torch.as_tensor(grid, dtype=torch.float64)
     q, p = prior.event_shape
     with torch.no_grad():
-        f = prior.kan.edges_at(z[:, None, None].expand(-1, q, p)).numpy()  # (n, Q, P)
+        kan = copy.deepcopy(prior.kan).double()  # the same energies, evaluated in float64
+        f = kan.edges_at(z[:, None, None].expand(-1, q, p)).numpy()  # (n, Q, P)
     log_p = f + _scipy_log_ref(prior.reference, grid)[:, None, None]
     dens = np.exp(log_p - log_p.max(0))
     cdf = integrate.cumulative_simpson(dens, x=grid, axis=0, initial=0.0)
@@ -64,19 +68,20 @@ def _ks(samples: np.ndarray, grid: np.ndarray, cdf: np.ndarray) -> float:
     return stats.kstest(samples, lambda s: np.interp(s, grid, cdf)).pvalue
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,domain", REFERENCES)
 @pytest.mark.parametrize("sampling", ["search", "table"])
-def test_inverse_transform_matches_tilted_density(name, domain, sampling) -> None:
+def test_inverse_transform_matches_tilted_density(name, domain, sampling, dtype) -> None:
     ref = _reference(name, domain)
-    prior = _univariate(ref, sampling=sampling)
+    prior = _univariate(ref, sampling=sampling, dtype=dtype)
     z = prior.sample(N_KS, torch.Generator().manual_seed(1))
-    assert z.shape == (N_KS, 2, 3)
+    assert z.shape == (N_KS, 2, 3) and z.dtype == dtype
     assert float(z.min()) >= ref.low and float(z.max()) <= ref.high
     grid = np.linspace(ref.low, ref.high, 20_001)
     cdfs = _reference_cdfs(prior, grid)
     for qi in range(2):
         for pi in range(3):
-            pval = _ks(z[:, qi, pi].numpy(), grid, cdfs[:, qi, pi])
+            pval = _ks(z[:, qi, pi].double().numpy(), grid, cdfs[:, qi, pi])
             assert pval > ALPHA, f"{name}{domain} ({qi},{pi}) via {sampling}: KS p = {pval:.2e}"
     # The test has power: the same samples are rejected against the untilted reference.
     if name != "uniform" and name != "none":
@@ -84,7 +89,7 @@ def test_inverse_transform_matches_tilted_density(name, domain, sampling) -> Non
     else:
         base = np.ones_like(grid)
     base_cdf = integrate.cumulative_simpson(base, x=grid, initial=0.0)
-    assert _ks(z[:, 0, 0].numpy(), grid, base_cdf / base_cdf[-1]) < 1e-6
+    assert _ks(z[:, 0, 0].double().numpy(), grid, base_cdf / base_cdf[-1]) < 1e-6
 
 
 @pytest.mark.parametrize("name,domain", [REFERENCES[1], REFERENCES[4], REFERENCES[7]])
@@ -202,18 +207,103 @@ def test_mixture_log_prob_is_logsumexp_of_components() -> None:
     assert prior.generator_input(z) is z
 
 
-def test_cached_tables_follow_parameter_updates() -> None:
-    prior = _univariate(ReferencePrior("gaussian"), sampling="table")
+@pytest.mark.parametrize(
+    "kind,shared", [("univariate", True), ("univariate", False), ("mixture", None)]
+)
+def test_both_sampling_paths_return_the_same_samples(kind, shared) -> None:
+    ref = ReferencePrior("gaussian", -1.0, 2.0)
+    if kind == "univariate":
+        prior = _univariate(ref, q=4, p=5, shared_uniforms=shared, dtype=torch.float32)
+    else:
+        prior = _mixture(ref).float()
+    draws = {}
+    for sampling in ("search", "table"):
+        prior.sampling = sampling
+        draws[sampling] = prior.sample(3000, torch.Generator().manual_seed(8))
+        if kind == "mixture":
+            draws[sampling + "_components"] = prior.sample_with_components(
+                3000, torch.Generator().manual_seed(9)
+            )[0]
+    # The same uniforms in, the same samples out, to float32 rounding of the domain.
+    torch.testing.assert_close(draws["table"], draws["search"], rtol=0, atol=2e-6)
+    if kind == "mixture":
+        torch.testing.assert_close(
+            draws["table_components"], draws["search_components"], rtol=0, atol=2e-6
+        )
+
+
+def _tilt_right(prior: UnivariateEnergyPrior) -> dict[str, Callable[[], None]]:
+    """Ways of moving every density toward the right end (+5 silu(z) on each energy)."""
+    bumped = prior.kan.w_base.detach() + 5.0
+    state = {k: v.clone() for k, v in prior.state_dict().items()}
+    state["kan.w_base"] = bumped.clone()
+
+    def optimiser() -> None:
+        opt = torch.optim.SGD([prior.kan.w_base], lr=1.0)
+        prior.kan.w_base.grad = torch.full_like(bumped, -5.0)
+        opt.step()
+
+    def numpy_view() -> None:
+        prior.kan.w_base.detach().numpy()[...] += 5.0
+
+    def in_place_no_grad() -> None:
+        with torch.no_grad():
+            prior.kan.w_base.add_(5.0)
+
+    return {
+        "optimiser step": optimiser,
+        "p.data.add_": lambda: prior.kan.w_base.data.add_(5.0),
+        "p.data.copy_": lambda: prior.kan.w_base.data.copy_(bumped),
+        "p.data = ...": lambda: setattr(prior.kan.w_base, "data", bumped.clone()),
+        "copy_ under no_grad": in_place_no_grad,
+        "load_state_dict": lambda: prior.load_state_dict(state),
+        "a NumPy view": numpy_view,
+    }
+
+
+@pytest.mark.parametrize("sampling", ["search", "table"])
+@pytest.mark.parametrize("how", list(_tilt_right(_univariate(ReferencePrior("gaussian")))))
+def test_samples_follow_the_parameters_however_they_change(how, sampling) -> None:
+    prior = _univariate(ReferencePrior("gaussian"), sampling=sampling, dtype=torch.float32)
     g = torch.Generator().manual_seed(7)
     before = prior.sample(5000, g).mean(0)
-    again = prior.tables(with_inverse=True).inverse
-    assert prior.tables(with_inverse=True).inverse is again  # cached while nothing changed
-    # Tilt every density toward the right end, in place as an optimiser step would.
-    with torch.no_grad():
-        prior.kan.w_base.add_(5.0)  # + 5 silu(z): increasing on the domain
-    assert prior.tables(with_inverse=True).inverse is not again
+    tables = prior.tables(guide=True)
+    assert prior.tables(guide=True).cdf is tables.cdf  # reused while nothing changed
+    _tilt_right(prior)[how]()
+    assert prior.tables(guide=True).cdf is not tables.cdf
     after = prior.sample(5000, g).mean(0)
-    assert bool((after > before).all())
+    assert bool((after > before + 0.1).all()), (how, before, after)
+    # And the samples are those of the new parameters: fresh prior, same draws.
+    fresh = copy.deepcopy(prior)
+    fresh._cache = type(prior._cache)()
+    torch.testing.assert_close(
+        prior.sample(100, torch.Generator().manual_seed(3)),
+        fresh.sample(100, torch.Generator().manual_seed(3)),
+    )
+
+
+def test_weighted_energy_matches_autograd_of_the_plain_sum() -> None:
+    prior = _univariate(ReferencePrior("gaussian", -1.0, 2.0), q=3, p=4)
+    z = prior.sample(64, torch.Generator().manual_seed(0))
+    w = torch.randn(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    params = [p for p in prior.parameters() if p.requires_grad]
+    fast = prior.weighted_energy(z, w)
+    plain = (w * prior.energy(z)).sum()
+    torch.testing.assert_close(fast, plain)
+    for a, b in zip(
+        torch.autograd.grad(fast, params), torch.autograd.grad(plain, params), strict=True
+    ):
+        torch.testing.assert_close(a, b)
+
+
+def test_log_prob_is_minus_infinity_off_the_domain() -> None:
+    prior = _univariate(ReferencePrior("gaussian", -1.0, 2.0), q=1, p=1)
+    z = torch.tensor([-1.0, -1.0001, 2.0, 2.0001, 0.5], dtype=torch.float64)[:, None, None]
+    lp = prior.log_prob(z)
+    assert bool(torch.isfinite(lp[[0, 2, 4]]).all()) and bool(torch.isinf(lp[[1, 3]]).all())
+    mixture = _mixture(ReferencePrior("gaussian", -1.0, 2.0))
+    zm = torch.tensor([[0.0, 1.0, 2.5], [0.0, 1.0, 1.5]], dtype=torch.float64)
+    assert torch.isinf(mixture.log_prob(zm)).tolist() == [True, False]
 
 
 def test_reference_prior_validation() -> None:

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from kaem.samplers import (
     LangevinState,
@@ -310,3 +312,103 @@ def test_input_validation():
         mala(target, z0, step_size=0.1, n_steps=1, target_accept=1.2, generator=_gen())
     with pytest.raises(ValueError, match=r"must return shape \(4,\)"):
         ula(lambda z: z, z0, step_size=0.1, n_steps=1, generator=_gen())
+
+
+# -- chains on a bounded support -----------------------------------------------------------
+BOX = (-1.5, 1.5)  # the default domain of the Gaussian reference prior
+
+
+def _tilted(z):
+    """A truncated Gaussian tilted toward the right end: much of its mass sits on the edge."""
+    return -0.5 * z[:, 0] ** 2 + 1.5 * z[:, 0]
+
+
+def _box_cdf(z: torch.Tensor) -> torch.Tensor:
+    """CDF of ``exp(_tilted)`` on BOX by trapezium quadrature on a fine grid."""
+    grid = torch.linspace(*BOX, 200_001, dtype=torch.float64)
+    dens = torch.exp(-0.5 * grid**2 + 1.5 * grid)
+    steps = (dens[1:] + dens[:-1]) / 2 * grid.diff()
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
+    cdf = cdf / cdf[-1]
+    return torch.from_numpy(np.interp(z.numpy(), grid.numpy(), cdf.numpy()))
+
+
+def _ks_pvalue(z: torch.Tensor) -> float:
+    return stats.kstest(z.double().numpy(), lambda s: _box_cdf(torch.as_tensor(s)).numpy()).pvalue
+
+
+def test_reflect_folds_into_the_box_and_is_periodic():
+    from kaem.samplers import reflect
+
+    x = torch.tensor([-1.5, 1.5, 0.3, 1.7, -1.9, 4.6, -7.8, 1.5 + 6.0], dtype=torch.float64)
+    expected = torch.tensor([-1.5, 1.5, 0.3, 1.3, -1.1, -1.4, -1.2, 1.5], dtype=torch.float64)
+    torch.testing.assert_close(reflect(x, *BOX), expected)
+    shifted = reflect(x + 2 * (BOX[1] - BOX[0]), *BOX)
+    torch.testing.assert_close(shifted, expected)
+    torch.testing.assert_close(reflect(2 * BOX[0] - x, *BOX), expected)  # mirror image
+
+
+@pytest.mark.parametrize("eta", [0.1, 9 / 16])  # noise std 0.45, and at the limit 1.06
+@pytest.mark.parametrize("mean", [0.0, 1.4, -1.6, 4.0])
+def test_folded_proposal_density_integrates_to_one(mean, eta):
+    from kaem.samplers.langevin import _log_proposal
+
+    step = torch.tensor(eta, dtype=torch.float64)
+    y = torch.linspace(*BOX, 30_001, dtype=torch.float64)[:, None]
+    log_q = _log_proposal(y, torch.full_like(y, mean), step, BOX)
+    density = torch.exp(log_q) / math.sqrt(4 * math.pi * float(step))  # the dropped constant
+    mass = float(torch.trapezoid(density, y[:, 0]))
+    assert mass == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["ula", "mala"])
+def test_langevin_on_a_box_samples_the_truncated_density(sampler):
+    z0 = (torch.rand(4000, 1, generator=_gen(0), dtype=torch.float64) - 0.5) * 3.0
+    if sampler == "ula":
+        z, _ = ula(_tilted, z0, step_size=0.002, n_steps=1500, generator=_gen(1), bounds=BOX)
+    else:
+        z, info = mala(
+            _tilted, z0, step_size=0.3, n_steps=300, n_warmup=50, generator=_gen(1), bounds=BOX
+        )
+        assert float(info.step_size.max()) <= 9 / 16
+    assert float(z.min()) >= BOX[0] and float(z.max()) <= BOX[1]
+    assert _ks_pvalue(z[:, 0]) > 1e-4
+    # The test has power: the untruncated target N(1.5, 1) is rejected.
+    assert stats.kstest(z[:, 0].numpy(), stats.norm(1.5, 1).cdf).pvalue < 1e-6
+
+
+def test_reflected_proposals_follow_the_folded_density_mala_uses():
+    # MALA on a box is exact only if its acceptance ratio uses the density of the proposal it
+    # actually makes: the Gaussian reflected at both ends, i.e. folded over its mirror images.
+    from kaem.samplers.langevin import _langevin_proposal, _log_proposal
+
+    n, eta, mean = 200_000, 0.3, 1.3  # noise std 0.77 from a mean near the right end
+    start = torch.full((n, 1), mean, dtype=torch.float64)
+    step = torch.tensor(eta, dtype=torch.float64)
+    y, _ = _langevin_proposal(start, torch.zeros_like(start), step, _gen(3), BOX)
+    grid = torch.linspace(*BOX, 20_001, dtype=torch.float64)[:, None]
+
+    def cdf_of(log_density):
+        dens = torch.exp(log_density)
+        steps = (dens[1:] + dens[:-1]) / 2 * grid[:, 0].diff()
+        cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
+        return lambda s: np.interp(s, grid[:, 0].numpy(), (cdf / cdf[-1]).numpy())
+
+    folded = _log_proposal(grid, torch.full_like(grid, mean), step, BOX)
+    assert stats.kstest(y[:, 0].numpy(), cdf_of(folded)).pvalue > 1e-4
+    plain = _log_proposal(grid, torch.full_like(grid, mean), step, None)  # truncated only
+    assert stats.kstest(y[:, 0].numpy(), cdf_of(plain)).pvalue < 1e-6
+
+
+def test_unbounded_ula_leaves_the_box():
+    z0 = (torch.rand(4000, 1, generator=_gen(0), dtype=torch.float64) - 0.5) * 3.0
+    z, _ = ula(_tilted, z0, step_size=0.002, n_steps=1500, generator=_gen(1))
+    assert float((z.abs() > 1.5).double().mean()) > 0.2
+
+
+def test_mala_step_beyond_the_folding_limit_is_refused():
+    z0 = torch.zeros(3, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"at most \(high - low\)\^2 / 16"):
+        mala(_tilted, z0, step_size=1.0, n_steps=1, generator=_gen(0), bounds=BOX)
+    with pytest.raises(ValueError, match="bounds must be finite"):
+        ula(_tilted, z0, step_size=0.1, n_steps=1, generator=_gen(0), bounds=(1.0, 1.0))

@@ -23,15 +23,23 @@ from kaem.train import NonFiniteLossError, train
 
 
 class LinearGenerator(Generator):
-    """x = W h + b on a (1, 1, D) image, no output activation."""
+    """x = W h + b on a (1, 1, D) image, no output activation.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    ``blow_up``: outputs are NaN where some ``|h| > blow_up`` (to exercise non-finite policies,
+    now that chains on the prior's bounded domain cannot diverge).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, blow_up: float | None = None):
         super().__init__(weight.shape[1], (1, 1, weight.shape[0]), "none")
         self.weight = torch.nn.Parameter(weight.clone())
         self.bias = torch.nn.Parameter(bias.clone())
+        self.blow_up = blow_up
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return (h @ self.weight.T + self.bias).reshape(-1, *self.image_shape)
+        x = h @ self.weight.T + self.bias
+        if self.blow_up is not None:
+            x = x + torch.log(self.blow_up - h.abs()).sum(-1, keepdim=True) * 0.0
+        return x.reshape(-1, *self.image_shape)
 
 
 def _gaussian_prior(dim: int, low=-6.0, high=6.0, n_nodes=200) -> UnivariateEnergyPrior:
@@ -47,12 +55,13 @@ def _gaussian_prior(dim: int, low=-6.0, high=6.0, n_nodes=200) -> UnivariateEner
     return UnivariateEnergyPrior(kan, ref, n_nodes=n_nodes, shared_uniforms=False)
 
 
-def _linear_gaussian(seed=0, dim=2, pixels=3, variance=0.3):
+def _linear_gaussian(seed=0, dim=2, pixels=3, variance=0.3, blow_up=None):
     """z ~ N(0, I), x = W z + b + eps: log p(x) = log N(x; b, W W^T + sigma^2 I)."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(pixels, dim, generator=g, dtype=torch.float64)
     bias = torch.randn(pixels, generator=g, dtype=torch.float64) * 0.5
-    model = KAEM(_gaussian_prior(dim), LinearGenerator(weight, bias), GaussianLikelihood(variance))
+    generator = LinearGenerator(weight, bias, blow_up)
+    model = KAEM(_gaussian_prior(dim), generator, GaussianLikelihood(variance))
     model = model.double()
     cov = weight @ weight.T + variance * torch.eye(pixels, dtype=torch.float64)
     chol = torch.linalg.cholesky(cov)
@@ -201,13 +210,118 @@ def test_thermodynamic_gradient_approaches_mle_gradient() -> None:
     assert rmse(30, 1) > 5 * many
 
 
-def test_posterior_samples_and_nonfinite_policies() -> None:
+def test_thermodynamic_gradient_of_every_prior_parameter_matches_quadrature() -> None:
+    """Eq. 24 plus the prior term, with exact power-posterior samples: every parameter."""
+    model = _one_dimensional_model()
+    model.likelihood = GaussianLikelihood(0.05)
+    model.generator_noise = 0.0
+    x = torch.tensor([[[[1.0, -0.4]]]], dtype=torch.float64)
+    names, params = zip(*model.named_parameters(), strict=True)
+
+    def log_evidence() -> torch.Tensor:
+        t = torch.linspace(-1.0, 2.0, 20_001, dtype=torch.float64)[:, None, None]
+        lp = model.prior.log_prob(t) + model.likelihood.log_prob(x, model.decode(t))
+        return torch.logsumexp(lp, 0) + math.log(3.0 / 20_000)
+
+    exact = torch.autograd.grad(log_evidence(), params)
+    temps = power_temperatures(30, 1.0, dtype=torch.float64)
+    z = torch.stack(
+        [_exact_power_posterior_samples(model, x, float(t), 4000, k) for k, t in enumerate(temps)]
+    )[:, :, None, None, None]
+    loss, _ = thermodynamic_loss(model, x, z, temps, generator=torch.Generator().manual_seed(0))
+    estimate = torch.autograd.grad(-loss, params)
+    for name, e, g in zip(names, exact, estimate, strict=True):
+        scale = float(e.abs().max())
+        assert float((g - e).abs().max()) < 0.06 * scale + 1e-3, (name, g, e)
+
+
+def _gaussian_1d_on_default_domain():
+    """z ~ N(0, 1) truncated to the default domain [-1.5, 1.5], x = W z + b + eps."""
+    ref = ReferencePrior("gaussian")  # the default domain
+    kan = KANLayer(1, 1, build_basis("rbf", 1, grid_size=4, grid_range=(-1.5, 1.5)))
+    with torch.no_grad():
+        kan.coef.zero_()
+    prior = UnivariateEnergyPrior(kan, ref, shared_uniforms=False)
+    weight = torch.tensor([[1.0], [0.6]], dtype=torch.float64)
+    model = KAEM(prior, LinearGenerator(weight, torch.zeros(2)), GaussianLikelihood(0.2)).double()
+    return model
+
+
+def _log_evidence_1d(model, x) -> torch.Tensor:
+    """``log p(x_b)`` of a 1-D latent by quadrature on a fine grid over the domain."""
+    t = torch.linspace(*model.prior.domain, 30_001, dtype=torch.float64)
+    with torch.no_grad():
+        lp = (
+            model.prior.log_prob(t[:, None, None])[:, None]
+            + model.likelihood.pairwise_log_prob(x, model.decode(t[:, None, None])).T
+        )  # (grid, B)
+    return torch.logsumexp(lp, 0) + math.log(float(t[1] - t[0]))
+
+
+def test_steppingstone_on_the_default_domain_matches_quadrature() -> None:
+    # Data explained by latents near and beyond the domain's edge: chains that left the domain
+    # would target another model (0.46 nats off in such a case); reflected ones do not.
+    model = _gaussian_1d_on_default_domain()
+    x = model.decode(torch.tensor([1.2, 1.6, -1.9], dtype=torch.float64)[:, None, None])
+    x = x.detach() + 0.1
+    truth = _log_evidence_1d(model, x)
+    ss = steppingstone_log_evidence(
+        model,
+        x,
+        n_temps=10,
+        exponent=2.0,
+        n_chains=128,
+        n_steps=400,
+        step_size=0.005,
+        generator=torch.Generator().manual_seed(4),
+    )
+    assert bool(((ss.estimate - truth).abs() < 4 * ss.stderr + 0.02).all()), (ss, truth)
+    imp = importance_log_evidence(
+        model, x, n_samples=50_000, generator=torch.Generator().manual_seed(5)
+    )
+    assert bool(((imp.estimate - truth).abs() < 4 * imp.stderr).all()), (imp, truth)
+
+
+def test_trace_variance_matches_the_exact_variance_at_every_temperature() -> None:
+    # Power posteriors of the linear-Gaussian model are Gaussian, so Var_t[log p(x | z)] is a
+    # closed form: the one estimator used at every temperature (chains, and exact draws at
+    # t = 0) must recover it.
     model, x, _ = _linear_gaussian()
+    temps = power_temperatures(4, 1.0, dtype=torch.float64)
+    pop = sample_power_posteriors(
+        model,
+        x,
+        temps,
+        n_chains=64,
+        n_steps=2000,
+        step_size=0.003,  # small: ULA's own bias inflates the variance (1.2x at 0.01)
+        generator=torch.Generator().manual_seed(6),
+    )
+    weight, bias = model.generator.weight.detach(), model.generator.bias.detach()
+    sigma2 = model.likelihood.variance
+    xb = x.reshape(4, -1)
+    dim = weight.shape[1]
+    for k, t in enumerate(temps.tolist()):
+        precision = torch.eye(dim, dtype=torch.float64) + t * weight.T @ weight / sigma2
+        cov = torch.linalg.inv(precision)
+        mean = (cov @ (t * weight.T @ (xb - bias).T / sigma2)).T  # (B, dim)
+        r_mean = xb - bias - mean @ weight.T  # residual mean, (B, pixels)
+        r_cov = weight @ cov @ weight.T
+        var_sq = 2 * torch.trace(r_cov @ r_cov) + 4 * ((r_mean @ r_cov) * r_mean).sum(-1)
+        exact = var_sq / (4 * sigma2**2)  # Var of -||r||^2 / (2 sigma^2)
+        ratio = pop.trace_var[k] / exact
+        assert bool(((ratio > 0.85) & (ratio < 1.15)).all()), (t, ratio)
+
+
+def test_posterior_samples_and_nonfinite_policies() -> None:
+    # The generator is NaN beyond |z| = 3.5, inside the prior's domain [-6, 6]: large steps
+    # reach it, small ones do not.
+    model, x, _ = _linear_gaussian(blow_up=3.5)
     post = sample_posterior(
         model, x, n_steps=20, step_size=0.01, generator=torch.Generator().manual_seed(0)
     )
     assert post.z.shape == (4, 2, 1) and post.retries == 0
-    # A step size that makes ULA diverge: a clear error naming the step and the chains...
+    # A step size that throws chains into the NaN region: an error naming step and chains...
     with pytest.raises(FloatingPointError, match=r"non-finite .* at step \d+ in chain"):
         sample_posterior(
             model, x, n_steps=200, step_size=50.0, generator=torch.Generator().manual_seed(0)
@@ -267,12 +381,16 @@ TINY = {
 }
 
 
+#: Langevin criteria need the prior's density: independent draws for the univariate prior.
+TINY_DENSITY = {**TINY, "prior": {**TINY["prior"], "shared_uniforms": False}}
+
+
 @pytest.mark.parametrize("kind", ["univariate", "mixture"])
 @pytest.mark.parametrize("criterion", ["ula", "thermodynamic"])
 def test_langevin_criteria_train_tiny_model(tmp_path: Path, kind: str, criterion: str) -> None:
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(64, 1, 8, 8, generator=g) * 255).to(torch.uint8)
-    model_cfg = {**TINY, "prior": {**TINY["prior"], "kind": kind}}
+    model_cfg = {**TINY_DENSITY, "prior": {**TINY_DENSITY["prior"], "kind": kind}}
     cfg = from_dict(
         TrainConfig,
         {
@@ -315,13 +433,25 @@ def test_nonfinite_training_step_is_named(tmp_path: Path) -> None:
             "criterion": "thermodynamic",
             "batch_size": 16,
             "max_steps": 3,
-            "langevin": {"steps": 50, "step_size": 1e4},
+            "langevin": {"steps": 50, "step_size": 0.01},
             "thermodynamic": {"n_temps": 2},
             "grid_update": {"enabled": False},
         },
     )
+    model = build_model(TINY_DENSITY)
+    with torch.no_grad():
+        model.generator.layers[-1].coef[0, 0, 0] = math.nan  # a broken parameter
     with pytest.raises(NonFiniteLossError, match=r"at step 1 \(epoch 0\).*temperature"):
-        train(build_model(TINY), images, cfg, tmp_path, progress=False)
+        train(model, images, cfg, tmp_path, progress=False)
+
+
+def test_langevin_criteria_refuse_a_prior_without_a_density(tmp_path: Path) -> None:
+    images = torch.zeros(32, 1, 8, 8, dtype=torch.uint8)
+    for criterion in ("ula", "thermodynamic"):
+        cfg = from_dict(TrainConfig, {"criterion": criterion, "batch_size": 16, "max_steps": 1})
+        with pytest.raises(ValueError, match=r"shared_uniforms: false"):
+            train(build_model(TINY), images, cfg, tmp_path / criterion, progress=False)
+        assert not (tmp_path / criterion / "checkpoint.pt").exists()
 
 
 def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
@@ -331,7 +461,7 @@ def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
     from kaem.data import prepare_dataset
 
     data = prepare_dataset("tiny", tmp_path / "tiny.h5", n_train=64, n_test=8, progress=False)
-    model_cfg = {"image_shape": [1, 8, 8], "prior": TINY["prior"], "generator": TINY["generator"]}
+    model_cfg = {"image_shape": [1, 8, 8], **TINY_DENSITY}
     (tmp_path / "cfg.yaml").write_text(
         json.dumps({"model": model_cfg, "train": {"max_steps": 3, "batch_size": 16}})
     )
@@ -363,3 +493,9 @@ def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
     assert result["importance"]["images"] == 4 and result["importance"]["stderr"] > 0
     assert result["ti_corrected"]["stderr"] is None
     assert all(math.isfinite(v["mean"]) for v in result.values())
+    # A prior with shared uniforms has no density for the chains: importance sampling only.
+    from kaem.evaluation import evaluate_log_evidence
+
+    shared = evaluate_log_evidence(build_model(TINY), torch.rand(2, 1, 8, 8), n_samples=50)
+    assert set(shared) == {"importance", "steppingstone"}
+    assert "shared_uniforms: true" in shared["steppingstone"]["skipped"]

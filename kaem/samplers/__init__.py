@@ -10,6 +10,7 @@ from kaem.samplers.importance import (
     resample_if_needed,
 )
 from kaem.samplers.langevin import (
+    Bounds,
     LangevinInfo,
     LangevinState,
     MALAInfo,
@@ -18,6 +19,7 @@ from kaem.samplers.langevin import (
     langevin_init,
     mala,
     mala_step,
+    reflect,
     ula,
     ula_step,
 )
@@ -41,6 +43,7 @@ from kaem.samplers.tempering import (
 
 __all__ = [
     "RESAMPLERS",
+    "Bounds",
     "LangevinInfo",
     "LangevinState",
     "MALAInfo",
@@ -58,6 +61,7 @@ __all__ = [
     "multinomial_resample",
     "normalized_log_weights",
     "power_temperatures",
+    "reflect",
     "replica_swap",
     "resample_if_needed",
     "residual_resample",

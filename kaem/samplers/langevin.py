@@ -12,6 +12,11 @@ Conventions shared by every function here:
   detached.
 - A state caches ``(position, log_density, grad)`` so that each step evaluates the target
   once, at the new position.
+- ``bounds=(low, high)`` confines every coordinate to ``[low, high]`` (a KAEM prior's domain):
+  proposals are reflected at both ends, so chains never leave the support. Reflection is the
+  boundary condition of the Langevin diffusion whose stationary law is the target restricted
+  to the box; ULA discretises it with the usual ``O(eta)`` bias, and MALA corrects exactly
+  with the reflected (folded) proposal density in its acceptance ratio.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "Bounds",
     "LangevinInfo",
     "LangevinState",
     "MALAInfo",
@@ -32,11 +38,14 @@ __all__ = [
     "langevin_init",
     "mala",
     "mala_step",
+    "reflect",
     "ula",
     "ula_step",
 ]
 
 LogDensityFn = Callable[[Tensor], Tensor]
+#: ``(low, high)``: the interval every coordinate of a chain lives on.
+Bounds = tuple[float, float]
 
 # Robbins-Monro gain c t^-kappa for the per-chain log step size. Each chain sees a single,
 # noisy acceptance probability per step, so the gain must decay (kappa in (0.5, 1]) while
@@ -205,6 +214,71 @@ def _sum_event(x: Tensor, batch_dims: int = 1) -> Tensor:
     return x.reshape(*x.shape[:batch_dims], -1).sum(-1)
 
 
+def _check_bounds(bounds: Bounds | None) -> Bounds | None:
+    if bounds is None:
+        return None
+    low, high = (float(b) for b in bounds)
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(f"bounds must be finite with high > low, got {bounds!r}")
+    return low, high
+
+
+def reflect(x: Tensor, low: float, high: float) -> Tensor:
+    """Fold ``x`` into ``[low, high]`` by reflecting at both ends, as often as needed.
+
+    The map is periodic with period ``2 (high - low)``: ``x`` and its mirror images
+    ``x + 2 k w`` and ``2 low - x + 2 k w`` all land on the same point.
+    """
+    width = high - low
+    folded = torch.remainder(x - low, 2.0 * width)
+    return (low + width - (folded - width).abs()).clamp_(low, high)
+
+
+#: Mirror images on each side of the nearest one in the folded proposal density. With steps
+#: of at most ``(high - low)^2 / 16`` the images left out weigh less than ``exp(-96)`` of it.
+_IMAGES = 2
+
+
+def _max_reflected_step(bounds: Bounds) -> float:
+    return (bounds[1] - bounds[0]) ** 2 / 16.0
+
+
+def _check_reflected_step(step: Tensor, bounds: Bounds | None) -> None:
+    """MALA's folded proposal density sums :data:`_IMAGES` images: refuse larger steps."""
+    if bounds is not None and float(step.max()) > _max_reflected_step(bounds):
+        raise ValueError(
+            f"with bounds {bounds} MALA's step size must be at most (high - low)^2 / 16 = "
+            f"{_max_reflected_step(bounds):g}, got {float(step.max()):g}"
+        )
+
+
+def _log_proposal(
+    to: Tensor, mean: Tensor, step: Tensor, bounds: Bounds | None, batch_dims: int = 1
+) -> Tensor:
+    """``log q(to | mean)`` of the Langevin proposal ``N(mean, 2 eta I)``, reflected if bounded.
+
+    Up to a constant that cancels in the Metropolis-Hastings ratio (it depends on ``eta``
+    only). Reflected, the density of a point is the sum over all its mirror images of the
+    Gaussian; the nearest images in each family (``to + 2 k w`` and ``2 low - to + 2 k w``)
+    are summed in log space.
+
+    Returns
+    -------
+    Tensor, shape (*batch,)
+    """
+    if bounds is None:
+        return -_sum_event((to - mean) ** 2 / (4 * step), batch_dims)
+    low, high = bounds
+    period = 2.0 * (high - low)
+    shifts = period * torch.arange(-_IMAGES, _IMAGES + 1, dtype=to.dtype, device=to.device)
+    terms = []
+    for image in (to, 2.0 * low - to):
+        nearest = image + period * torch.round((mean - image) / period)
+        diff = nearest[..., None] + shifts - mean[..., None]
+        terms.append(-(diff**2) / (4 * step[..., None]))
+    return _sum_event(torch.logsumexp(torch.cat(terms, dim=-1), dim=-1), batch_dims)
+
+
 def _nonfinite_chains(log_density: Tensor, *grads: Tensor) -> Tensor:
     """Mask of chains whose log density or any gradient is not finite, shape of log_density."""
     bad = ~torch.isfinite(log_density)
@@ -288,17 +362,25 @@ def langevin_init(
 
 
 def _langevin_proposal(
-    position: Tensor, grad: Tensor, step: Tensor, generator: torch.Generator | None
+    position: Tensor,
+    grad: Tensor,
+    step: Tensor,
+    generator: torch.Generator | None,
+    bounds: Bounds | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Euler-Maruyama step of the overdamped Langevin diffusion (eq. 11).
 
-    Returns the proposal ``z + eta grad + sqrt(2 eta) xi`` and its drift-only mean.
+    Returns the proposal ``z + eta grad + sqrt(2 eta) xi`` (reflected into ``bounds``) and its
+    drift-only mean.
     """
     noise = torch.randn(
         position.shape, generator=generator, dtype=position.dtype, device=position.device
     )
     mean = position + step * grad
-    return mean + torch.sqrt(2 * step) * noise, mean
+    proposal = mean + torch.sqrt(2 * step) * noise
+    if bounds is not None:
+        proposal = reflect(proposal, *bounds)
+    return proposal, mean
 
 
 def ula_step(
@@ -308,6 +390,7 @@ def ula_step(
     step_size: float | Tensor,
     generator: torch.Generator | None,
     check_finite: bool = True,
+    bounds: Bounds | None = None,
 ) -> LangevinState:
     """One unadjusted Langevin step, eq. 11: ``z <- z + eta grad log p(z) + sqrt(2 eta) xi``.
 
@@ -323,6 +406,8 @@ def ula_step(
         Source of the Gaussian noise ``xi``.
     check_finite : bool
         Raise :class:`NonFiniteError` if the new log density or gradient is not finite.
+    bounds : (float, float) or None
+        Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends.
 
     Returns
     -------
@@ -330,7 +415,7 @@ def ula_step(
         The new positions, evaluated.
     """
     step = _broadcast_step(step_size, state.position)
-    return _ula_step(log_density_fn, state, step, generator, check_finite)
+    return _ula_step(log_density_fn, state, step, generator, check_finite, _check_bounds(bounds))
 
 
 def _ula_step(
@@ -339,9 +424,10 @@ def _ula_step(
     step: Tensor,
     generator: torch.Generator | None,
     check_finite: bool,
+    bounds: Bounds | None,
 ) -> LangevinState:
     """:func:`ula_step` with ``step`` already validated and broadcast (no host sync)."""
-    proposal, _ = _langevin_proposal(state.position, state.grad, step, generator)
+    proposal, _ = _langevin_proposal(state.position, state.grad, step, generator, bounds)
     return langevin_init(log_density_fn, proposal, check_finite=check_finite)
 
 
@@ -353,11 +439,14 @@ def ula(
     n_steps: int,
     generator: torch.Generator | None,
     check_finite: bool = True,
+    bounds: Bounds | None = None,
 ) -> tuple[Tensor, LangevinInfo]:
     """Run the unadjusted Langevin algorithm (eq. 11) on all chains at once.
 
     ULA has no accept/reject step, so its stationary law is biased by ``O(eta)``; on
-    ``N(m, s^2)`` it is ``N(m, s^2 / (1 - eta / (2 s^2)))``.
+    ``N(m, s^2)`` it is ``N(m, s^2 / (1 - eta / (2 s^2)))``. With ``bounds`` the proposals
+    are reflected at the ends, which discretises the reflected diffusion whose stationary law
+    is the target on the box (with the same ``O(eta)`` bias).
 
     Parameters
     ----------
@@ -375,6 +464,8 @@ def ula(
         Raise :class:`NonFiniteError` (naming the step and chains) as soon as a log density or
         gradient is not finite. When off, nothing is checked per step (no host
         synchronisation) and the count is reported in the info instead.
+    bounds : (float, float) or None
+        Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends.
 
     Returns
     -------
@@ -383,6 +474,7 @@ def ula(
     info : LangevinInfo
     """
     _check_steps(n_steps)
+    bounds = _check_bounds(bounds)
     step = _broadcast_step(step_size, z0)
     try:
         state = langevin_init(log_density_fn, z0, check_finite=check_finite)
@@ -393,7 +485,7 @@ def ula(
     for i in range(n_steps):
         grad_norms.append(state.grad.reshape(len(z0), -1).norm(dim=-1).mean())
         try:
-            state = _ula_step(log_density_fn, state, step, generator, check_finite)
+            state = _ula_step(log_density_fn, state, step, generator, check_finite, bounds)
         except NonFiniteError as err:
             raise err.at_step(i + 1) from None
         if not check_finite:
@@ -409,13 +501,16 @@ def mala_step(
     step_size: float | Tensor,
     generator: torch.Generator | None,
     check_finite: bool = True,
+    bounds: Bounds | None = None,
 ) -> tuple[LangevinState, MALAStepInfo]:
     """One Metropolis-adjusted Langevin step, per chain.
 
     The ULA move (eq. 11) is used as a proposal ``q(z' | z) = N(z + eta grad log p(z), 2 eta I)``
     and accepted with probability
     ``min(1, p(z') q(z | z') / (p(z) q(z' | z)))``; the proposal is asymmetric, so both
-    ``q`` terms are needed.
+    ``q`` terms are needed. With ``bounds`` the proposal is reflected into the box and ``q``
+    is the reflected (folded) Gaussian density, so the chain is exact for the target on the
+    box; steps are then limited to ``(high - low)^2 / 16``.
 
     Parameters
     ----------
@@ -430,14 +525,18 @@ def mala_step(
     check_finite : bool
         Raise :class:`NonFiniteError` if a proposal's log density or gradient is not finite;
         when off, such proposals are rejected.
+    bounds : (float, float) or None
+        Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends.
 
     Returns
     -------
     state : LangevinState
     info : MALAStepInfo
     """
+    bounds = _check_bounds(bounds)
     step = _broadcast_step(step_size, state.position)
-    return _mala_step(log_density_fn, state, step, generator, check_finite)
+    _check_reflected_step(step, bounds)
+    return _mala_step(log_density_fn, state, step, generator, check_finite, bounds)
 
 
 def _mala_step(
@@ -446,15 +545,15 @@ def _mala_step(
     step: Tensor,
     generator: torch.Generator | None,
     check_finite: bool,
+    bounds: Bounds | None,
 ) -> tuple[LangevinState, MALAStepInfo]:
     """:func:`mala_step` with ``step`` already validated and broadcast (no host sync)."""
     z = state.position
-    proposal, forward_mean = _langevin_proposal(z, state.grad, step, generator)
+    proposal, forward_mean = _langevin_proposal(z, state.grad, step, generator, bounds)
     new = langevin_init(log_density_fn, proposal, check_finite=check_finite)
     backward_mean = proposal + step * new.grad
-    # log q(a | b) = -||a - mean(b)||^2 / (4 eta) + const; the constants cancel per chain.
-    log_q_forward = -_sum_event((proposal - forward_mean) ** 2 / (4 * step))
-    log_q_backward = -_sum_event((z - backward_mean) ** 2 / (4 * step))
+    log_q_forward = _log_proposal(proposal, forward_mean, step, bounds)
+    log_q_backward = _log_proposal(z, backward_mean, step, bounds)
     log_ratio = new.log_density - state.log_density + log_q_backward - log_q_forward
     # A NaN ratio can only come from a non-finite proposal (check_finite off): reject it.
     nonfinite = _nonfinite_chains(new.log_density, new.grad)
@@ -481,6 +580,7 @@ def mala(
     n_warmup: int = 0,
     target_accept: float = 0.574,
     check_finite: bool = True,
+    bounds: Bounds | None = None,
 ) -> tuple[Tensor, MALAInfo]:
     """Run MALA on all chains, with per-chain step-size adaptation during warm-up.
 
@@ -510,6 +610,9 @@ def mala(
     check_finite : bool
         Raise :class:`NonFiniteError` on a non-finite log density or gradient; when off,
         non-finite proposals are rejected and counted.
+    bounds : (float, float) or None
+        Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends.
+        (see :func:`mala_step`); adaptation keeps the steps within the limit there.
 
     Returns
     -------
@@ -522,7 +625,10 @@ def mala(
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
     n_chains = len(z0)
+    bounds = _check_bounds(bounds)
     step = _broadcast_step(step_size, z0).reshape(-1).expand(n_chains).clone()  # (n_chains,)
+    _check_reflected_step(step, bounds)
+    max_log_step = math.inf if bounds is None else math.log(_max_reflected_step(bounds))
 
     try:
         state = langevin_init(log_density_fn, z0, check_finite=check_finite)
@@ -535,7 +641,7 @@ def mala(
     def advance(state: LangevinState, eta: Tensor, i: int) -> tuple[LangevinState, MALAStepInfo]:
         try:
             eta = eta.reshape(n_chains, *event_ones)
-            return _mala_step(log_density_fn, state, eta, generator, check_finite)
+            return _mala_step(log_density_fn, state, eta, generator, check_finite, bounds)
         except NonFiniteError as err:
             raise err.at_step(i) from None
 
@@ -545,7 +651,9 @@ def mala(
         state, info = advance(state, log_step.exp(), i + 1)
         n_bad = n_bad + info.nonfinite.sum()
         gain = _RM_GAIN * (i + 1) ** -_RM_KAPPA
-        log_step = log_step + gain * (info.acceptance_prob - target_accept)
+        log_step = (log_step + gain * (info.acceptance_prob - target_accept)).clamp(
+            max=max_log_step
+        )
     step = log_step.exp()
 
     n_accepted = torch.zeros_like(step)

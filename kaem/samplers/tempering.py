@@ -15,9 +15,11 @@ import torch
 from torch import Tensor
 
 from kaem.samplers.langevin import (
+    Bounds,
     NonFiniteError,
     _broadcast_step,
     _chain_indices,
+    _check_bounds,
     _check_steps,
     _langevin_proposal,
     _nonfinite_chains,
@@ -293,6 +295,7 @@ def tempered_ula(
     swap_every: int = 1,
     check_finite: bool = True,
     callback: Callable[[int, Tensor], None] | None = None,
+    bounds: Bounds | None = None,
 ) -> tuple[Tensor, TemperingInfo]:
     """Population ULA on the power posteriors with replica swaps (eqs. 11, 12, 25).
 
@@ -330,6 +333,9 @@ def tempered_ula(
         Called as ``callback(step, log_lik)`` after every step (and its swap) with the
         population's log-likelihoods ``(K, B)``, e.g. to accumulate per-temperature averages
         along the trajectory for thermodynamic integration. Diagnostics only: never fed back.
+    bounds : (float, float) or None
+        Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends (see
+        :mod:`kaem.samplers.langevin`); swaps exchange positions, so they never leave it.
 
     Returns
     -------
@@ -338,6 +344,7 @@ def tempered_ula(
     info : TemperingInfo
     """
     _check_steps(n_steps)
+    bounds = _check_bounds(bounds)
     if isinstance(swap_every, bool) or not isinstance(swap_every, int) or swap_every < 1:
         raise ValueError(f"swap_every must be an int >= 1, got {swap_every!r}")
     temperatures = torch.as_tensor(temperatures, dtype=z0.dtype, device=z0.device)
@@ -364,7 +371,7 @@ def tempered_ula(
     swapped = torch.zeros(n_pairs, dtype=z0.dtype, device=z0.device)
     for i in range(n_steps):
         drift = t * state.grad_lik + state.grad_prior  # grad log p_t, (K, B, *event)
-        proposal, _ = _langevin_proposal(state.position, drift, step, generator)
+        proposal, _ = _langevin_proposal(state.position, drift, step, generator, bounds)
         state = evaluate(proposal, i + 1)
         if not check_finite:
             n_bad = n_bad + count_bad(state)
