@@ -155,6 +155,7 @@ class CellInfo(NamedTuple):
     reference: str | None
     prior: str | None  # univariate or mixture
     generator: str | None  # kan or cnn
+    chains: int | None = None  # thermodynamic: chains per temperature
 
 
 def resolve_cell(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -187,10 +188,11 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
     if _is_vae(cfg):
         return CellInfo(name, dataset, "VAE", None, criterion, "ELBO", None, None, None)
     model = from_dict(ModelConfig, cfg["model"], "model")
-    sampler = _CRITERION_NAMES[criterion]
+    sampler, chains = _CRITERION_NAMES[criterion], None
     if criterion == "thermodynamic":
-        train = from_dict(TrainConfig, cfg["train"], "train")
-        sampler = f"thermodynamic (N_t={train.thermodynamic.n_temps})"
+        thermo = from_dict(TrainConfig, cfg["train"], "train").thermodynamic
+        chains = thermo.chains
+        sampler = f"thermodynamic (N_t={thermo.n_temps}, S={chains})"
     return CellInfo(
         name,
         dataset,
@@ -201,6 +203,7 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
         model.prior.reference.name,
         model.prior.kind,
         model.generator.kind,
+        chains,
     )
 
 
@@ -353,14 +356,25 @@ def check_models(config: Mapping[str, Any]) -> None:
     ------
     WorkflowConfigError
         Naming each cell whose model cannot be built and why (e.g. a CNN whose layers do not
-        make the dataset's image size).
+        make the dataset's image size), or whose criterion cannot train it (a Langevin
+        criterion on a prior without a joint density).
     """
+    from kaem.posterior import check_langevin_prior
+
     errors = []
     for name in config["cells"]:
+        cfg = resolve_cell(config, name)
         try:
-            build_cell_model(resolve_cell(config, name))
+            model = build_cell_model(cfg)
         except (ValueError, TypeError, ConfigError) as exc:
             errors.append(f"cells.{name}.override: the model cannot be built: {exc}")
+            continue
+        criterion = cfg.get("train", {}).get("criterion", TrainConfig.criterion)
+        if criterion in ("ula", "thermodynamic"):
+            try:
+                check_langevin_prior(model, f"train.criterion {criterion!r}")
+            except ValueError as exc:
+                errors.append(f"cells.{name}.override: {exc}")
     if errors:
         raise WorkflowConfigError(
             "invalid workflow configuration:\n" + "\n".join(f"  - {x}" for x in errors)

@@ -649,9 +649,10 @@ class MixtureEnergyPrior(_EnergyPrior):
         guided = self._guided(n, state, "marginal")
         tables = self._tables(state, "marginal", self._build_marginal_cdf, guided)
         if guided:
-            out = u.new_empty(n, self.latent_dim)  # written through its (Q, n) view
-            return quad.guided_inverse_cdf(u, tables.cdf, tables.guide, out=out.T).T
-        return quad.inverse_cdf(u, tables.cdf).T.contiguous()
+            z = quad.guided_inverse_cdf(u, tables.cdf, tables.guide)
+        else:
+            z = quad.inverse_cdf(u, tables.cdf)
+        return z.T.contiguous()
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

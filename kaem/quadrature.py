@@ -225,30 +225,32 @@ class GuideTable(NamedTuple):
 
     The grid ``u_k = (1 - cos(pi k / M)) / 2`` is finer near 0 and 1, where Gauss-Legendre
     cells are small. On ``[u_k, u_{k+1})`` the inverse CDF of a row is piecewise linear with a
-    kink at every cell edge ``cdf_j`` that falls inside. With at most one such edge, it is, for
+    kink at every cell edge that falls inside. With at most one such edge it is, for
     ``d = u - u_k``,
 
-        z = start + min(d, kink) * slope + (d - min(d, kink)) * slope_after,
+        z = base + d * slope + max(d, kink) * jump,
 
-    where ``start`` is the exact inverse at ``u_k``, ``slope`` that of its cell, ``kink`` the
-    distance from ``u_k`` to the edge and ``slope_after`` the slope of the next cell: the same
-    cells and slopes as :func:`inverse_cdf`, so both agree to float rounding. An interval that
-    holds two or more edges has ``slope_after = NaN``, and its draws are inverted by search.
+    where ``slope`` is that of the cell holding ``u_k``, ``kink`` the distance from ``u_k`` to
+    the edge, ``jump`` the change of slope there and ``base = start - kink * jump`` with
+    ``start`` the exact inverse at ``u_k``: the same cells and slopes as :func:`inverse_cdf`,
+    so both agree to float rounding. An interval that holds two or more edges, or whose slope
+    changes by more than :data:`MAX_SLOPE_RATIO` (where this form would lose digits), has
+    ``jump = NaN``, and its draws are inverted by search.
 
     Attributes
     ----------
     grid
         ``u_0 = 0 < ... < u_M = 1``, shape ``(M + 1,)``.
-    start, slope, kink, slope_after
-        Shape ``(..., M)`` each; ``kink = 1`` (beyond any ``d``) and ``slope_after = 0`` where
-        no edge falls inside.
+    base, slope, kink, jump
+        Shape ``(..., M)`` each; ``kink = 1`` (beyond any ``d``) and ``jump = 0`` where no
+        edge falls inside.
     """
 
     grid: Tensor
-    start: Tensor
+    base: Tensor
     slope: Tensor
     kink: Tensor
-    slope_after: Tensor
+    jump: Tensor
 
 
 class SharedGuide(NamedTuple):
@@ -259,18 +261,25 @@ class SharedGuide(NamedTuple):
     grid
         As in :class:`GuideTable`.
     rows
-        Shape ``(P, M, 4 * Q)``: ``rows[p, k]`` holds the four entries of interval ``k`` for
-        every ``q`` (``(4, Q)`` flattened), so one draw ``u_p`` reads one contiguous row.
+        Shape ``(P, M, 4 * Q)``: ``rows[p, k]`` holds ``(base, slope, kink, jump)`` of
+        interval ``k`` for every ``q`` (``(4, Q)`` flattened), so one draw ``u_p`` reads one
+        contiguous row.
     search
-        Shape ``(P, M, Q)``, bool: the entries whose interval holds several cell edges.
-    refine
-        Shape ``(P, M)``, bool: ``search.any(-1)``.
+        Shape ``(P, M, Q)``, bool: the entries to invert by search (``jump = NaN``).
+    fix
+        Shape ``(P, M)``, bool: intervals with an entry to search, or whose values come
+        within rounding of the domain's ends (their draws are clamped into it).
     """
 
     grid: Tensor
     rows: Tensor
     search: Tensor
-    refine: Tensor
+    fix: Tensor
+
+
+#: Largest change of slope at a kink that the guide's closed form takes: beyond it the
+#: intercept ``base`` would cancel digits of the sample, so such intervals are searched.
+MAX_SLOPE_RATIO = 16.0
 
 
 def guide_points(
@@ -311,8 +320,9 @@ def guide_position(u: Tensor, grid: Tensor) -> tuple[Tensor, Tensor]:
     return k, u - grid.take(k)
 
 
-def _guide_entries(table: CDFTable, n_points: int) -> list[Tensor]:
-    """The fields ``(start, slope, kink, slope_after)`` of every interval, each ``(R, M)``.
+def _guide_entries(table: CDFTable, n_points: int) -> tuple[list[Tensor], Tensor]:
+    """The fields ``(base, slope, kink, jump)`` of every interval, each ``(R, M)``, and the
+    exact inverse at every grid point, ``(R, M + 1)``.
 
     Everything is found by merging the cell edges into the grid rather than by searching:
     interior edge ``j`` lies in interval ``k_j`` (:func:`guide_position`). A histogram of the
@@ -329,18 +339,25 @@ def _guide_entries(table: CDFTable, n_points: int) -> list[Tensor]:
     inner = cdf[:, 1:-1]  # interior edges j = 1..N-1
     k_edge, d_edge = guide_position(inner, grid)
     inside = d_edge > 0  # strictly above u_k: inside interval k (or at its end, u = 1)
-    hist = torch.zeros(rows, m + 1, dtype=torch.int32, device=cdf.device)
+    hist = torch.zeros(rows, m + 2, dtype=torch.int32, device=cdf.device)
     hist.scatter_add_(1, k_edge + inside, torch.ones_like(k_edge, dtype=torch.int32))
-    lo = hist[:, :m].cumsum(1)  # cell of u_k, (R, M), int64
-    col = k_edge.masked_fill_(~inside, m)  # the interval of each kink; column m is spare
+    lo = hist[:, : m + 1].cumsum(1).clamp_(max=n_cells - 1)  # cell of u_k, k = 0..M
+    start = torch.gather(edges.expand(rows, -1), 1, lo)
+    s_lo = slope.gather(1, lo)
+    start.addcmul_(grid - cdf.gather(1, lo), s_lo)  # the exact inverse at every u_k
+    s_lo = s_lo[:, :m]
+    # Kinks: the interval of each inside edge, or the spare column m for the others.
+    col = k_edge.masked_fill_(~inside, m)
     kink = torch.ones(rows, m + 1, dtype=cdf.dtype, device=cdf.device).scatter_(1, col, d_edge)
+    kink = kink[:, :m]
     after = torch.zeros(rows, m + 1, dtype=cdf.dtype, device=cdf.device)
     after = after.scatter_(1, col, slope[:, 1:])[:, :m]  # the cell above edge j is cell j
-    after.masked_fill_(hist[:, 1:] > 1, math.nan)
-    s_lo = slope.gather(1, lo)
-    start = torch.gather(edges.expand(rows, -1), 1, lo)
-    start.addcmul_(grid[:-1] - cdf.gather(1, lo), s_lo)
-    return [start, s_lo, kink[:, :m], after]
+    has_kink = after > 0
+    jump = torch.where(has_kink, after - s_lo, 0.0)
+    steep = has_kink & ((after > MAX_SLOPE_RATIO * s_lo) | (s_lo > MAX_SLOPE_RATIO * after))
+    jump.masked_fill_((hist[:, 1 : m + 1] > 1) | steep, math.nan)
+    base = start[:, :m] - kink * jump.nan_to_num()
+    return [base, s_lo, kink, jump], start
 
 
 #: Rows of CDFs turned into guide entries at a time: temporaries stay in cache (and in the
@@ -375,7 +392,7 @@ def guide_table(table: CDFTable, n_points: int) -> GuideTable:
     cdf = table.cdf
     fields = cdf.new_empty(4, math.prod(cdf.shape[:-1]), n_points)
     for start, stop, sub in _row_chunks(table, _GUIDE_ROWS):
-        for field, entry in zip(fields, _guide_entries(sub, n_points), strict=True):
+        for field, entry in zip(fields, _guide_entries(sub, n_points)[0], strict=True):
             field[start:stop] = entry
     grid = guide_points(n_points, dtype=cdf.dtype, device=cdf.device)
     return GuideTable(grid, *fields.view(4, *cdf.shape[:-1], n_points))
@@ -391,19 +408,26 @@ def shared_guide_table(table: CDFTable, n_points: int) -> SharedGuide:
     n_points
         ``M``.
     """
-    cdf = table.cdf
+    cdf, edges = table.cdf, table.edges
     q, p = cdf.shape[:2]
     # Rows (p, q) with p outermost, so each block of p's fills a contiguous block of the layout.
-    by_p = CDFTable(cdf.transpose(0, 1).contiguous(), table.edges, table.slope.transpose(0, 1))
+    by_p = CDFTable(cdf.transpose(0, 1).contiguous(), edges, table.slope.transpose(0, 1))
     rows = cdf.new_empty(p, n_points, 4, q)
+    near_end = torch.zeros(p, n_points, dtype=torch.bool, device=cdf.device)
+    low, high = float(edges[0]), float(edges[-1])
+    tol = 1e-4 * (high - low)  # far beyond the rounding of any sample
     per_p = max(1, _GUIDE_ROWS // q)
     for start, stop, sub in _row_chunks(by_p, per_p * q):
         p0, p1 = start // q, stop // q
-        for j, entry in enumerate(_guide_entries(sub, n_points)):
-            rows[p0:p1, :, j].copy_(entry.view(p1 - p0, q, n_points).transpose(1, 2))
+        fields, inverse = _guide_entries(sub, n_points)
+        for j, field in enumerate(fields):
+            rows[p0:p1, :, j].copy_(field.view(p1 - p0, q, n_points).transpose(1, 2))
+        inverse = inverse.view(p1 - p0, q, n_points + 1)
+        ends = (inverse[..., :-1] < low + tol) | (inverse[..., 1:] > high - tol)
+        near_end[p0:p1] = ends.any(1)
     search = torch.isnan(rows[:, :, 3])  # (P, M, Q)
     grid = guide_points(n_points, dtype=cdf.dtype, device=cdf.device)
-    return SharedGuide(grid, rows.view(p, n_points, 4 * q), search, search.any(2))
+    return SharedGuide(grid, rows.view(p, n_points, 4 * q), search, search.any(2) | near_end)
 
 
 def inverse_cdf_rows(rows: Tensor, u: Tensor, table: CDFTable) -> Tensor:
@@ -443,11 +467,11 @@ def inverse_cdf_rows(rows: Tensor, u: Tensor, table: CDFTable) -> Tensor:
 
 
 def _evaluate(
-    start: Tensor, slope: Tensor, kink: Tensor, after: Tensor, d: Tensor, out: Tensor
+    base: Tensor, slope: Tensor, kink: Tensor, jump: Tensor, d: Tensor, out: Tensor
 ) -> Tensor:
-    """``start + min(d, kink) slope + (d - min(d, kink)) after`` into ``out`` (``d`` is spent)."""
-    first = torch.minimum(d, kink)
-    return torch.addcmul(start, first, slope, out=out).addcmul_(d.sub_(first), after)
+    """``base + d slope + max(d, kink) jump`` into ``out`` (all of one shape)."""
+    torch.addcmul(base, d, slope, out=out)
+    return out.addcmul_(torch.maximum(d, kink), jump)
 
 
 def guided_inverse_cdf(
@@ -480,18 +504,18 @@ def guided_inverse_cdf(
         Shape ``(R, S)``; equal to ``inverse_cdf(u, table)`` to float rounding.
     """
     n_rows = u.shape[0]
-    fields = [f.reshape(n_rows, -1) for f in guide[1:]]
+    fields = [f.reshape(n_rows, -1) for f in (guide.base, guide.slope, guide.kink, guide.jump)]
+    searched = bool(torch.isnan(guide.jump).any())  # some interval holds several edges
     out = torch.empty_like(u) if out is None else out
     low, high = float(table.edges[0]), float(table.edges[-1])
     step = max(1, chunk // n_rows)
     for s in range(0, u.shape[1], step):
         ub, o = u[:, s : s + step], out[:, s : s + step]
         k, d = guide_position(ub, guide.grid)
-        start, slope, kink, after = (f.gather(1, k) for f in fields)
-        _evaluate(start, slope, kink, after, d, o).clamp_(low, high)
-        bad = torch.isnan(after).nonzero()  # intervals with several edges: search
-        if bad.numel():
-            r, c = bad.unbind(1)
+        base, slope, kink, jump = (f.gather(1, k) for f in fields)
+        _evaluate(base, slope, kink, jump, d, o).clamp_(low, high)
+        if searched:
+            r, c = torch.isnan(jump).nonzero().unbind(1)
             o[r, c] = inverse_cdf_rows(r, ub[r, c], table)
     return out
 
@@ -519,17 +543,18 @@ def guided_inverse_cdf_rows(
         memory is ``O(K)`` however many rows there are.
     """
     m = guide.grid.shape[0] - 1
-    fields = [f.reshape(-1) for f in guide[1:]]
+    fields = [f.reshape(-1) for f in (guide.base, guide.slope, guide.kink, guide.jump)]
+    searched = bool(torch.isnan(guide.jump).any())
     out = torch.empty_like(u)
     low, high = float(table.edges[0]), float(table.edges[-1])
     for s in range(0, u.shape[0], chunk):
         rb, ub, o = rows[s : s + chunk], u[s : s + chunk], out[s : s + chunk]
         k, d = guide_position(ub, guide.grid)
         at = k.add_(rb * m)
-        start, slope, kink, after = (f.take(at) for f in fields)
-        _evaluate(start, slope, kink, after, d, o).clamp_(low, high)
-        bad = torch.isnan(after).nonzero().squeeze(1)
-        if bad.numel():
+        base, slope, kink, jump = (f.take(at) for f in fields)
+        _evaluate(base, slope, kink, jump, d, o).clamp_(low, high)
+        if searched:
+            bad = torch.isnan(jump).nonzero().squeeze(1)
             o[bad] = inverse_cdf_rows(rb[bad], ub[bad], table)
     return out
 
@@ -564,20 +589,18 @@ def guided_inverse_cdf_shared(
     k, d = guide_position(u.T, guide.grid)  # (P, n)
     d = d[..., None]  # (P, n, 1)
     out = torch.empty(p, n, q, dtype=guide.rows.dtype, device=guide.rows.device)
-    low, high = float(table.edges[0]), float(table.edges[-1])
     step = min(n, max(1, chunk // q))
-    first = guide.rows.new_empty(step, q)
+    most = guide.rows.new_empty(step, q)
     for rows, kp, dp, op in zip(guide.rows, k, d, out, strict=True):  # one p at a time
         for start in range(0, n, step):
             i, dd, o = kp[start : start + step], dp[start : start + step], op[start : start + step]
             e = rows.index_select(0, i).view(-1, 4, q)
-            f = torch.minimum(dd, e[:, 2], out=first[: len(i)])
-            torch.addcmul(e[:, 0], f, e[:, 1], out=o)
-            o.addcmul_(torch.sub(dd, f, out=f), e[:, 3]).clamp_(low, high)
-    flagged = guide.refine.gather(1, k)  # (P, n): draws whose interval needs a search
+            torch.addcmul(e[:, 0], dd, e[:, 1], out=o)
+            o.addcmul_(torch.maximum(dd, e[:, 2], out=most[: len(i)]), e[:, 3])
+    flagged = guide.fix.gather(1, k)  # (P, n): draws to search or to clamp
     if bool(flagged.any()):
         pi, s = flagged.nonzero().unbind(1)
         j, qi = guide.search[pi, k[pi, s]].nonzero().unbind(1)
-        pi, s = pi[j], s[j]
-        out[pi, s, qi] = inverse_cdf_rows(qi * p + pi, u[s, pi], table)
+        out[pi[j], s[j], qi] = inverse_cdf_rows(qi * p + pi[j], u[s[j], pi[j]], table)
+        out[pi, s] = out[pi, s].clamp_(float(table.edges[0]), float(table.edges[-1]))
     return out

@@ -26,6 +26,7 @@ __all__ = [
     "cells_table",
     "extractors_table",
     "metrics_table",
+    "thermodynamic_note",
     "to_latex",
     "to_markdown",
     "write_table",
@@ -300,8 +301,9 @@ def _text_rows(df: pd.DataFrame) -> list[list[str]]:
     return [[_format(c, v) for c, v in zip(df.columns, row, strict=True)] for row in df.values]
 
 
-def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table (numbers rounded by column), after a title line."""
+def to_markdown(df: pd.DataFrame, title: str | None = None, note: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table (numbers rounded by column), after a title line and
+    before an optional note."""
     header = [str(c) for c in df.columns]
     rows = _text_rows(df)
 
@@ -312,6 +314,8 @@ def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
     rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
     out = [f"**{title}**", ""] if title else []
     out += [line(header), rule, *(line(r) for r in rows)]
+    if note:
+        out += ["", f"*Note.* {note}"]
     return "\n".join(out) + "\n"
 
 
@@ -333,11 +337,18 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
-    """A LaTeX ``table`` with ``booktabs`` rules (numbers rounded by column)."""
+def to_latex(
+    df: pd.DataFrame,
+    caption: str | None = None,
+    label: str | None = None,
+    note: str | None = None,
+) -> str:
+    """A LaTeX ``table`` with ``booktabs`` rules (numbers rounded by column); a note joins the
+    caption."""
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
     spec = "".join("r" if n else "l" for n in numeric)
     lines = ["\\begin{table}[ht]", "\\centering"]
+    caption = " ".join(part for part in (caption, note) if part) or None
     if caption:
         lines.append(f"\\caption{{{_latex_escape(caption)}}}")
     if label:
@@ -352,12 +363,37 @@ def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = N
 
 
 def write_table(
-    df: pd.DataFrame, stem: str | os.PathLike, *, title: str | None = None
+    df: pd.DataFrame,
+    stem: str | os.PathLike,
+    *,
+    title: str | None = None,
+    note: str | None = None,
 ) -> dict[str, Path]:
     """Write ``stem.csv``, ``stem.md`` and ``stem.tex`` atomically; return them by suffix."""
     stem = Path(stem)
     paths = {ext: stem.with_name(f"{stem.name}.{ext}") for ext in ("csv", "md", "tex")}
     atomic_write_text(df.to_csv(index=False), paths["csv"])
-    atomic_write_text(to_markdown(df, title), paths["md"])
-    atomic_write_text(to_latex(df, title, f"tab:{stem.name}"), paths["tex"])
+    atomic_write_text(to_markdown(df, title, note), paths["md"])
+    atomic_write_text(to_latex(df, title, f"tab:{stem.name}", note), paths["tex"])
     return paths
+
+
+def thermodynamic_note(cells: Sequence[Mapping[str, Any]]) -> str | None:
+    """What one chain per temperature means, for a table with such thermodynamic cells.
+
+    Parameters
+    ----------
+    cells
+        The table's cells as :class:`kaem.pipeline.CellInfo` mappings.
+    """
+    single = [
+        c["name"] for c in cells if c.get("criterion") == "thermodynamic" and c["chains"] == 1
+    ]
+    if not single:
+        return None
+    return (
+        f"Thermodynamic cells ({', '.join(single)}) use one chain per temperature "
+        "(train.thermodynamic.chains = 1, the paper's setting): their training gradient is the "
+        "Riemann sum sum_k (t_k - t_(k-1)) grad log p(x | z^(k-1)), not the maximum-likelihood "
+        "gradient; with S chains the steppingstone weights bring it there as S grows."
+    )

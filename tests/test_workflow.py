@@ -56,6 +56,7 @@ from kaem.tables import (
     PAPER_TABLES,
     benchmark_table,
     metrics_table,
+    thermodynamic_note,
     to_latex,
     to_markdown,
     write_table,
@@ -141,7 +142,7 @@ def test_a_cell_is_its_preset_with_the_common_and_its_own_overrides():
     assert thermo["model"]["prior"]["widths"] == [4, 9]
     info = {c: cell_info(cfg, c) for c in cfg["cells"]}
     assert info["tiny_is"][1:7] == ("tiny", "KAEM", "rbf", "importance", "IS", "gaussian")
-    assert info["tiny_thermo"].sampler == "thermodynamic (N_t=3)"
+    assert info["tiny_thermo"].sampler == "thermodynamic (N_t=3, S=1)"
     assert info["tiny_vae"].model == "VAE" and info["tiny_vae"].basis is None
     assert cell_sizes(cfg, "tiny_is") == [100, 150, 200, 250]
 
@@ -316,6 +317,18 @@ def test_a_model_that_cannot_be_built_is_named_before_any_job():
         check_models(cfg)
 
 
+def test_a_langevin_cell_on_a_prior_without_a_density_is_named_before_any_job():
+    cfg = load_config(
+        _set(tiny_config(), "cells.tiny_thermo.override.model.prior.shared_uniforms", True), SCHEMA
+    )
+    with pytest.raises(
+        WorkflowConfigError,
+        match=r"cells\.tiny_thermo\.override: train\.criterion 'thermodynamic' .*"
+        r"shared_uniforms: false",
+    ):
+        check_models(cfg)
+
+
 # ----------------------------------------------------------------------------- kaem pieces
 
 
@@ -418,6 +431,21 @@ def test_metrics_tables_put_the_papers_values_beside_ours(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.csv", "t1.md", "t1.tex"]
 
 
+def test_a_table_with_one_chain_thermodynamic_cells_says_what_that_means(tmp_path):
+    cells = [
+        {"name": "svhn_mle", "criterion": "ula", "chains": None},
+        {"name": "svhn_thermo", "criterion": "thermodynamic", "chains": 1},
+        {"name": "svhn_thermo_s8", "criterion": "thermodynamic", "chains": 8},
+    ]
+    note = thermodynamic_note(cells)
+    assert "(svhn_thermo)" in note and "chains = 1" in note and "Riemann sum" in note
+    assert thermodynamic_note(cells[::2]) is None
+    df = metrics_table({"Thermo": ("svhn_thermo", {})}, "table1")
+    paths = write_table(df, tmp_path / "t1", title="Table 1", note=note)
+    assert paths["md"].read_text().rstrip().endswith(note)
+    assert "Riemann sum" in paths["tex"].read_text().split(r"\caption{")[1].split("}")[0]
+
+
 def test_the_benchmark_table_lists_timings_then_speed_ups_with_the_papers_claims():
     bench = {
         "device": "cpu",
@@ -514,7 +542,7 @@ def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
     assert list(tiny["paper FID_inf"]) == [97.61, 148.84, 62.83]
     cells = pd.read_csv(tables / "cells.csv")
     assert list(cells["cell"]) == list(cfg["cells"])
-    assert list(cells["sampler"]) == ["IS", "thermodynamic (N_t=3)", "ELBO"]
+    assert list(cells["sampler"]) == ["IS", "thermodynamic (N_t=3, S=1)", "ELBO"]
     assert (cells["steps"] == 30).all() and np.isfinite(cells[ours].to_numpy()).all()
     extractors = pd.read_csv(tables / "extractors.csv")
     assert list(extractors["dataset"]) == ["tiny"]

@@ -16,6 +16,7 @@ from kaem.tables import (
     cells_table,
     extractors_table,
     metrics_table,
+    thermodynamic_note,
     write_table,
 )
 
@@ -37,12 +38,14 @@ def main(
 ) -> dict[str, Path]:
     """Write every table of ``plan`` into ``out_dir`` from the run's result files."""
     scores = {cell: read_json(path) for cell, path in metrics.items()}
+    by_name = {c["name"]: c for c in cells}
     written = {}
     for table in plan:
-        kind = table["kind"]
+        kind, note = table["kind"], None
         if kind == "metrics":
             rows = {label: (cell, scores[cell]) for label, cell in table["rows"].items()}
             df = metrics_table(rows, table.get("paper"))
+            note = thermodynamic_note([by_name[c] for c in table["rows"].values()])
         elif kind == "cells":
             records = [{**c, **_training(logs[c["name"]])} for c in cells]
             df = cells_table(records, scores)
@@ -54,7 +57,7 @@ def main(
             df = benchmark_table(read_json(bench))
         else:
             raise ValueError(f"unknown table kind {kind!r}")
-        paths = write_table(df, Path(out_dir) / table["name"], title=table["title"])
+        paths = write_table(df, Path(out_dir) / table["name"], title=table["title"], note=note)
         written[table["name"]] = paths["csv"]
         print(f"{table['name']}:\n{df.to_string(index=False)}\n")
     return written
