@@ -352,11 +352,12 @@ def _guide_entries(table: CDFTable, n_points: int) -> tuple[list[Tensor], Tensor
     kink = kink[:, :m]
     after = torch.zeros(rows, m + 1, dtype=cdf.dtype, device=cdf.device)
     after = after.scatter_(1, col, slope[:, 1:])[:, :m]  # the cell above edge j is cell j
-    has_kink = after > 0
-    jump = torch.where(has_kink, after - s_lo, 0.0)
-    steep = has_kink & ((after > MAX_SLOPE_RATIO * s_lo) | (s_lo > MAX_SLOPE_RATIO * after))
+    no_kink = after == 0
+    jump = (after - s_lo).masked_fill_(no_kink, 0.0)
+    base = start[:, :m] - kink * jump  # kink = 1, jump = 0 where no edge falls inside
+    ratio = after / s_lo
+    steep = ((ratio > MAX_SLOPE_RATIO) | (ratio < 1.0 / MAX_SLOPE_RATIO)) & ~no_kink
     jump.masked_fill_((hist[:, 1 : m + 1] > 1) | steep, math.nan)
-    base = start[:, :m] - kink * jump.nan_to_num()
     return [base, s_lo, kink, jump], start
 
 
