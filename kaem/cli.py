@@ -55,17 +55,15 @@ def _train(args: argparse.Namespace) -> Path:
 
     from kaem.config import TrainConfig, from_dict
     from kaem.data import load_images
-    from kaem.model import build_model
-    from kaem.train import train
-    from kaem.vae import build_vae
+    from kaem.kinds import build
+    from kaem.training import train
 
     cfg = resolve_run_config(args.preset, args.config, args.set or [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     train_cfg = from_dict(TrainConfig, cfg.get("train"), "train")
-    build = build_vae if train_cfg.criterion == "elbo" else build_model
-    model = build(cfg.get("model", {}), seed=train_cfg.seed)
+    model = build(cfg.get("model"), train_cfg.criterion, seed=train_cfg.seed)
     images, _ = load_images(args.data, "train")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +73,7 @@ def _train(args: argparse.Namespace) -> Path:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from kaem.plots import figures_for_run
+    from kaem.workflow.plots import figures_for_run
 
     for name, path in figures_for_run(args.run, args.out, seed=args.seed).items():
         print(f"{name}: {path}")
@@ -128,9 +126,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from kaem.data import load_images
-    from kaem.evaluation import evaluate_log_evidence
+    from kaem.inference.evidence import evaluate_log_evidence
     from kaem.io import atomic_write_text
-    from kaem.model import load_model
+    from kaem.kinds import load_model
 
     model = load_model(Path(args.run) / "checkpoint.pt")
     images, _ = load_images(args.data, args.split)

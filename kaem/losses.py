@@ -257,7 +257,7 @@ def mle_loss(
 
     ``loss = -(mean_b log p(x_b | z_b) + prior term)`` with the prior term of eq. 16
     (univariate) or 18 (mixture); the samples ``z_post`` (e.g. from
-    :func:`kaem.posterior.sample_posterior`) carry no gradient (eq. 4).
+    :func:`kaem.inference.posterior.sample_posterior`) carry no gradient (eq. 4).
 
     Parameters
     ----------
@@ -331,7 +331,7 @@ def thermodynamic_loss(
         Data batch, ``(B, C, H, W)``.
     z
         Samples of each power posterior, ``(K, S, B, *event)`` (see
-        :func:`kaem.posterior.sample_power_posteriors`), from ``t_0 = 0`` to ``t_{K-1} = 1``.
+        :func:`~kaem.inference.sample_power_posteriors`), from ``t_0 = 0`` to ``t_{K-1} = 1``.
     temperatures
         ``(K,)``, increasing from 0 to 1.
     generator

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,18 +11,15 @@ from torch import Tensor, nn
 from kaem.bases import build_basis
 from kaem.config import ModelConfig, from_dict
 from kaem.generators import CNNGenerator, Generator, KANGenerator
-from kaem.io import read_checkpoint
 from kaem.kan import KANLayer
 from kaem.likelihood import GaussianLikelihood
 from kaem.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
 
 __all__ = [
     "KAEM",
-    "MODEL_BUILDERS",
     "build_generator",
     "build_model",
     "build_prior",
-    "load_model",
 ]
 
 EnergyPrior = UnivariateEnergyPrior | MixtureEnergyPrior
@@ -206,31 +202,4 @@ def build_model(cfg: Mapping[str, Any] | ModelConfig, seed: int = 0) -> KAEM:
     generator = build_generator(cfg, prior.latent_dim, gen)
     model = KAEM(prior, generator, GaussianLikelihood(cfg.likelihood_variance), cfg.generator.noise)
     model.config = cfg  # kept so checkpoints can rebuild the model (see load_model)
-    return model
-
-
-#: Model class name (stored in checkpoints) -> builder from its config mapping.
-MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {"KAEM": build_model}
-
-
-def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """Rebuild a trained model from a checkpoint written by :func:`kaem.train`.
-
-    Parameters
-    ----------
-    path
-        ``checkpoint.pt`` of a training run (a KAEM, or any model registered in
-        :data:`MODEL_BUILDERS`, such as the VAE baseline).
-    map_location
-        Where to load the tensors.
-    """
-    state = read_checkpoint(path, map_location)
-    kind = state.get("model_kind", "KAEM")
-    if state.get("model_config") is None:
-        raise RuntimeError(f"checkpoint {path} holds no model configuration")
-    if kind not in MODEL_BUILDERS:
-        raise RuntimeError(f"checkpoint {path} holds a {kind!r}, which kaem cannot rebuild")
-    model = MODEL_BUILDERS[kind](state["model_config"])
-    model.load_state_dict(state["model"])
-    model.eval()
     return model

@@ -6,10 +6,8 @@ inference: the latent prior is ``N(0, I)``, the posterior is amortised by a diag
 and the likelihood is :class:`kaem.likelihood.GaussianLikelihood` with the same variance. It is
 trained by maximising the ELBO (Kingma and Welling 2014) through :func:`kaem.train` (criterion
 ``elbo``), and evaluated by the importance-weighted bound (Burda et al. 2016), which tightens to
-``log p(x)`` as the number of samples grows.
-
-Importing this module registers :func:`build_vae` in :data:`kaem.model.MODEL_BUILDERS`, so
-:func:`kaem.load_model` rebuilds a VAE from its checkpoint.
+``log p(x)`` as the number of samples grows. It is a kind of model of :mod:`kaem.kinds`, so
+:func:`kaem.load_model` rebuilds it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from torch import Tensor, nn
 from kaem.config import VAEConfig, from_dict
 from kaem.generators import CNNGenerator
 from kaem.likelihood import GaussianLikelihood
-from kaem.model import MODEL_BUILDERS
 
 __all__ = [
     "VAE",
@@ -252,11 +249,8 @@ def build_vae(cfg: Mapping[str, Any] | VAEConfig, seed: int = 0) -> VAE:
     )
     likelihood = GaussianLikelihood(cfg.likelihood_variance)
     vae = VAE(encoder, decoder, likelihood, cfg.latent_dim, cfg.image_shape)
-    vae.config = cfg  # kept so checkpoints can rebuild the model (see kaem.model.load_model)
+    vae.config = cfg  # kept so checkpoints can rebuild the model (see kaem.kinds.load_model)
     return vae
-
-
-MODEL_BUILDERS["VAE"] = build_vae
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:

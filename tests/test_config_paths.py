@@ -10,7 +10,7 @@ from scipy import stats
 
 from kaem.config import TrainConfig, from_dict
 from kaem.model import build_model
-from kaem.train import train
+from kaem.training import train
 
 TINY = {
     "image_shape": [1, 8, 8],

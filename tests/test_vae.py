@@ -14,10 +14,11 @@ from torch import nn
 
 from kaem.config import TrainConfig, VAEConfig, from_dict
 from kaem.generators import CNNGenerator
+from kaem.kinds import load_model
 from kaem.likelihood import GaussianLikelihood
-from kaem.model import build_model, load_model
+from kaem.model import build_model
 from kaem.presets import preset
-from kaem.train import train
+from kaem.training import train
 from kaem.vae import VAE, build_vae, elbo_loss, gaussian_kl, importance_weighted_bound
 
 F64 = torch.float64

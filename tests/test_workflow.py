@@ -1,7 +1,7 @@
 """The Snakemake workflow: its configuration checks, the paper's plan, lint, and whole runs.
 
-Fast tests check the pieces the rules call (kaem.pipeline, kaem.sampling, kaem.scores,
-kaem.tables) against closed forms. Tests marked ``workflow`` run Snakemake in a subprocess,
+Fast tests check the pieces the rules call (kaem.workflow, kaem.data, kaem.features)
+against closed forms. Tests marked ``workflow`` run Snakemake in a subprocess,
 each in its own temporary directory, on the tiny configuration
 (``tests/workflow_configs/tiny.yaml``: scikit-learn's 8x8 digits, one cell per kind of
 training, tens of steps, a small classifier as feature extractor).
@@ -34,11 +34,14 @@ from matplotlib.image import imread
 from PIL import Image
 
 from kaem.config import ModelConfig, from_dict
-from kaem.data import load_images
+from kaem.data import iter_samples, load_images, read_samples, samples_metadata, write_samples
 from kaem.features import find_inception_weights
+from kaem.kinds import load_model
 from kaem.metrics import extrapolate_to_infinity
-from kaem.model import build_model, load_model
-from kaem.pipeline import (
+from kaem.model import build_model
+from kaem.presets import preset
+from kaem.workflow.artifacts import cell_metrics, load_features, save_features, write_json
+from kaem.workflow.config import (
     WorkflowConfigError,
     cell_info,
     cell_sizes,
@@ -49,10 +52,7 @@ from kaem.pipeline import (
     run_key,
     validate_config,
 )
-from kaem.presets import preset
-from kaem.sampling import iter_samples, read_samples, samples_metadata, write_samples
-from kaem.scores import cell_metrics, load_features, save_features, write_json
-from kaem.tables import (
+from kaem.workflow.tables import (
     PAPER_TABLES,
     benchmark_table,
     metrics_table,
@@ -156,8 +156,8 @@ def test_run_key_ignores_what_a_resumed_run_may_change():
     other["train"]["learning_rate"] = 0.5
     assert run_key(longer) == run_key(cfg) != run_key(other)
     # The keys left out are exactly those kaem.train lets a resumed run change.
-    from kaem.pipeline import RESUMABLE_TRAIN_KEYS
-    from kaem.train import _RESUMABLE_KEYS
+    from kaem.training.loop import _RESUMABLE_KEYS
+    from kaem.workflow.config import RESUMABLE_TRAIN_KEYS
 
     assert set(_RESUMABLE_KEYS) == RESUMABLE_TRAIN_KEYS
 

@@ -10,7 +10,7 @@ from snakemake.io import report as report_item
 # put the repository first on sys.path for the same reason).
 sys.path.insert(0, str(workflow.basedir))
 
-from kaem.pipeline import (
+from kaem.workflow.config import (
     WorkflowConfigError,
     cell_info,
     cell_sizes,

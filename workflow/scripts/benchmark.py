@@ -2,18 +2,15 @@
 
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 # kaem is imported from this repository, whatever environment runs the job (see
 # workflow/envs/kaem.yaml for why it is not installed there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch
-
-from kaem.bench import BENCHMARKS, ratios, run_benchmarks
-from kaem.pipeline import job_context, resolve_device
-from kaem.scores import write_json
+from kaem.bench import BENCHMARKS, payload, run_benchmarks
+from kaem.workflow.artifacts import write_json
+from kaem.workflow.config import job_context, resolve_device
 
 
 def main(out: str, settings: dict) -> dict:
@@ -31,19 +28,11 @@ def main(out: str, settings: dict) -> dict:
         n_samples=settings.get("samples", 10_000),
         only=settings.get("only") or list(BENCHMARKS),  # kaem.bench alone runs a core set
     )
-    payload = {
-        "results": [asdict(r) for r in results],
-        "ratios": ratios(results),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "samples": settings.get("samples", 10_000),
-    }
-    write_json(payload, out)
-    for r in payload["results"]:
+    summary = payload(results, device, settings.get("samples", 10_000))
+    write_json(summary, out)
+    for r in summary["results"]:
         print(f"{r['name']:<28s} {r['seconds']:10.4f} s {r['peak_mib']:10.1f} MiB")
-    return payload
+    return summary
 
 
 if "snakemake" in globals():

@@ -7,8 +7,9 @@ from pathlib import Path
 # workflow/envs/kaem.yaml for why it is not installed there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kaem.pipeline import job_context, resolve_device
-from kaem.scores import fit_classifier, write_json
+from kaem.features import fit_classifier
+from kaem.workflow.artifacts import write_json
+from kaem.workflow.config import job_context, resolve_device
 
 
 def main(data: str, model_out: str, summary_out: str, settings: dict, device: str = "auto") -> dict:

@@ -7,8 +7,9 @@ from pathlib import Path
 # workflow/envs/kaem.yaml for why it is not installed there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kaem.pipeline import job_context, resolve_device
-from kaem.scores import build_extractor, dataset_features, sample_features
+from kaem.features import build_extractor
+from kaem.workflow.artifacts import dataset_features, sample_features
+from kaem.workflow.config import job_context, resolve_device
 
 
 def main(

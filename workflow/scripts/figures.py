@@ -1,4 +1,4 @@
-"""Snakemake job: every figure of the run, as planned by the workflow (kaem.plots)."""
+"""Snakemake job: every figure of the run, as planned by the workflow (kaem.workflow.plots)."""
 
 import sys
 from pathlib import Path
@@ -13,10 +13,10 @@ import yaml
 
 from kaem import plots
 from kaem.config import TrainConfig, from_dict
-from kaem.model import load_model
-from kaem.pipeline import job_context
-from kaem.sampling import read_samples
-from kaem.scores import read_json
+from kaem.data import read_samples
+from kaem.kinds import load_model
+from kaem.workflow.artifacts import read_json
+from kaem.workflow.config import job_context
 
 
 def draw(fig: dict, *, grid_images: int, prior_rows: int | None, seed: int) -> Path:

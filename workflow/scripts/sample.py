@@ -9,9 +9,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
-from kaem.model import load_model
-from kaem.pipeline import job_context, resolve_device
-from kaem.sampling import write_samples
+from kaem.data import write_samples
+from kaem.kinds import load_model
+from kaem.workflow.config import job_context, resolve_device
 
 
 def main(

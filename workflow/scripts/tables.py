@@ -9,9 +9,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pandas as pd
 
-from kaem.pipeline import job_context
-from kaem.scores import read_json
-from kaem.tables import (
+from kaem.workflow.artifacts import read_json
+from kaem.workflow.config import job_context
+from kaem.workflow.tables import (
     benchmark_table,
     cells_table,
     extractors_table,

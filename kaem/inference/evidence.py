@@ -20,9 +20,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kaem.inference.posterior import sample_power_posteriors
 from kaem.losses import thermodynamic_integration
 from kaem.model import KAEM
-from kaem.posterior import sample_power_posteriors
 from kaem.samplers import power_temperatures
 
 __all__ = [
@@ -185,8 +185,9 @@ def evaluate_log_evidence(
     KAEM: importance sampling with the prior as proposal (``n_samples`` draws) and, if asked,
     the steppingstone estimator with both thermodynamic-integration companions. A univariate
     prior with ``shared_uniforms`` has no joint density for Langevin chains
-    (:func:`kaem.posterior.check_langevin_prior`): there importance sampling, which needs only
-    its samples, is the estimator, and the steppingstone entry says why it was skipped. VAE:
+    (:func:`~kaem.inference.posterior.check_langevin_prior`): there importance sampling, which
+    needs only its samples, is the estimator, and the steppingstone entry says why it was
+    skipped. VAE:
     the importance-weighted bound with ``n_samples`` draws (a lower bound, not an estimate).
 
     Parameters

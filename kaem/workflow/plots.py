@@ -275,7 +275,7 @@ def figures_for_run(
     dict
         Figure name -> path.
     """
-    from kaem.model import load_model  # local import: plots stay importable without a model
+    from kaem.kinds import load_model  # local import: plots stay importable without a model
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "figures"
@@ -342,8 +342,8 @@ def plot_extrapolation(metrics: dict, path: str | os.PathLike, *, title: str = "
     Parameters
     ----------
     metrics
-        A metrics mapping (``kaem.scores.cell_metrics``): ``sizes``, ``fid``, ``kid`` and the
-        fits' ``fid_inf``, ``fid_slope``, ``fid_se``, ``fid_r2`` (and the same for KID).
+        A metrics mapping (:func:`kaem.workflow.artifacts.cell_metrics`): ``sizes``, ``fid``,
+        ``kid`` and the fits' ``fid_inf``, ``fid_slope``, ``fid_se``, ``fid_r2`` (and KID's).
     path
         Output image.
     title

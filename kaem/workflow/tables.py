@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from kaem.bench.cases import BENCHMARKS
 from kaem.io import atomic_write_text
 
 __all__ = [
-    "BENCHMARK_DESCRIPTIONS",
     "METRIC_COLUMNS",
     "PAPER_BENCHMARK_CLAIMS",
     "PAPER_TABLES",
@@ -32,7 +32,8 @@ __all__ = [
     "write_table",
 ]
 
-#: Our columns of a metrics table, and the keys of a metrics file (kaem.scores.cell_metrics).
+#: Our columns of a metrics table, and the keys of a metrics file
+#: (:func:`kaem.workflow.artifacts.cell_metrics`).
 METRIC_COLUMNS: dict[str, str] = {
     "FID_inf": "fid_inf",
     "FID SE": "fid_se",
@@ -84,25 +85,6 @@ PAPER_TABLES: dict[str, dict[str, Any]] = {
     },
 }
 
-#: What each benchmark of kaem.bench measures (for the benchmark table).
-BENCHMARK_DESCRIPTIONS: dict[str, str] = {
-    "is_step": "IS-MLE training step, loss and gradient (NIST, B = S = 100)",
-    "its_prior": "inverse-transform prior sampling after a parameter change (NIST prior)",
-    "its_prior_warm": "inverse-transform prior sampling, unchanged parameters (NIST prior)",
-    "langevin_prior_3240": "60 ULA steps of a Pang et al. prior on 3,240 coordinates",
-    "langevin_prior_81": "60 ULA steps of a Pang et al. prior on 81 coordinates",
-    "its_mixture_svhn": "inverse-transform sampling of the SVHN mixture prior, after an update",
-    "its_mixture_svhn_warm": "inverse-transform sampling of the SVHN mixture prior",
-    "langevin_prior_svhn": "60 ULA steps of a Pang et al. prior on the SVHN latent (81)",
-    "ula_step_svhn": "ULA-MLE training step, 40 ULA steps (SVHN, eq. 4)",
-    "thermo_step_svhn_nt2": "thermodynamic training step, N_t = 2 (SVHN, eq. 24)",
-    "thermo_step_svhn_nt5": "thermodynamic training step, N_t = 5 (SVHN, eq. 24)",
-    "thermo_step_svhn_nt10": "thermodynamic training step, N_t = 10 (SVHN, eq. 24)",
-    "vae_step_svhn": "VAE training step, ELBO and gradient (SVHN)",
-    "generate_kaem_svhn": "KAEM generation: inverse-transform prior samples and the CNN (SVHN)",
-    "generate_vae_svhn": "VAE generation: Gaussian latents and the decoder (SVHN)",
-}
-
 #: What the paper says about a benchmark or a ratio of two (App. A, section 4.2). The text
 #: copy of the paper kept App. A's statements but lost its numbers, so these are the claims
 #: a reader can check against our measurements.
@@ -126,7 +108,7 @@ def metrics_table(
     ----------
     rows
         Row label -> ``(cell name, metrics)``; metrics as written by
-        :func:`kaem.scores.cell_metrics`.
+        :func:`kaem.workflow.artifacts.cell_metrics`.
     paper
         A key of :data:`PAPER_TABLES`; rows whose label it lists get its numbers in the
         ``paper ...`` columns (NaN elsewhere). None: no paper columns.
@@ -161,10 +143,10 @@ def cells_table(
     ----------
     cells
         One mapping per cell with ``name``, ``dataset``, ``model``, ``basis``, ``sampler``,
-        ``reference`` (:class:`kaem.pipeline.CellInfo` as a dict) and optionally ``steps``
+        ``reference`` (:class:`kaem.workflow.config.CellInfo` as a dict) and optionally ``steps``
         and ``train_seconds``.
     metrics
-        Cell name -> metrics (:func:`kaem.scores.cell_metrics`).
+        Cell name -> metrics (:func:`kaem.workflow.artifacts.cell_metrics`).
     """
     records = []
     for cell in cells:
@@ -192,7 +174,7 @@ def extractors_table(accuracies: Mapping[str, Mapping[str, Any]]) -> pd.DataFram
     Parameters
     ----------
     accuracies
-        Dataset -> the summary :func:`kaem.scores.fit_classifier` returns.
+        Dataset -> the summary :func:`kaem.features.fit_classifier` returns.
     """
     records = [
         {
@@ -244,7 +226,7 @@ def benchmark_table(
         records.append(
             {
                 "benchmark": r["name"],
-                "what": BENCHMARK_DESCRIPTIONS.get(r["name"], ""),
+                "what": BENCHMARKS[r["name"]].description if r["name"] in BENCHMARKS else "",
                 "device": r.get("device", bench.get("device", "")),
                 "seconds": float(r["seconds"]),
                 "peak MiB": float(r["peak_mib"]),
@@ -384,7 +366,7 @@ def thermodynamic_note(cells: Sequence[Mapping[str, Any]]) -> str | None:
     Parameters
     ----------
     cells
-        The table's cells as :class:`kaem.pipeline.CellInfo` mappings.
+        The table's cells as :class:`kaem.workflow.config.CellInfo` mappings.
     """
     single = [
         c["name"] for c in cells if c.get("criterion") == "thermodynamic" and c["chains"] == 1

@@ -1,4 +1,4 @@
-"""Scores of the workflow: extractors, cached feature files, metrics per cell.
+"""The workflow's result files: JSON summaries, cached feature files, metrics per cell.
 
 Feature files are ``.npz`` archives holding ``features`` (float32 ``(n, d)``) and ``meta``
 (a JSON text: extractor, source file, image count), written atomically. Real-data features
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from kaem.data import load_images
-from kaem.features import (
-    ClassifierFeatures,
-    InceptionFeatures,
-    extract_features,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
+from kaem.data import iter_samples, load_images
+from kaem.features import extract_features
 from kaem.io import atomic_path, atomic_write_text
 from kaem.metrics import extrapolate_to_infinity, feature_statistics, metric_at_sizes
 
 __all__ = [
-    "EXTRACTORS",
-    "build_extractor",
     "cell_metrics",
-    "classifier_accuracy",
     "dataset_features",
-    "fit_classifier",
     "load_features",
     "read_json",
     "sample_features",
     "save_features",
     "write_json",
 ]
-
-#: Feature extractors a dataset may use.
-EXTRACTORS = ("inception", "classifier")
 
 
 def write_json(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -84,9 +70,6 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-# ----------------------------------------------------------------------------- features
-
-
 def save_features(
     features: np.ndarray, path: str | os.PathLike, meta: Mapping[str, Any] | None = None
 ) -> Path:
@@ -112,48 +95,6 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         return data["features"], json.loads(str(data["meta"]))
 
 
-def build_extractor(
-    kind: str,
-    *,
-    classifier: str | os.PathLike | None = None,
-    inception_weights: str | os.PathLike | None = None,
-    device: torch.device | str = "cpu",
-) -> nn.Module:
-    """A feature extractor, uint8 ``(n, C, H, W)`` -> ``(n, d)``.
-
-    Parameters
-    ----------
-    kind
-        ``inception`` (2048-d pool3 features, clean-fid ``mode="clean"``) or ``classifier``
-        (the penultimate layer of a classifier written by :func:`fit_classifier`).
-    classifier
-        The classifier file, for ``kind="classifier"``.
-    inception_weights
-        An explicit Inception TorchScript file; otherwise the caches are searched.
-    device
-        Where the network runs.
-    """
-    if kind == "inception":
-        return InceptionFeatures(inception_weights, device=device)
-    if kind == "classifier":
-        if classifier is None:
-            raise ValueError("the classifier extractor needs the classifier file")
-        return ClassifierFeatures.from_file(classifier, device)
-    raise ValueError(f"unknown feature extractor {kind!r}; choose one of {list(EXTRACTORS)}")
-
-
-def _features_of(
-    batches: np.ndarray | Iterable[np.ndarray],
-    extractor: nn.Module,
-    batch_size: int,
-    device: torch.device | str,
-    progress: bool,
-) -> np.ndarray:
-    return extract_features(
-        batches, extractor, batch_size=batch_size, device=device, progress=progress
-    )
-
-
 def dataset_features(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -174,7 +115,9 @@ def dataset_features(
     images, _ = load_images(data, split)
     if max_images is not None:
         images = images[:max_images]
-    feats = _features_of(images, extractor, batch_size, device, progress)
+    feats = extract_features(
+        images, extractor, batch_size=batch_size, device=device, progress=progress
+    )
     meta = {"extractor": kind, "source": str(data), "split": split, "n": int(feats.shape[0])}
     return save_features(feats, out, meta)
 
@@ -189,88 +132,13 @@ def sample_features(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Features of a generated set (:func:`kaem.sampling.write_samples`), streamed in batches."""
-    from kaem.sampling import iter_samples
-
-    feats = _features_of(iter_samples(samples, batch_size), extractor, batch_size, device, progress)
+    """Features of a generated set (:func:`kaem.data.write_samples`), streamed in batches."""
+    batches = iter_samples(samples, batch_size)
+    feats = extract_features(
+        batches, extractor, batch_size=batch_size, device=device, progress=progress
+    )
     meta = {"extractor": kind, "source": str(samples), "n": int(feats.shape[0])}
     return save_features(feats, out, meta)
-
-
-# ----------------------------------------------------------------------------- classifier
-
-
-@torch.no_grad()
-def classifier_accuracy(
-    path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
-) -> float:
-    """Fraction of uint8 images ``(n, C, H, W)`` that the saved classifier labels correctly."""
-    model = load_classifier(path)
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
-    pred = torch.cat([model(b.float() / 255.0).argmax(1) for b in batches])
-    return float((pred.numpy() == labels).mean())
-
-
-def fit_classifier(
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    epochs: int = 3,
-    batch_size: int = 128,
-    learning_rate: float = 3e-3,
-    width: int = 16,
-    feature_dim: int = 128,
-    holdout: float = 0.1,
-    max_images: int | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train the feature classifier on a prepared dataset's labels and save it to ``out``.
-
-    A random ``holdout`` fraction of the training images is kept out of training and measures
-    the accuracy; the accuracy on the dataset's test split is reported too.
-
-    Returns
-    -------
-    dict
-        ``holdout_accuracy``, ``test_accuracy``, the image counts and the settings.
-    """
-    images, labels = load_images(data, "train")
-    if max_images is not None:
-        images, labels = images[:max_images], labels[:max_images]
-    if labels.min() < 0:
-        raise ValueError(f"{data}: the dataset has no class labels to train a classifier on")
-    generator = torch.Generator().manual_seed(seed)
-    model, holdout_accuracy = train_classifier(
-        images,
-        labels,
-        test_fraction=holdout,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=learning_rate,
-        width=width,
-        feature_dim=feature_dim,
-        generator=generator,
-        device=device,
-        progress=progress,
-    )
-    save_classifier(model, out)
-    test_images, test_labels = load_images(data, "test")
-    return {
-        "holdout_accuracy": holdout_accuracy,
-        "test_accuracy": classifier_accuracy(out, test_images, test_labels),
-        # the held-out count as train_classifier draws it
-        "n_train": len(images) - max(1, round(holdout * len(images))),
-        "n_test": len(test_images),
-        "epochs": epochs,
-        "feature_dim": feature_dim,
-        "seed": seed,
-    }
-
-
-# ----------------------------------------------------------------------------- metrics
 
 
 def cell_metrics(

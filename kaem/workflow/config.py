@@ -339,14 +339,11 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 def build_cell_model(cfg: Mapping[str, Any]) -> nn.Module:
     """The untrained model of a resolved cell (:func:`resolve_cell`), seeded by ``train.seed``."""
-    seed = int(cfg.get("train", {}).get("seed", TrainConfig.seed))
-    if _is_vae(cfg):
-        from kaem.vae import build_vae
+    from kaem.kinds import build
 
-        return build_vae(cfg["model"], seed=seed)
-    from kaem.model import build_model
-
-    return build_model(cfg["model"], seed=seed)
+    train = cfg.get("train", {})
+    criterion = train.get("criterion", TrainConfig.criterion)
+    return build(cfg["model"], criterion, seed=int(train.get("seed", TrainConfig.seed)))
 
 
 def check_models(config: Mapping[str, Any]) -> None:
@@ -359,7 +356,7 @@ def check_models(config: Mapping[str, Any]) -> None:
         make the dataset's image size), or whose criterion cannot train it (a Langevin
         criterion on a prior without a joint density).
     """
-    from kaem.posterior import check_langevin_prior
+    from kaem.inference.posterior import check_langevin_prior
 
     errors = []
     for name in config["cells"]:

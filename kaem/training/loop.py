@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from kaem import __version__
 from kaem.config import TrainConfig, to_dict
 from kaem.generators import KANGenerator
+from kaem.inference.posterior import check_langevin_prior, sample_posterior, sample_power_posteriors
 from kaem.io import atomic_path, atomic_torch_save, read_checkpoint
 from kaem.losses import (
     importance_loss,
@@ -40,7 +41,6 @@ from kaem.losses import (
     thermodynamic_loss,
 )
 from kaem.model import KAEM
-from kaem.posterior import check_langevin_prior, sample_posterior, sample_power_posteriors
 from kaem.samplers import cosine_exponent_schedule, power_temperatures
 from kaem.vae import elbo_loss
 

@@ -1,0 +1,27 @@
+"""Benchmarks of App. A: ``python -m kaem.bench``.
+
+Prints one line per benchmark (name, median seconds over repetitions, peak memory in MiB)
+followed by the ratios the paper's claims rest on: inverse-transform prior sampling against
+Langevin sampling of a Pang et al. (2020) latent EBM prior, the thermodynamic criterion's
+overhead, and generation against the VAE. The cases are in :mod:`kaem.bench.cases`, the
+measuring in :mod:`kaem.bench.harness`.
+"""
+
+from kaem.bench.cases import BENCHMARKS, SUITES, Benchmark, Case, PangEnergy, langevin_prior
+from kaem.bench.harness import RATIOS, BenchResult, main, measure, payload, ratios, run_benchmarks
+
+__all__ = [
+    "BENCHMARKS",
+    "RATIOS",
+    "SUITES",
+    "BenchResult",
+    "Benchmark",
+    "Case",
+    "PangEnergy",
+    "langevin_prior",
+    "main",
+    "measure",
+    "payload",
+    "ratios",
+    "run_benchmarks",
+]

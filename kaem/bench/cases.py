@@ -1,0 +1,243 @@
+"""The benchmarks of App. A: one registry of cases, each with its suite, what it measures and
+how to build it.
+
+Pang et al. (2020)'s latent EBM prior, the peer of KAEM's inverse-transform sampling, is an MLP
+energy ``dim -> 200 -> 200 -> 1`` (LeakyReLU 0.1) on an ``N(0, I)`` base, sampled by 60 ULA
+steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kaem.config import TrainConfig, from_dict
+from kaem.model import build_model
+from kaem.presets import preset
+from kaem.samplers import ula
+
+__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "Case", "PangEnergy", "langevin_prior"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A measured call, built: ``call()`` is timed; ``setup()`` runs untimed before each."""
+
+    call: Callable[[], object]
+    setup: Callable[[], object] | None = None
+    repeats_scale: float = 1.0  # Langevin runs take seconds each: half as many repeats
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its name, suite, what it measures, and how to build it.
+
+    ``build(device, n_samples, generator)`` returns the :class:`Case` to measure.
+    """
+
+    name: str
+    suite: str
+    description: str
+    build: Callable[[torch.device, int, torch.Generator], Case]
+
+
+class PangEnergy(nn.Module):
+    """Latent EBM prior of Pang et al. (2020): ``log p(z) = -E(z) - ||z||^2 / 2``.
+
+    ``E`` is an MLP ``dim -> 200 -> 200 -> 1`` with LeakyReLU (slope 0.1).
+    """
+
+    def __init__(self, dim: int, hidden: int = 200) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.LeakyReLU(0.1),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.1),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return -self.net(z).squeeze(-1) - 0.5 * z.square().sum(-1)
+
+
+def langevin_prior(
+    energy: PangEnergy, n: int, *, n_steps: int = 60, step_size: float = 0.4, generator=None
+) -> torch.Tensor:
+    """Short-run ULA prior samples of a Pang et al. (2020) energy (their 60 steps)."""
+    dim = energy.net[0].in_features
+    device = energy.net[0].weight.device
+    z0 = torch.randn(n, dim, generator=generator, device=device)
+    z, _ = ula(
+        energy, z0, step_size=step_size, n_steps=n_steps, generator=generator, check_finite=False
+    )
+    return z
+
+
+def _perturb(model: nn.Module) -> Callable[[], None]:
+    """A parameter change, as an optimiser step makes, so per-version caches are cold."""
+
+    def setup() -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1e-6)
+
+    return setup
+
+
+def _langevin(dim: int) -> Callable[[torch.device, int, torch.Generator], Case]:
+    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        energy = PangEnergy(dim).to(device)
+        return Case(lambda: langevin_prior(energy, n, generator=g), repeats_scale=0.5)
+
+    return build
+
+
+def _its(name: str, warm: bool) -> Callable[[torch.device, int, torch.Generator], Case]:
+    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        prior = build_model(preset(name)["model"]).prior.to(device)
+        return Case(lambda: prior.sample(n, g), None if warm else _perturb(prior))
+
+    return build
+
+
+def _training_step(
+    name: str, **train: object
+) -> Callable[[torch.device, int, torch.Generator], Case]:
+    """One update of preset ``name``'s criterion (loss and gradient), on random images."""
+
+    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        from kaem.kinds import build as build_kind
+        from kaem.training import CRITERIA, StepContext
+
+        cfg = preset(name)
+        tc = from_dict(TrainConfig, {**cfg["train"], **train})
+        model = build_kind(cfg["model"], tc.criterion).to(device)
+        x = torch.rand(tc.batch_size, *model.image_shape, generator=g, device=device)
+        step_fn = CRITERIA[tc.criterion]
+
+        def step() -> None:
+            loss, _ = step_fn(model, x, tc, g, StepContext(1, 40_000))
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+
+        return Case(step, _perturb(model))
+
+    return build
+
+
+def _generation(name: str) -> Callable[[torch.device, int, torch.Generator], Case]:
+    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        from kaem.kinds import build as build_kind
+
+        cfg = preset(name)
+        model = build_kind(cfg["model"], cfg["train"].get("criterion", "importance"))
+        model = model.to(device)
+        return Case(lambda: model.generate(n, g))
+
+    return build
+
+
+def _thermo(n_temps: int) -> Callable[[torch.device, int, torch.Generator], Case]:
+    thermo = {**preset("svhn")["train"]["thermodynamic"], "n_temps": n_temps}
+    return _training_step("svhn", criterion="thermodynamic", thermodynamic=thermo)
+
+
+#: Every benchmark, by name. ``core``: NIST IS and prior sampling; ``svhn``: training steps and
+#: generation with the SVHN settings (minutes on a CPU).
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "is_step",
+            "core",
+            "IS-MLE training step, loss and gradient (NIST, B = S = 100)",
+            _training_step("nist"),
+        ),
+        Benchmark(
+            "its_prior",
+            "core",
+            "inverse-transform prior sampling after a parameter change (NIST prior)",
+            _its("nist", warm=False),
+        ),
+        Benchmark(
+            "its_prior_warm",
+            "core",
+            "inverse-transform prior sampling, unchanged parameters (NIST prior)",
+            _its("nist", warm=True),
+        ),
+        Benchmark(
+            "langevin_prior_3240",
+            "core",
+            "60 ULA steps of a Pang et al. prior on 3,240 coordinates",
+            _langevin(81 * 40),
+        ),
+        Benchmark(
+            "langevin_prior_81",
+            "core",
+            "60 ULA steps of a Pang et al. prior on 81 coordinates",
+            _langevin(81),
+        ),
+        Benchmark(
+            "its_mixture_svhn",
+            "core",
+            "inverse-transform sampling of the SVHN mixture prior, after an update",
+            _its("svhn", warm=False),
+        ),
+        Benchmark(
+            "its_mixture_svhn_warm",
+            "core",
+            "inverse-transform sampling of the SVHN mixture prior",
+            _its("svhn", warm=True),
+        ),
+        Benchmark(
+            "langevin_prior_svhn",
+            "core",
+            "60 ULA steps of a Pang et al. prior on the SVHN latent (81)",
+            _langevin(81),
+        ),
+        Benchmark(
+            "ula_step_svhn",
+            "svhn",
+            "ULA-MLE training step, 40 ULA steps (SVHN, eq. 4)",
+            _training_step("svhn"),
+        ),
+        *(
+            Benchmark(
+                f"thermo_step_svhn_nt{n}",
+                "svhn",
+                f"thermodynamic training step, N_t = {n} (SVHN, eq. 24)",
+                _thermo(n),
+            )
+            for n in (2, 5, 10)
+        ),
+        Benchmark(
+            "vae_step_svhn",
+            "svhn",
+            "VAE training step, ELBO and gradient (SVHN)",
+            _training_step("vae_svhn"),
+        ),
+        Benchmark(
+            "generate_kaem_svhn",
+            "svhn",
+            "KAEM generation: inverse-transform prior samples and the CNN (SVHN)",
+            _generation("svhn"),
+        ),
+        Benchmark(
+            "generate_vae_svhn",
+            "svhn",
+            "VAE generation: Gaussian latents and the decoder (SVHN)",
+            _generation("vae_svhn"),
+        ),
+    )
+}
+
+#: Benchmark names by suite (``all``: every one).
+SUITES: dict[str, tuple[str, ...]] = {
+    "core": tuple(n for n, b in BENCHMARKS.items() if b.suite == "core"),
+    "svhn": tuple(n for n, b in BENCHMARKS.items() if b.suite == "svhn"),
+    "all": tuple(BENCHMARKS),
+}

@@ -1,0 +1,271 @@
+"""Measuring the benchmarks: median wall time and peak memory, each in its own process.
+
+Peak memory is the growth of the process's peak resident set during the measured call (Linux
+``VmHWM``, reset before each call), or ``torch.cuda.max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from kaem.bench.cases import BENCHMARKS, SUITES
+
+__all__ = ["RATIOS", "BenchResult", "main", "measure", "payload", "ratios", "run_benchmarks"]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Median wall time and peak memory of one benchmark."""
+
+    name: str
+    seconds: float
+    peak_mib: float
+    repeats: int
+    device: str
+
+
+def _read_status(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return float(line.split()[1]) / 1024.0  # kB -> MiB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(
+    name: str,
+    fn: Callable[[], object],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    setup: Callable[[], object] | None = None,
+) -> BenchResult:
+    """Median seconds and peak memory of ``fn()`` over ``repeats`` calls.
+
+    Memory is read from the first call, before any warm-up: in a fresh process (as
+    :func:`run_benchmarks` arranges) that call's growth of the peak resident set is the
+    memory the operation needs, where later calls would reuse pages the allocator kept.
+
+    Parameters
+    ----------
+    name
+        Label printed with the result.
+    fn
+        The measured call.
+    repeats, warmup
+        Timed calls and untimed warm-up calls.
+    device
+        CUDA calls are synchronised and their memory read from the caching allocator.
+    setup
+        Called (untimed) before every call, e.g. to change the parameters so caches are cold.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    if setup is not None:
+        setup()
+    gc.collect()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        _reset_peak()
+        base = _read_status("VmRSS") or 0.0
+    fn()
+    sync()
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 - base
+    else:
+        peak = max(0.0, (_read_status("VmHWM") or base) - base)
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return BenchResult(name, statistics.median(times), peak, repeats, str(device))
+
+
+def _benchmark(name: str, device: torch.device, repeats: int, n_samples: int) -> BenchResult:
+    """Build and measure one benchmark of :data:`BENCHMARKS` in this process."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {list(BENCHMARKS)}")
+    g = torch.Generator(device=device).manual_seed(0)
+    case = BENCHMARKS[name].build(device, n_samples, g)
+    repeats = max(1, round(repeats * case.repeats_scale))
+    return measure(name, case.call, repeats=repeats, device=device, setup=case.setup)
+
+
+def run_benchmarks(
+    device: str | torch.device = "cpu",
+    *,
+    repeats: int = 5,
+    n_samples: int = 10_000,
+    only: Sequence[str] | None = None,
+    isolate: bool = True,
+) -> list[BenchResult]:
+    """Run benchmarks of :data:`kaem.bench.cases.BENCHMARKS` and return their results.
+
+    Parameters
+    ----------
+    device
+        ``cpu`` or ``cuda``.
+    repeats
+        Timed repetitions (Langevin runs use half as many: they take seconds each).
+    n_samples
+        Prior samples (or generated images) per call.
+    only
+        Names to run (default: the ``core`` suite).
+    isolate
+        Run each benchmark in its own Python process, so memory peaks and caches of one
+        cannot affect another.
+    """
+    names = list(only) if only else list(SUITES["core"])
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    device = torch.device(device)
+    if not isolate:
+        return [_benchmark(n, device, repeats, n_samples) for n in names]
+    results = []
+    for name in names:
+        cmd = [
+            sys.executable,
+            "-m",
+            "kaem.bench",
+            "--worker",
+            name,
+            "--device",
+            str(device),
+            "--repeats",
+            str(repeats),
+            "--samples",
+            str(n_samples),
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark {name} failed:\n{proc.stderr[-4000:]}")
+        results.append(BenchResult(**json.loads(proc.stdout.strip().splitlines()[-1])))
+    return results
+
+
+RATIOS = [
+    ("thermo_step_svhn_nt2", "ula_step_svhn"),
+    ("thermo_step_svhn_nt5", "ula_step_svhn"),
+    ("thermo_step_svhn_nt10", "ula_step_svhn"),
+    ("ula_step_svhn", "vae_step_svhn"),
+    ("generate_vae_svhn", "generate_kaem_svhn"),
+    ("langevin_prior_3240", "its_prior"),
+    ("langevin_prior_81", "its_prior"),
+    ("langevin_prior_svhn", "its_mixture_svhn"),
+    ("langevin_prior_3240", "its_prior_warm"),
+    ("langevin_prior_81", "its_prior_warm"),
+    ("langevin_prior_svhn", "its_mixture_svhn_warm"),
+]
+
+
+def ratios(results: Sequence[BenchResult]) -> dict[str, float]:
+    """Speed-ups ``slow / fast`` for the pairs in :data:`RATIOS` that were measured."""
+    by_name = {r.name: r.seconds for r in results}
+    return {f"{a}/{b}": by_name[a] / by_name[b] for a, b in RATIOS if a in by_name and b in by_name}
+
+
+def payload(results: Sequence[BenchResult], device: str | torch.device, n_samples: int) -> dict:
+    """The results, their ratios and the machine, as one JSON-ready mapping."""
+    device = torch.device(device)
+    return {
+        "results": [asdict(r) for r in results],
+        "ratios": ratios(results),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "samples": n_samples,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> list[BenchResult]:
+    """``python -m kaem.bench``: run a suite, print a line per benchmark, then the ratios."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kaem.bench",
+        description="Benchmarks of App. A: one line per benchmark (median seconds over "
+        "repeats, peak MiB), then the ratios the paper's claims rest on.",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=10_000, help="prior samples per call")
+    parser.add_argument(
+        "--only", nargs="*", choices=list(BENCHMARKS), help="benchmarks to run (default: a suite)"
+    )
+    parser.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        default="core",
+        help="core: NIST IS and prior sampling; svhn: training steps and generation with the "
+        "SVHN settings (minutes on a CPU); all: both",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:  # one isolated benchmark: print its result as JSON
+        result = _benchmark(args.worker, torch.device(args.device), args.repeats, args.samples)
+        print(json.dumps(asdict(result)))
+        return [result]
+    results = run_benchmarks(
+        args.device,
+        repeats=args.repeats,
+        n_samples=args.samples,
+        only=args.only or SUITES[args.suite],
+    )
+    print(
+        f"# kaem.bench on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {args.samples} prior samples; median seconds over repeats, peak MiB"
+    )
+    for r in results:
+        print(f"{r.name:<24s} {r.seconds:10.4f} s {r.peak_mib:10.1f} MiB")
+    summary = payload(results, args.device, args.samples)
+    for name, value in summary["ratios"].items():
+        print(f"# ratio {name:<44s} {value:8.1f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    return results
