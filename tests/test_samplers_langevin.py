@@ -189,7 +189,8 @@ def test_step_functions_compose():
     torch.testing.assert_close(state.grad[:, 0], torch.full((N_CHAINS,), 0.25))
     g = _gen(9)
     for _ in range(150):
-        state = ula_step(target, state, step_size=0.2, generator=g)
+        state, ula_info = ula_step(target, state, step_size=0.2, generator=g)
+    assert ula_info.nonfinite.shape == (N_CHAINS,) and not ula_info.nonfinite.any()
     for _ in range(150):
         state, step_info = mala_step(target, state, step_size=0.2, generator=g)
     assert step_info.accepted.dtype == torch.bool and step_info.acceptance_prob.shape == (N_CHAINS,)
@@ -412,3 +413,20 @@ def test_mala_step_beyond_the_folding_limit_is_refused():
         mala(_tilted, z0, step_size=1.0, n_steps=1, generator=_gen(0), bounds=BOX)
     with pytest.raises(ValueError, match="bounds must be finite"):
         ula(_tilted, z0, step_size=0.1, n_steps=1, generator=_gen(0), bounds=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("sampler", [ula, mala])
+def test_first_nonfinite_step_recorded_per_chain(sampler):
+    # Chains 1 and 6 fail from the 3rd evaluation (step 2) on; nothing is raised unchecked.
+    _, info = sampler(
+        _nan_on_call(3, [1, 6]),
+        torch.zeros(8, 1),
+        step_size=0.1,
+        n_steps=6,
+        generator=_gen(17),
+        check_finite=False,
+    )
+    expected = torch.full((8,), -1)
+    expected[[1, 6]] = 2
+    assert torch.equal(info.first_nonfinite, expected)
+    assert info.n_nonfinite == 2 * 5  # two chains, evaluations 3 to 7

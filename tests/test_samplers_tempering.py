@@ -17,8 +17,11 @@ from kaem.samplers import (
     cosine_exponent_schedule,
     power_temperatures,
     replica_swap,
+    tempered,
+    tempered_mala,
     tempered_ula,
 )
+from kaem.samplers.langevin import ula_kernel
 
 SIGMA = 0.5
 
@@ -235,4 +238,68 @@ def test_tempering_validation():
             n_steps=1,
             generator=_gen(),
             swap_every=0,
+        )
+
+
+def test_tempered_mala_is_exact_where_tempered_ula_is_biased():
+    # At eta = 0.2 the t = 1 posterior (variance 0.2) gets ULA's variance doubled,
+    # 1 / (1 - 0.2 / (2 * 0.2)) = 2; MALA's accept/reject removes that bias at every
+    # temperature, with swaps on.
+    n_chains = 3_000
+    temperatures = power_temperatures(4, 2.0, dtype=torch.float64)
+    x, _ = _population(n_chains, temperatures, seed=11)
+    mean, std = _power_posterior(x, temperatures)
+    z0 = torch.randn(5, n_chains, 1, generator=_gen(12), dtype=torch.float64)
+    settings = {"step_size": 0.2, "n_steps": 300}
+    z, info = tempered_mala(
+        _log_prior, _log_lik_fn(x), z0, temperatures, generator=_gen(13), **settings
+    )
+    standardised = (z[..., 0] - mean) / std
+    se_mean, se_var = 1 / math.sqrt(n_chains), math.sqrt(2 / (n_chains - 1))
+    assert (standardised.mean(1).abs() < 5 * se_mean).all(), standardised.mean(1)
+    assert ((standardised.var(1) - 1).abs() < 5 * se_var).all(), standardised.var(1)
+    assert ((info.acceptance_rate > 0.3) & (info.acceptance_rate < 1)).all(), info.acceptance_rate
+    assert (info.swap_attempts > 0).all() and info.n_nonfinite == 0
+    z_ula, info_ula = tempered_ula(
+        _log_prior, _log_lik_fn(x), z0, temperatures, generator=_gen(13), **settings
+    )
+    assert ((z_ula[-1, :, 0] - mean[-1]) / std[-1]).var() > 1.5
+    assert torch.isnan(info_ula.acceptance_rate).all()
+
+
+def test_tempered_any_kernel_and_nonfinite_record_without_raising():
+    temperatures = power_temperatures(2, 1.0)
+    x = torch.zeros(4)
+
+    def log_lik(z):
+        out = _log_lik_fn(x)(z)
+        return torch.where(z[..., 0] > 1e6, torch.nan, out)
+
+    z0 = torch.zeros(3, 4, 1)
+    z0[2, 1] = 2e6
+    calls = []
+
+    def kernel(evaluate, state, step, generator, bounds):  # a custom move: stay put
+        calls.append(step.shape)
+        return state, ula_kernel(evaluate, state, step, generator, bounds)[1]
+
+    z, info = tempered(
+        kernel,
+        _log_prior,
+        log_lik,
+        z0,
+        temperatures,
+        step_size=0.1,
+        n_steps=3,
+        generator=_gen(),
+        swap_every=10,
+        check_finite=False,
+    )
+    assert len(calls) == 3 and torch.equal(z, z0)
+    expected = torch.full((3, 4), -1)
+    expected[2, 1] = 0  # the start, and every step after (the count)
+    assert torch.equal(info.first_nonfinite, expected) and info.n_nonfinite == 4
+    with pytest.raises(ValueError, match="kernel must be 'ula', 'mala' or a callable, got 'hmc'"):
+        tempered(
+            "hmc", _log_prior, log_lik, z0, temperatures, step_size=0.1, n_steps=1, generator=_gen()
         )

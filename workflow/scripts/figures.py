@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import yaml
 
-from kaem import plots
+from kaem.workflow import plots
 from kaem.config import TrainConfig, from_dict
 from kaem.data import read_samples
 from kaem.kinds import load_model
