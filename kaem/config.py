@@ -128,6 +128,9 @@ class GridUpdateConfig:
 class LangevinConfig:
     """Posterior Langevin sampling (App. F.1): ULA-MLE and the thermodynamic criterion.
 
+    ``sampler``: ``ula`` (the paper) or ``mala`` (Metropolis-adjusted, exact; in the
+    thermodynamic criterion at every temperature, with swaps between them).
+
     ``nonfinite``: ``raise`` stops with an error naming the step, temperature and chain;
     ``halve_and_retry`` halves the step size and redoes the step, at most ``max_retries``
     times.

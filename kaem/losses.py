@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from kaem.model import KAEM
-from kaem.prior import UnivariateEnergyPrior
 from kaem.samplers import effective_sample_size, resample_if_needed
 
 __all__ = [
@@ -198,16 +197,11 @@ def importance_loss(
         ess_threshold=ess_threshold,
         generator=generator,
     )
-    prior, w, log_lik = model.prior, post.weights, post.log_lik
-    w_bar = w.mean(0)  # (S,): batch-averaged posterior weight of each draw
+    w, log_lik = post.weights, post.log_lik
     generator_term = (w * log_lik).sum(1).mean()
-    if isinstance(prior, UnivariateEnergyPrior):
-        prior_term = prior.weighted_energy(post.z, w_bar - 1.0 / n_samples)
-        penalty = log_lik.new_zeros(())
-    else:
-        prior_term = (w_bar * prior.log_prob(post.z)).sum()
-        penalty = prior.regulariser()
-    loss = -(generator_term + prior_term) + penalty
+    # The draws are the prior's own, so they also serve for E_prior in eq. 16.
+    prior_term = model.prior.prior_term(post.z, w.mean(0), prior_samples=post.z)
+    loss = -(generator_term + prior_term)
 
     with torch.no_grad():
         log_evidence = torch.logsumexp(log_lik, 1) - math.log(n_samples)
@@ -220,19 +214,9 @@ def importance_loss(
 
 
 def _prior_term(model: KAEM, z_post: Tensor, generator: torch.Generator | None) -> Tensor:
-    """The prior part of eq. 4 from posterior samples ``z_post`` of shape ``(n, *event)``.
-
-    Univariate prior: contrastive divergence (eq. 16), ``mean f(z_post) - mean f(z_prior)``
-    with as many fresh inverse-transform prior samples. Mixture prior: the normalised log
-    density (eq. 18), minus the proportion regulariser.
-    """
-    prior = model.prior
+    """The prior part of eq. 4 from equally weighted posterior samples ``(n, *event)``."""
     n = z_post.shape[0]
-    if isinstance(prior, UnivariateEnergyPrior):
-        z_prior = prior.sample(n, generator)
-        weights = torch.cat([z_post.new_full((n,), 1.0 / n), z_post.new_full((n,), -1.0 / n)])
-        return prior.weighted_energy(torch.cat([z_post, z_prior]), weights)
-    return prior.log_prob(z_post).mean() - prior.regulariser()
+    return model.prior.prior_term(z_post, z_post.new_full((n,), 1.0 / n), generator=generator)
 
 
 class MLEInfo(NamedTuple):

@@ -352,11 +352,11 @@ def test_reflect_folds_into_the_box_and_is_periodic():
 @pytest.mark.parametrize("eta", [0.1, 9 / 16])  # noise std 0.45, and at the limit 1.06
 @pytest.mark.parametrize("mean", [0.0, 1.4, -1.6, 4.0])
 def test_folded_proposal_density_integrates_to_one(mean, eta):
-    from kaem.samplers.langevin import _log_proposal
+    from kaem.samplers.base import log_proposal
 
     step = torch.tensor(eta, dtype=torch.float64)
     y = torch.linspace(*BOX, 30_001, dtype=torch.float64)[:, None]
-    log_q = _log_proposal(y, torch.full_like(y, mean), step, BOX)
+    log_q = log_proposal(y, torch.full_like(y, mean), step, BOX, batch_dims=1)
     density = torch.exp(log_q) / math.sqrt(4 * math.pi * float(step))  # the dropped constant
     mass = float(torch.trapezoid(density, y[:, 0]))
     assert mass == pytest.approx(1.0, abs=1e-6)
@@ -381,12 +381,12 @@ def test_langevin_on_a_box_samples_the_truncated_density(sampler):
 def test_reflected_proposals_follow_the_folded_density_mala_uses():
     # MALA on a box is exact only if its acceptance ratio uses the density of the proposal it
     # actually makes: the Gaussian reflected at both ends, i.e. folded over its mirror images.
-    from kaem.samplers.langevin import _langevin_proposal, _log_proposal
+    from kaem.samplers.base import langevin_proposal, log_proposal
 
     n, eta, mean = 200_000, 0.3, 1.3  # noise std 0.77 from a mean near the right end
     start = torch.full((n, 1), mean, dtype=torch.float64)
     step = torch.tensor(eta, dtype=torch.float64)
-    y, _ = _langevin_proposal(start, torch.zeros_like(start), step, _gen(3), BOX)
+    y, _ = langevin_proposal(start, torch.zeros_like(start), step, _gen(3), BOX)
     grid = torch.linspace(*BOX, 20_001, dtype=torch.float64)[:, None]
 
     def cdf_of(log_density):
@@ -395,9 +395,9 @@ def test_reflected_proposals_follow_the_folded_density_mala_uses():
         cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
         return lambda s: np.interp(s, grid[:, 0].numpy(), (cdf / cdf[-1]).numpy())
 
-    folded = _log_proposal(grid, torch.full_like(grid, mean), step, BOX)
+    folded = log_proposal(grid, torch.full_like(grid, mean), step, BOX, batch_dims=1)
     assert stats.kstest(y[:, 0].numpy(), cdf_of(folded)).pvalue > 1e-4
-    plain = _log_proposal(grid, torch.full_like(grid, mean), step, None)  # truncated only
+    plain = log_proposal(grid, torch.full_like(grid, mean), step, None, 1)  # truncated only
     assert stats.kstest(y[:, 0].numpy(), cdf_of(plain)).pvalue < 1e-6
 
 

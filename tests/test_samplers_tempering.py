@@ -263,7 +263,7 @@ def test_tempered_mala_is_exact_where_tempered_ula_is_biased():
     z_ula, info_ula = tempered_ula(
         _log_prior, _log_lik_fn(x), z0, temperatures, generator=_gen(13), **settings
     )
-    assert ((z_ula[-1, :, 0] - mean[-1]) / std[-1]).var() > 1.5
+    assert ((z_ula[-1, :, 0] - mean[-1]) / std[-1]).var() > 1 + 10 * se_var  # ULA: 1.4
     assert torch.isnan(info_ula.acceptance_rate).all()
 
 
@@ -303,3 +303,34 @@ def test_tempered_any_kernel_and_nonfinite_record_without_raising():
         tempered(
             "hmc", _log_prior, log_lik, z0, temperatures, step_size=0.1, n_steps=1, generator=_gen()
         )
+
+
+def test_kernel_sees_each_chain_at_its_own_temperature_after_swaps():
+    # A swap moves chains between temperatures: the log density and drift a kernel receives
+    # must be recombined at the new temperature, t ll + log pi, not carried from the old one.
+    n_chains = 200
+    temperatures = power_temperatures(3, 1.0, dtype=torch.float64)
+    x, _ = _population(n_chains, temperatures, seed=14)
+    z0 = torch.randn(4, n_chains, 1, generator=_gen(15), dtype=torch.float64)
+    t = temperatures[:, None]
+    seen = []
+
+    def checked(evaluate, state, step, generator, bounds):
+        seen.append(
+            torch.allclose(state.log_density, t * state.log_lik + state.log_prior)
+            and torch.allclose(state.grad, t[..., None] * state.grad_lik + state.grad_prior)
+        )
+        return ula_kernel(evaluate, state, step, generator, bounds)
+
+    _, info = tempered(
+        checked,
+        _log_prior,
+        _log_lik_fn(x),
+        z0,
+        temperatures,
+        step_size=0.05,
+        n_steps=20,
+        generator=_gen(16),
+    )
+    assert info.swap_acceptance_rate.nan_to_num().sum() > 0, "swaps must happen"
+    assert len(seen) == 20 and all(seen)

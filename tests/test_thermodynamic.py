@@ -282,7 +282,16 @@ def test_steppingstone_on_the_default_domain_matches_quadrature() -> None:
     assert bool(((imp.estimate - truth).abs() < 4 * imp.stderr).all()), (imp, truth)
 
 
-def test_trace_variance_matches_the_exact_variance_at_every_temperature() -> None:
+@pytest.mark.parametrize(
+    ("sampler", "step_size", "n_steps"),
+    [
+        ("ula", 0.003, 2000),  # small: ULA's own bias inflates the variance (1.2x at 0.01)
+        ("mala", 0.05, 1000),  # exact at every temperature, so a larger step is unbiased
+    ],
+)
+def test_trace_variance_matches_the_exact_variance_at_every_temperature(
+    sampler, step_size, n_steps
+) -> None:
     # Power posteriors of the linear-Gaussian model are Gaussian, so Var_t[log p(x | z)] is a
     # closed form: the one estimator used at every temperature (chains, and exact draws at
     # t = 0) must recover it.
@@ -293,10 +302,14 @@ def test_trace_variance_matches_the_exact_variance_at_every_temperature() -> Non
         x,
         temps,
         n_chains=64,
-        n_steps=2000,
-        step_size=0.003,  # small: ULA's own bias inflates the variance (1.2x at 0.01)
+        n_steps=n_steps,
+        step_size=step_size,
+        sampler=sampler,
         generator=torch.Generator().manual_seed(6),
     )
+    if sampler == "mala":
+        assert bool(((pop.acceptance[1:] > 0.5) & (pop.acceptance[1:] <= 1)).all())
+    assert bool(pop.acceptance[0].isnan())  # t = 0 is drawn exactly
     weight, bias = model.generator.weight.detach(), model.generator.bias.detach()
     sigma2 = model.likelihood.variance
     xb = x.reshape(4, -1)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from kaem.model import KAEM
-from kaem.samplers import NonFiniteError, mala, tempered_ula, ula
+from kaem.samplers import NonFiniteError, mala, tempered, ula
 
 __all__ = [
     "NonFinitePolicy",
@@ -156,11 +156,14 @@ def sample_posterior(
         Randomness for the start and the Langevin noise.
     """
     check_langevin_prior(model, "posterior sampling")
+    if sampler not in ("ula", "mala"):
+        raise ValueError(f"sampler must be 'ula' or 'mala', got {sampler!r}")
     log_lik = log_likelihood_fn(model, x)
     prior = model.prior
+    log_prior = prior.frozen_log_prob()
 
     def log_density(z: Tensor) -> Tensor:
-        return prior.log_prob(z) + log_lik(z[None])[0]
+        return log_prior(z) + log_lik(z[None])[0]
 
     z0 = prior.sample(x.shape[0], generator)
     state = generator.get_state() if generator is not None else None
@@ -181,8 +184,6 @@ def sample_posterior(
             f"{err.step} in chain(s) {err.chains[:10]} (data points of the batch)"
         )
 
-    if sampler not in ("ula", "mala"):
-        raise ValueError(f"sampler must be 'ula' or 'mala', got {sampler!r}")
     (z, acceptance), eta, retries = _retrying(run, step_size, nonfinite, max_retries, describe)
     return PosteriorSample(z, eta, retries, acceptance)
 
@@ -241,6 +242,9 @@ class PopulationSample(NamedTuple):
         ``(t_0 = 0, t_1)`` when ``t_0 = 0``, whose samples are exact prior draws, not a chain.
     step_size, retries
         As in :class:`PosteriorSample`.
+    acceptance
+        MALA's acceptance rate per temperature, ``(K,)``; NaN for ULA and for the exact
+        ``t_0 = 0`` level.
     """
 
     z: Tensor
@@ -251,6 +255,7 @@ class PopulationSample(NamedTuple):
     swap_rate: Tensor
     step_size: float
     retries: int
+    acceptance: Tensor
 
 
 def sample_power_posteriors(
@@ -262,13 +267,15 @@ def sample_power_posteriors(
     n_steps: int = 40,
     step_size: float = 0.005,
     swap_every: int = 1,
+    sampler: Literal["ula", "mala"] = "ula",
     nonfinite: NonFinitePolicy = "raise",
     max_retries: int = 3,
     generator: torch.Generator | None = None,
 ) -> PopulationSample:
-    """Population ULA on ``p_t(z | x) ∝ p(x | z)^t pi(z)`` with replica swaps (eqs. 12, 25).
+    """Population Langevin on ``p_t(z | x) ∝ p(x | z)^t pi(z)`` with replica swaps (eqs. 12, 25).
 
-    All chains start from exact prior samples and advance as one batched tensor; every
+    All chains start from exact prior samples and advance as one batched tensor (ULA as in the
+    paper, or MALA, exact at every temperature, with fixed steps); every
     ``swap_every`` steps one random adjacent pair of temperatures proposes swaps, decided per
     chain. At ``t_0 = 0`` the power posterior is the prior, so its samples are drawn exactly by
     the inverse transform rather than by a chain: a population of ``N_t + 1`` temperatures runs
@@ -285,10 +292,12 @@ def sample_power_posteriors(
         ``(K,)`` from :func:`kaem.samplers.power_temperatures`.
     n_chains
         ``S``, chains per data point and temperature.
-    n_steps, step_size, swap_every, nonfinite, max_retries, generator
+    n_steps, step_size, swap_every, sampler, nonfinite, max_retries, generator
         As in :func:`sample_posterior`; a non-finite value is reported with its temperature.
     """
     check_langevin_prior(model, "power-posterior sampling")
+    if sampler not in ("ula", "mala"):
+        raise ValueError(f"sampler must be 'ula' or 'mala', got {sampler!r}")
     temperatures = torch.as_tensor(temperatures, dtype=x.dtype, device=x.device)
     batch = x.shape[0]
     if n_chains < 1:
@@ -315,8 +324,9 @@ def sample_power_posteriors(
             if step > burn_in:
                 trace.add(ll)
 
-        z, info = tempered_ula(
-            prior.log_prob,
+        z, info = tempered(
+            sampler,
+            prior.frozen_log_prob(),
             log_lik,
             z0,
             chained,
@@ -332,8 +342,8 @@ def sample_power_posteriors(
     def describe(err: NonFiniteError) -> str:
         where = [(float(chained[k]), b % batch) for k, b in err.chains[:10]]
         return (
-            f"power-posterior ULA produced a non-finite {err.quantity} at step {err.step} in "
-            f"chain(s) (temperature, data point) {where}"
+            f"power-posterior {sampler.upper()} produced a non-finite {err.quantity} at step "
+            f"{err.step} in chain(s) (temperature, data point) {where}"
         )
 
     (z, info, mean, var), eta, retries = _retrying(run, step_size, nonfinite, max_retries, describe)
@@ -341,7 +351,7 @@ def sample_power_posteriors(
     z = z.reshape(*shape, *z.shape[2:])
     ll = info.log_lik.reshape(shape)
     mean, var = mean.reshape(shape).mean(1), var.reshape(shape).mean(1)
-    swap_rate = info.swap_acceptance_rate
+    swap_rate, acceptance = info.swap_acceptance_rate, info.acceptance_rate
     if exact_prior:
         with torch.no_grad():
             z_prior = prior.sample(n_chains * batch, generator)
@@ -360,4 +370,5 @@ def sample_power_posteriors(
         mean = torch.cat([mean0[None], mean])
         var = torch.cat([var0[None], var])
         swap_rate = torch.cat([swap_rate.new_full((1,), float("nan")), swap_rate])
-    return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries)
+        acceptance = torch.cat([acceptance.new_full((1,), float("nan")), acceptance])
+    return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries, acceptance)

@@ -2,25 +2,29 @@
 
 Every sampler is a pure function: it takes a log-density callable, a start, step settings and
 an explicit ``torch.Generator``, and returns the new state with a NamedTuple of diagnostics.
+Kernels (:func:`ula_kernel`, :func:`mala_kernel`) move any state; :func:`tempered` wraps
+replica exchange around any of them.
 """
 
+from kaem.samplers.base import Bounds, NonFiniteError, NonFiniteRecord, reflect
 from kaem.samplers.importance import (
     effective_sample_size,
     normalized_log_weights,
     resample_if_needed,
 )
 from kaem.samplers.langevin import (
-    Bounds,
+    KERNELS,
     LangevinInfo,
     LangevinState,
     MALAInfo,
     MALAStepInfo,
-    NonFiniteError,
+    ULAStepInfo,
     langevin_init,
     mala,
+    mala_kernel,
     mala_step,
-    reflect,
     ula,
+    ula_kernel,
     ula_step,
 )
 from kaem.samplers.resampling import (
@@ -34,14 +38,18 @@ from kaem.samplers.resampling import (
 )
 from kaem.samplers.tempering import (
     SwapInfo,
+    TemperedState,
     TemperingInfo,
     cosine_exponent_schedule,
     power_temperatures,
     replica_swap,
+    tempered,
+    tempered_mala,
     tempered_ula,
 )
 
 __all__ = [
+    "KERNELS",
     "RESAMPLERS",
     "Bounds",
     "LangevinInfo",
@@ -49,14 +57,18 @@ __all__ = [
     "MALAInfo",
     "MALAStepInfo",
     "NonFiniteError",
+    "NonFiniteRecord",
     "Resampler",
     "SwapInfo",
+    "TemperedState",
     "TemperingInfo",
+    "ULAStepInfo",
     "cosine_exponent_schedule",
     "effective_sample_size",
     "get_resampler",
     "langevin_init",
     "mala",
+    "mala_kernel",
     "mala_step",
     "multinomial_resample",
     "normalized_log_weights",
@@ -67,7 +79,10 @@ __all__ = [
     "residual_resample",
     "stratified_resample",
     "systematic_resample",
+    "tempered",
+    "tempered_mala",
     "tempered_ula",
     "ula",
+    "ula_kernel",
     "ula_step",
 ]

@@ -1,8 +1,14 @@
-"""Power posteriors, temperature schedules and replica-exchange moves (eqs. 12, 22, 25, 40).
+"""Power posteriors, temperature ladders and replica exchange around any kernel (eqs. 12-25).
 
 The power posterior at temperature ``t`` is ``p_t(z | x) ∝ p(x | z)^t pi(z)`` (eq. 12): the
 prior at ``t = 0`` and the posterior at ``t = 1``. A population holds ``B`` chains (one per
 data point ``x_b``) at each of ``K`` temperatures; positions have shape ``(K, B, *event)``.
+
+:func:`tempered` wraps a swap move around any per-temperature kernel of
+:mod:`kaem.samplers.langevin` (:func:`tempered_ula`, :func:`tempered_mala`): the kernel moves
+all ``K * B`` chains as one batch on their own power posteriors, then one adjacent pair of
+temperatures proposes swaps. Nothing in a step synchronises with the device: the swap pair is
+chosen through masks and non-finite values are recorded, then checked once after the run.
 """
 
 from __future__ import annotations
@@ -14,23 +20,27 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kaem.samplers.langevin import (
+from kaem.samplers.base import (
     Bounds,
-    NonFiniteError,
-    _broadcast_step,
-    _chain_indices,
-    _check_bounds,
-    _check_steps,
-    _langevin_proposal,
-    _nonfinite_chains,
+    NonFiniteRecord,
+    broadcast_step,
+    check_bounds,
+    check_reflected_step,
+    check_steps,
+    nonfinite_chains,
+    value_and_grads,
 )
+from kaem.samplers.langevin import KERNELS, Kernel, mala_kernel
 
 __all__ = [
     "SwapInfo",
+    "TemperedState",
     "TemperingInfo",
     "cosine_exponent_schedule",
     "power_temperatures",
     "replica_swap",
+    "tempered",
+    "tempered_mala",
     "tempered_ula",
 ]
 
@@ -40,7 +50,7 @@ class SwapInfo(NamedTuple):
 
     Attributes
     ----------
-    pair : int
+    pair : Tensor, shape (), int64
         ``k``: the swap was proposed between temperatures ``k`` and ``k + 1``.
     accepted : Tensor, shape (B,), bool
         Which chains swapped.
@@ -48,13 +58,13 @@ class SwapInfo(NamedTuple):
         Per-chain acceptance probability (eq. 25).
     """
 
-    pair: int
+    pair: Tensor
     accepted: Tensor
     acceptance_prob: Tensor
 
 
 class TemperingInfo(NamedTuple):
-    """Diagnostics of :func:`tempered_ula`.
+    """Diagnostics of :func:`tempered`.
 
     Attributes
     ----------
@@ -67,16 +77,49 @@ class TemperingInfo(NamedTuple):
         ``log p(x_b | z_kb)`` at the returned positions.
     log_prior : Tensor, shape (K, B)
         ``log pi(z_kb)`` at the returned positions.
-    n_nonfinite : int
-        Number of (chain, evaluation) pairs with a non-finite value or gradient; always 0 when
-        ``check_finite`` is on (the sampler raises instead).
+    n_nonfinite : Tensor, shape (), int64
+        Number of (chain, evaluation) pairs with a non-finite value or gradient.
+    first_nonfinite : Tensor, shape (K, B), int64
+        The first step at which each chain met a non-finite value (0 = the start), -1 if never.
+    acceptance_rate : Tensor, shape (K,)
+        Mean acceptance rate of the kernel's moves per temperature (NaN for ULA, which
+        accepts every move).
     """
 
     swap_acceptance_rate: Tensor
     swap_attempts: Tensor
     log_lik: Tensor
     log_prior: Tensor
-    n_nonfinite: int
+    n_nonfinite: Tensor
+    first_nonfinite: Tensor
+    acceptance_rate: Tensor
+
+
+class TemperedState(NamedTuple):
+    """A population on the power posteriors, its terms kept apart.
+
+    ``log_density`` and ``grad`` are those of ``p_t`` at each chain's temperature; the prior
+    and likelihood terms are kept separately because a swap moves a chain to another
+    temperature, where its drift ``t grad ll + grad log pi`` is recombined without evaluating
+    the model again.
+
+    Attributes
+    ----------
+    position : Tensor, shape (K, B, *event)
+    log_density : Tensor, shape (K, B)
+        ``t_k log p(x_b | z_kb) + log pi(z_kb)``.
+    grad : Tensor, shape (K, B, *event)
+    log_prior, log_lik : Tensor, shape (K, B)
+    grad_prior, grad_lik : Tensor, shape (K, B, *event)
+    """
+
+    position: Tensor
+    log_density: Tensor
+    grad: Tensor
+    log_prior: Tensor
+    log_lik: Tensor
+    grad_prior: Tensor
+    grad_lik: Tensor
 
 
 def power_temperatures(
@@ -143,28 +186,20 @@ def cosine_exponent_schedule(
     return p_start + (p_end - p_start) * (1 - math.cos(phase)) / 2
 
 
-def _swap_rows(x: Tensor, pair: int, accepted: Tensor) -> Tensor:
-    """Exchange rows ``pair`` and ``pair + 1`` of ``x`` (K, B, ...) in the chains ``accepted``."""
-    keep = accepted.reshape(-1, *([1] * (x.ndim - 2)))
-    lower, upper = x[pair], x[pair + 1]
-    out = x.clone()
-    out[pair] = torch.where(keep, upper, lower)
-    out[pair + 1] = torch.where(keep, lower, upper)
-    return out
-
-
 def _propose_swap(
     log_lik: Tensor, temperatures: Tensor, generator: torch.Generator | None
 ) -> SwapInfo:
-    """Draw the pair and the per-chain swap decisions (eq. 25)."""
+    """Draw the pair and the per-chain swap decisions (eq. 25), without a host sync."""
     n_temps = len(temperatures)
-    pair = int(torch.randint(n_temps - 1, (1,), generator=generator, device=log_lik.device).item())
+    pair = torch.randint(n_temps - 1, (), generator=generator, device=log_lik.device)
+    pairs = torch.stack([pair, pair + 1])
     # Swapping z_k <-> z_{k+1} has Metropolis ratio
     #   p_{t_k}(z_{k+1}) p_{t_{k+1}}(z_k) / (p_{t_k}(z_k) p_{t_{k+1}}(z_{k+1}))
     #   = exp((t_{k+1} - t_k) (ll_k - ll_{k+1})),
     # since the prior factors cancel: a better fit (higher ll) moves towards t = 1.
-    dt = temperatures[pair + 1] - temperatures[pair]
-    log_ratio = dt * (log_lik[pair] - log_lik[pair + 1])  # (B,)
+    t_lo, t_hi = temperatures.index_select(0, pairs)
+    ll_lo, ll_hi = log_lik.index_select(0, pairs)
+    log_ratio = (t_hi - t_lo) * (ll_lo - ll_hi)  # (B,)
     # NaN (e.g. -inf - -inf) means no evidence either way: do not swap.
     log_ratio = torch.where(torch.isnan(log_ratio), -math.inf, log_ratio)
     acceptance_prob = torch.exp(log_ratio.clamp(max=0.0))
@@ -172,6 +207,18 @@ def _propose_swap(
         log_lik.shape[1], generator=generator, dtype=log_lik.dtype, device=log_lik.device
     )
     return SwapInfo(pair, u < acceptance_prob, acceptance_prob)
+
+
+def _swap_source(swap: SwapInfo, n_temps: int) -> Tensor:
+    """Row each entry comes from after the swap, shape (K, B): one-hot masks, no indexing."""
+    rows = torch.arange(n_temps, device=swap.accepted.device)[:, None]
+    moved = swap.accepted[None].long()
+    return rows + (rows == swap.pair) * moved - (rows == swap.pair + 1) * moved
+
+
+def _gather_rows(x: Tensor, source: Tensor) -> Tensor:
+    index = source.reshape(*source.shape, *([1] * (x.ndim - 2))).expand_as(x)
+    return x.gather(0, index)
 
 
 def _check_population(z: Tensor, log_lik: Tensor | None, temperatures: Tensor) -> None:
@@ -222,68 +269,47 @@ def replica_swap(
     if len(temperatures) < 2:
         raise ValueError(f"replica_swap needs K >= 2 temperatures, got {len(temperatures)}")
     info = _propose_swap(log_lik, temperatures.to(log_lik), generator)
-    return (
-        _swap_rows(z, info.pair, info.accepted),
-        _swap_rows(log_lik, info.pair, info.accepted),
-        info,
+    source = _swap_source(info, len(temperatures))
+    return _gather_rows(z, source), _gather_rows(log_lik, source), info
+
+
+def _at_temperatures(state: TemperedState, temperatures: Tensor) -> TemperedState:
+    """``log_density`` and ``grad`` of each chain's power posterior, from the split terms."""
+    t = temperatures.reshape(-1, *([1] * (state.log_lik.ndim - 1)))
+    t_event = temperatures.reshape(-1, *([1] * (state.grad_lik.ndim - 1)))
+    return state._replace(
+        log_density=t * state.log_lik + state.log_prior,
+        grad=t_event * state.grad_lik + state.grad_prior,
     )
 
 
-class _TemperedState(NamedTuple):
-    position: Tensor  # (K, B, *event)
-    log_prior: Tensor  # (K, B)
-    log_lik: Tensor  # (K, B)
-    grad_prior: Tensor  # (K, B, *event)
-    grad_lik: Tensor  # (K, B, *event)
-
-
-def _tempered_init(
+def _tempered_evaluator(
     log_prior_fn: Callable[[Tensor], Tensor],
     log_lik_fn: Callable[[Tensor], Tensor],
-    position: Tensor,
-    check_finite: bool,
-) -> _TemperedState:
-    """Evaluate prior and likelihood with separate gradients.
+    temperatures: Tensor,
+) -> Callable[[Tensor], TemperedState]:
+    """Positions ``(K, B, *event)`` -> their :class:`TemperedState` (one backward pass)."""
 
-    The gradients are kept apart because a swap moves a chain to another temperature, where
-    its drift ``t grad ll + grad log pi`` must be recombined without re-evaluating the model.
-    """
-    n_temps, n_chains = position.shape[:2]
-    with torch.enable_grad():
-        z = position.detach().requires_grad_(True)
-        log_prior = log_prior_fn(z.flatten(0, 1))
-        if not isinstance(log_prior, Tensor) or log_prior.shape != (n_temps * n_chains,):
-            got = tuple(log_prior.shape) if isinstance(log_prior, Tensor) else log_prior
-            raise ValueError(
-                f"log_prior_fn must return shape ({n_temps * n_chains},) for input of shape "
-                f"{(n_temps * n_chains, *position.shape[2:])}, got {got}"
-            )
+    def evaluate(position: Tensor) -> TemperedState:
+        n_temps, n_chains = position.shape[:2]
+        (log_prior, grad_prior), (log_lik, grad_lik) = value_and_grads(
+            [lambda z: log_prior_fn(z.flatten(0, 1)), log_lik_fn],
+            position,
+            [(n_temps * n_chains,), (n_temps, n_chains)],
+            ["log_prior_fn (on the K * B flattened chains)", "log_lik_fn"],
+        )
         log_prior = log_prior.reshape(n_temps, n_chains)
-        log_lik = log_lik_fn(z)
-        if not isinstance(log_lik, Tensor) or log_lik.shape != (n_temps, n_chains):
-            got = tuple(log_lik.shape) if isinstance(log_lik, Tensor) else log_lik
-            raise ValueError(
-                f"log_lik_fn must return shape ({n_temps}, {n_chains}) for input of shape "
-                f"{tuple(position.shape)}, got {got}"
-            )
-        grads = []
-        for value in (log_prior, log_lik):
-            grad = None
-            if value.requires_grad:
-                # retain_graph: the two terms may share part of their graph.
-                (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=True, allow_unused=True)
-            grads.append(torch.zeros_like(position) if grad is None else grad.detach())
-    state = _TemperedState(position.detach(), log_prior.detach(), log_lik.detach(), *grads)
-    if check_finite:
-        bad = _nonfinite_chains(state.log_prior + state.log_lik, *grads)
-        if bool(bad.any()):
-            raise NonFiniteError(
-                _chain_indices(bad), quantity="log prior, log-likelihood or gradient"
-            )
-    return state
+        # log_density and grad are recombined from the split terms by _at_temperatures.
+        split = TemperedState(
+            position.detach(), log_lik, grad_lik, log_prior, log_lik, grad_prior, grad_lik
+        )
+        return _at_temperatures(split, temperatures)
+
+    return evaluate
 
 
-def tempered_ula(
+def tempered(
+    kernel: str | Kernel,
     log_prior_fn: Callable[[Tensor], Tensor],
     log_lik_fn: Callable[[Tensor], Tensor],
     z0: Tensor,
@@ -297,15 +323,20 @@ def tempered_ula(
     callback: Callable[[int, Tensor], None] | None = None,
     bounds: Bounds | None = None,
 ) -> tuple[Tensor, TemperingInfo]:
-    """Population ULA on the power posteriors with replica swaps (eqs. 11, 12, 25).
+    """A per-temperature kernel on the power posteriors with replica swaps (eqs. 12, 25).
 
-    All ``K * B`` chains take ULA steps (eq. 11) on
+    All ``K * B`` chains move with ``kernel`` on
     ``log p_t(z | x_b) = t log p(x_b | z) + log pi(z)`` as one batched tensor; after every
     ``swap_every`` steps one adjacent pair of temperatures attempts a per-chain
-    :func:`replica_swap`.
+    :func:`replica_swap`. The swap leaves the product of the power posteriors invariant and
+    so does each kernel's move, hence their alternation.
 
     Parameters
     ----------
+    kernel : str or callable
+        ``"ula"``, ``"mala"`` (:data:`kaem.samplers.langevin.KERNELS`) or any callable with
+        the signature of :func:`kaem.samplers.langevin.ula_kernel`. MALA's steps are fixed
+        here (no warm-up adaptation).
     log_prior_fn : callable
         ``log pi``: ``(n, *event) -> (n,)``, called on the ``n = K * B`` flattened chains.
     log_lik_fn : callable
@@ -321,14 +352,14 @@ def tempered_ula(
         ``eta``: a scalar, per temperature ``(K,)``, or per chain ``(K, B)``. A step size
         belongs to its temperature slot, not to the chain that swaps through it.
     n_steps : int
-        Number of ULA steps.
+        Number of kernel steps.
     generator : torch.Generator or None
         Source of randomness, on the device of ``z0``.
     swap_every : int
         Attempt a swap after every ``swap_every`` steps (the paper: 1). Ignored when ``K = 1``.
     check_finite : bool
-        Raise :class:`NonFiniteError` (naming the step and ``(k, b)`` chains) on a non-finite
-        value or gradient; when off, only count them.
+        After the run, raise :class:`~kaem.samplers.base.NonFiniteError` naming the first step
+        with a non-finite value or gradient and its ``(k, b)`` chains; off, only record them.
     callback : callable, optional
         Called as ``callback(step, log_lik)`` after every step (and its swap) with the
         population's log-likelihoods ``(K, B)``, e.g. to accumulate per-temperature averages
@@ -343,45 +374,78 @@ def tempered_ula(
         Final positions, detached.
     info : TemperingInfo
     """
-    _check_steps(n_steps)
-    bounds = _check_bounds(bounds)
+    if not (callable(kernel) or kernel in KERNELS):
+        raise ValueError(f"kernel must be 'ula', 'mala' or a callable, got {kernel!r}")
+    move = KERNELS[kernel] if isinstance(kernel, str) else kernel
+    check_steps(n_steps)
+    bounds = check_bounds(bounds)
     if isinstance(swap_every, bool) or not isinstance(swap_every, int) or swap_every < 1:
         raise ValueError(f"swap_every must be an int >= 1, got {swap_every!r}")
     temperatures = torch.as_tensor(temperatures, dtype=z0.dtype, device=z0.device)
     _check_population(z0, None, temperatures)
     n_temps = len(temperatures)
-    step = _broadcast_step(step_size, z0, batch_dims=2)
-    t = temperatures.reshape(n_temps, *([1] * (z0.ndim - 1)))
-
-    def evaluate(position: Tensor, i: int) -> _TemperedState:
-        try:
-            return _tempered_init(log_prior_fn, log_lik_fn, position, check_finite)
-        except NonFiniteError as err:
-            raise err.at_step(i) from None
-
-    def count_bad(state: _TemperedState) -> Tensor:
-        return _nonfinite_chains(
-            state.log_prior + state.log_lik, state.grad_prior, state.grad_lik
-        ).sum()
-
-    state = evaluate(z0, 0)
-    n_bad = count_bad(state)
+    step = broadcast_step(step_size, z0, batch_dims=2)
+    if move is mala_kernel:
+        check_reflected_step(step, bounds)
+    evaluate = _tempered_evaluator(log_prior_fn, log_lik_fn, temperatures)
+    state = evaluate(z0)
+    record = NonFiniteRecord(state.log_density.shape, z0.device)
+    record.update(nonfinite_chains(state.log_density, state.grad), 0)
     n_pairs = max(n_temps - 1, 0)
     attempts = torch.zeros(n_pairs, dtype=torch.int64, device=z0.device)
     swapped = torch.zeros(n_pairs, dtype=z0.dtype, device=z0.device)
+    accepted = torch.zeros(n_temps, dtype=z0.dtype, device=z0.device)
+    adjusted = False  # whether the kernel accepts and rejects (MALA) or always moves (ULA)
+    pair_ids = torch.arange(n_pairs, device=z0.device)
     for i in range(n_steps):
-        drift = t * state.grad_lik + state.grad_prior  # grad log p_t, (K, B, *event)
-        proposal, _ = _langevin_proposal(state.position, drift, step, generator, bounds)
-        state = evaluate(proposal, i + 1)
-        if not check_finite:
-            n_bad = n_bad + count_bad(state)
+        state, info = move(evaluate, state, step, generator, bounds)
+        record.update(info.nonfinite, i + 1)
+        if hasattr(info, "accepted"):
+            adjusted = True
+            accepted = accepted + info.accepted.to(z0.dtype).mean(1)
         if n_temps > 1 and (i + 1) % swap_every == 0:
-            info = _propose_swap(state.log_lik, temperatures, generator)
-            # Cached values do not depend on t, so they travel with their chains.
-            state = _TemperedState(*(_swap_rows(x, info.pair, info.accepted) for x in state))
-            attempts[info.pair] += 1
-            swapped[info.pair] += info.accepted.to(z0.dtype).mean()
+            swap = _propose_swap(state.log_lik, temperatures, generator)
+            source = _swap_source(swap, n_temps)
+            # Cached terms do not depend on t, so they travel with their chains.
+            moved = TemperedState(*(_gather_rows(x, source) for x in state))
+            state = _at_temperatures(moved, temperatures)
+            at_pair = pair_ids == swap.pair
+            attempts = attempts + at_pair
+            swapped = swapped + at_pair * swap.accepted.to(z0.dtype).mean()
         if callback is not None:
             callback(i + 1, state.log_lik)
+    if check_finite:
+        record.raise_if_any("log prior, log-likelihood or gradient")
     rate = torch.where(attempts > 0, swapped / attempts.clamp(min=1), math.nan)
-    return state.position, TemperingInfo(rate, attempts, state.log_lik, state.log_prior, int(n_bad))
+    moves = accepted / n_steps if adjusted else torch.full_like(accepted, math.nan)
+    return state.position, TemperingInfo(
+        rate, attempts, state.log_lik, state.log_prior, record.count, record.first, moves
+    )
+
+
+def tempered_ula(
+    log_prior_fn: Callable[[Tensor], Tensor],
+    log_lik_fn: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    temperatures: Tensor,
+    **settings,
+) -> tuple[Tensor, TemperingInfo]:
+    """Population ULA on the power posteriors with replica swaps (eqs. 11, 12, 25).
+
+    :func:`tempered` with the ULA kernel; ``settings`` are its keyword arguments.
+    """
+    return tempered("ula", log_prior_fn, log_lik_fn, z0, temperatures, **settings)
+
+
+def tempered_mala(
+    log_prior_fn: Callable[[Tensor], Tensor],
+    log_lik_fn: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    temperatures: Tensor,
+    **settings,
+) -> tuple[Tensor, TemperingInfo]:
+    """Population MALA on the power posteriors with replica swaps: exact at every temperature.
+
+    :func:`tempered` with the MALA kernel; ``settings`` are its keyword arguments.
+    """
+    return tempered("mala", log_prior_fn, log_lik_fn, z0, temperatures, **settings)

@@ -155,6 +155,7 @@ def _thermodynamic_step(
         temperatures,
         n_chains=tc.chains,
         swap_every=tc.swap_every,
+        sampler=cfg.langevin.sampler,
         generator=generator,
         **_langevin_settings(cfg),
     )
@@ -170,6 +171,8 @@ def _thermodynamic_step(
         "step_size": population.step_size,
         "retries": population.retries,
     }
+    if cfg.langevin.sampler == "mala":
+        metrics["acceptance"] = float(population.acceptance.nanmean())
     for k, rate in enumerate(population.swap_rate.tolist()):
         if rate == rate:  # the exact t = 0 level takes no swaps (NaN)
             metrics[f"swap_{k}_{k + 1}"] = rate

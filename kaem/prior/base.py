@@ -1,0 +1,163 @@
+"""The machinery both energy priors share: quadrature nodes, cached tables, exact sampling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from kaem import quadrature as quad
+from kaem.cache import ParameterCache
+from kaem.kan import KANLayer
+from kaem.reference import ReferencePrior
+
+__all__ = ["EnergyPrior", "PriorTables", "SamplingMethod"]
+
+SamplingMethod = Literal["auto", "search", "table"]
+
+
+class PriorTables(NamedTuple):
+    """What sampling needs, built once per parameter state (see :class:`ParameterCache`).
+
+    Attributes
+    ----------
+    cdf
+        CDFs of the densities at the cell edges (``cdf`` of shape ``(..., N + 1)``).
+    guide
+        Their guide table (:func:`kaem.quadrature.guide_table`), or None if not requested.
+    shared
+        Instead of ``guide``, for the univariate prior with ``shared_uniforms``: the guide
+        laid out for uniforms shared across ``q`` (:func:`kaem.quadrature.shared_guide_table`).
+    """
+
+    cdf: quad.CDFTable
+    guide: quad.GuideTable | None = None
+    shared: quad.SharedGuide | None = None
+
+
+class EnergyPrior(nn.Module):
+    """Quadrature, caching and sampling machinery shared by both priors."""
+
+    def __init__(
+        self,
+        kan: KANLayer,
+        reference: ReferencePrior,
+        *,
+        n_nodes: int = 200,
+        quadrature: quad.QuadratureRule = "gauss_legendre",
+        sampling: SamplingMethod = "auto",
+        table_points: int = 384,
+        table_threshold: int = 256,
+    ) -> None:
+        super().__init__()
+        if sampling not in ("auto", "search", "table"):
+            raise ValueError(f"sampling must be 'auto', 'search' or 'table', got {sampling!r}")
+        if table_points < 1:
+            raise ValueError(f"table_points must be at least 1, got {table_points}")
+        self.kan = kan
+        self.reference = reference
+        self.quadrature = quadrature
+        self.sampling = sampling
+        self.table_points = table_points
+        self.table_threshold = table_threshold
+        nodes, weights = quad.nodes_and_weights(n_nodes, reference.low, reference.high, quadrature)
+        self.register_buffer("nodes", nodes)  # (N,)
+        self.register_buffer("log_weights", weights.log())  # (N,)
+        self.register_buffer("edges", quad.cell_edges(weights, reference.low))  # (N + 1,)
+        self.register_buffer("log_reference_nodes", reference.log_density(nodes))  # (N,)
+        self._cache = ParameterCache()
+
+    # -- quantities on the quadrature nodes ------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        return self.nodes.shape[0]
+
+    @property
+    def domain(self) -> tuple[float, float]:
+        """The bounded support ``[a, b]`` of every density (and of every sampler's chains)."""
+        return (self.reference.low, self.reference.high)
+
+    @property
+    def components_shape(self) -> tuple[int, int]:
+        """``(Q, P)``: the shape of the table of univariate densities ``pi_qp``."""
+        raise NotImplementedError
+
+    def _node_energies(self) -> Tensor:
+        """Energies ``f_qp`` at every node, shape ``(Q, P, N)``."""
+        raise NotImplementedError
+
+    def node_log_density(self) -> Tensor:
+        """Unnormalised log densities ``f_qp(z_n) + log pi_0(z_n)``, shape ``(Q, P, N)``."""
+        return self._node_energies() + self.log_reference_nodes
+
+    def log_normaliser(self) -> Tensor:
+        """``log Z_qp`` by quadrature (eq. 20), shape ``(Q, P)``; differentiable."""
+        return quad.log_normaliser(self.node_log_density(), self.log_weights)
+
+    def log_prob(self, z: Tensor, log_normaliser: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def frozen_log_prob(self) -> Callable[[Tensor], Tensor]:
+        """:meth:`log_prob` with ``log Z_qp`` computed once, without gradient: a sampler's target.
+
+        ``log Z`` does not depend on ``z``, so a Langevin chain (which differentiates in ``z``
+        only) sees the same density and gradient, without recomputing the quadrature at every
+        step or recording its graph in the parameters. Valid while the parameters do not
+        change (one sampling run).
+        """
+        with torch.no_grad():
+            log_z = self.log_normaliser()
+        return lambda z: self.log_prob(z, log_normaliser=log_z)
+
+    def _on_support(self, z: Tensor, log_density: Tensor) -> Tensor:
+        """``log_density`` where ``z`` lies in ``[a, b]``, ``-inf`` outside (shapes of ``z``)."""
+        low, high = self.domain
+        inside = (z >= low) & (z <= high)
+        return torch.where(inside, log_density, -math.inf)
+
+    def _state(self) -> dict[str, Any]:
+        """Cached tables of the parameters as they are now (:class:`ParameterCache`)."""
+        return self._cache.current([*self.parameters(), *self.buffers()])
+
+    def _tables(
+        self,
+        state: dict[str, Any],
+        name: str,
+        build_cdf: Callable[[], quad.CDFTable],
+        guide: bool,
+    ) -> PriorTables:
+        """The CDFs ``name`` (and their guide table), built into ``state`` when missing."""
+        with torch.no_grad():
+            if name not in state:
+                state[name] = build_cdf()
+            if guide and name + ".guide" not in state:
+                state[name + ".guide"] = quad.guide_table(state[name], self.table_points)
+        return PriorTables(state[name], state.get(name + ".guide") if guide else None)
+
+    def _guided(self, n: int, state: dict[str, Any], name: str) -> bool:
+        """Whether ``n`` draws go through the guide table (both paths are exact).
+
+        ``auto`` builds the table on a CPU once more than ``table_threshold`` draws have been
+        asked of the same parameters (a table costs about as much to build as searching a few
+        hundred draws, and then makes every draw cheap); on an accelerator it searches, which
+        the device does in parallel without a host synchronisation.
+        """
+        if self.sampling != "auto":
+            return self.sampling == "table"
+        if self.nodes.device.type != "cpu":
+            return False
+        asked = state.get(name + ".asked", 0) + n
+        state[name + ".asked"] = asked
+        return asked > self.table_threshold
+
+    def _check_n(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+
+    def _uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        return torch.rand(
+            shape, generator=generator, device=self.nodes.device, dtype=self.nodes.dtype
+        )

@@ -1,0 +1,231 @@
+"""Mixture-of-univariate energy prior (eqs. 17-18)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kaem import quadrature as quad
+from kaem.kan import KANLayer
+from kaem.prior.base import EnergyPrior, PriorTables, SamplingMethod
+from kaem.reference import ReferencePrior
+
+__all__ = ["MixtureEnergyPrior"]
+
+
+class MixtureEnergyPrior(EnergyPrior):
+    """Mixture-of-univariate energy prior (eqs. 17-18).
+
+    Parameters
+    ----------
+    kan
+        KAN layer with ``in_features = Q`` and ``out_features = P``; edge ``(q, p)`` is the
+        energy of component ``p`` of coordinate ``q``.
+    reference, n_nodes, quadrature, sampling, table_points, table_threshold
+        As for :class:`UnivariateEnergyPrior`.
+    train_proportions
+        Learn the mixture logits ``a_q`` (``alpha_q = softmax(a_q)``) or keep them uniform.
+    proportion_l1
+        ``lambda`` of the regulariser ``lambda * sum_qp |alpha_qp - 1 / P|`` that pulls the
+        proportions toward uniform. (The L1 norm of ``alpha`` itself is constant, ``Q``, since
+        each row is a probability vector, so the distance to uniform is what is penalised.)
+    generator
+        Random generator for the initial logits.
+    """
+
+    def __init__(
+        self,
+        kan: KANLayer,
+        reference: ReferencePrior,
+        *,
+        n_nodes: int = 200,
+        quadrature: quad.QuadratureRule = "gauss_legendre",
+        train_proportions: bool = True,
+        proportion_l1: float = 0.0,
+        sampling: SamplingMethod = "auto",
+        table_points: int = 384,
+        table_threshold: int = 256,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            kan,
+            reference,
+            n_nodes=n_nodes,
+            quadrature=quadrature,
+            sampling=sampling,
+            table_points=table_points,
+            table_threshold=table_threshold,
+        )
+        if proportion_l1 < 0:
+            raise ValueError(f"proportion_l1 must be non-negative, got {proportion_l1}")
+        self.proportion_l1 = float(proportion_l1)
+        q, p = kan.in_features, kan.out_features
+        if train_proportions:
+            self.logits = nn.Parameter(0.01 * torch.randn(q, p, generator=generator))
+        else:
+            self.register_buffer("logits", torch.zeros(q, p))
+
+    @property
+    def num_components(self) -> int:
+        """``P``."""
+        return self.kan.out_features
+
+    @property
+    def latent_dim(self) -> int:
+        """``Q``."""
+        return self.kan.in_features
+
+    @property
+    def event_shape(self) -> tuple[int]:
+        return (self.kan.in_features,)
+
+    @property
+    def components_shape(self) -> tuple[int, int]:
+        return (self.kan.in_features, self.kan.out_features)
+
+    def proportions(self) -> Tensor:
+        """Mixture proportions ``alpha = softmax(a)`` (eq. 17), shape ``(Q, P)``."""
+        return torch.softmax(self.logits, dim=-1)
+
+    def regulariser(self) -> Tensor:
+        """``lambda * sum_qp |alpha_qp - 1/P|`` (scalar)."""
+        if self.proportion_l1 == 0.0:
+            return self.logits.new_zeros(())
+        alpha = self.proportions()
+        return self.proportion_l1 * (alpha - 1.0 / self.num_components).abs().sum()
+
+    def _node_energies(self) -> Tensor:
+        x = self.nodes[:, None].expand(-1, self.latent_dim)  # (N, Q)
+        return self.kan.edges(x).permute(1, 2, 0)  # (N, Q, P) -> (Q, P, N)
+
+    def _check_z(self, z: Tensor) -> None:
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"expected latents of shape (n, {self.latent_dim}), got {tuple(z.shape)}"
+            )
+
+    def component_log_prob(self, z: Tensor, log_normaliser: Tensor | None = None) -> Tensor:
+        """``log alpha_qp + log pi_qp(z_q)``, shape ``(n, Q, P)``; ``-inf`` off ``[a, b]``.
+
+        ``log_normaliser`` (``(Q, P)``) is :meth:`log_normaliser`, computed here if not given.
+        """
+        self._check_z(z)
+        log_z = self.log_normaliser() if log_normaliser is None else log_normaliser
+        log_alpha = torch.log_softmax(self.logits, dim=-1)
+        log_ref = self.reference.log_density(z)[..., None]
+        lp = self.kan.edges(z) + log_ref + log_alpha - log_z
+        return self._on_support(z[..., None], lp)
+
+    def log_prob(self, z: Tensor, log_normaliser: Tensor | None = None) -> Tensor:
+        """Normalised mixture log density (eq. 18), shape ``(n,)`` for ``z`` of shape ``(n, Q)``."""
+        return torch.logsumexp(self.component_log_prob(z, log_normaliser), dim=-1).sum(dim=-1)
+
+    def prior_term(
+        self,
+        z: Tensor,
+        weights: Tensor,
+        *,
+        prior_samples: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The prior's part of the learning gradient (eq. 4): ``sum_s w_s log pi(z_s)``.
+
+        The mixture's log density is normalised by quadrature (eq. 18), so it is
+        differentiated directly, minus the proportion regulariser; no prior draws are needed
+        (``prior_samples`` and ``generator`` are accepted for a common signature and unused).
+
+        Parameters
+        ----------
+        z : Tensor, shape (n, Q)
+            Posterior samples, detached.
+        weights : Tensor, shape (n,)
+            Their posterior weights, summing to one.
+        """
+        return (weights * self.log_prob(z)).sum() - self.regulariser()
+
+    def generator_input(self, z: Tensor) -> Tensor:
+        """The generator sees ``z`` itself (eq. 19): ``(n, Q) -> (n, Q)``."""
+        return z
+
+    @property
+    def samples_follow_log_prob(self) -> bool:
+        """Always True: coordinates are drawn independently from their mixtures."""
+        return True
+
+    def tables(self, guide: bool = False) -> PriorTables:
+        """CDFs of every component ``pi_qp`` (and their guide table), shape ``(Q, P, N + 1)``."""
+        return self._tables(self._state(), "components", self._build_cdf, guide)
+
+    def _build_cdf(self) -> quad.CDFTable:
+        return quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
+
+    def marginal_tables(self, guide: bool = False) -> PriorTables:
+        """CDF of each coordinate's whole mixture, ``cdf`` of shape ``(Q, N + 1)``.
+
+        Every component lives on the same quadrature cells, so the mixture of their
+        piecewise-constant densities is itself piecewise constant with cell masses
+        ``sum_p alpha_qp m_qpn``: one CDF per coordinate instead of one per component.
+        """
+        return self._tables(self._state(), "marginal", self._build_marginal_cdf, guide)
+
+    def _build_marginal_cdf(self) -> quad.CDFTable:
+        log_mass = torch.log_softmax(self.node_log_density() + self.log_weights, dim=-1)
+        log_alpha = torch.log_softmax(self.logits, dim=-1)[..., None]
+        mixture = torch.logsumexp(log_alpha + log_mass, dim=1)  # (Q, N) log cell masses
+        return quad.build_cdf(mixture, torch.zeros_like(self.log_weights), self.edges)
+
+    @torch.no_grad()
+    def sample_with_components(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Component-wise inverse-transform sampling (Algorithm 1).
+
+        For each sample and coordinate ``q``, a component ``p ~ Categorical(alpha_q)`` is drawn
+        by inverting the discrete CDF of ``alpha_q``, then ``z_q = F_qp^{-1}(u)``.
+
+        Returns
+        -------
+        z, components
+            Shapes ``(n, Q)`` (float) and ``(n, Q)`` (int64).
+        """
+        self._check_n(n)
+        q, p = self.latent_dim, self.num_components
+        u_comp = self._uniform((q, n), generator)
+        u = self._uniform((q, n), generator).reshape(-1)
+        cum = torch.cumsum(self.proportions(), dim=-1)  # (Q, P)
+        comp = torch.searchsorted(cum, u_comp, right=True).clamp_(max=p - 1)  # (Q, n)
+        rows = (comp + torch.arange(q, device=comp.device)[:, None] * p).reshape(-1)  # (Q n,)
+        state = self._state()
+        guided = self._guided(n, state, "components")
+        tables = self._tables(state, "components", self._build_cdf, guided)
+        if guided:
+            z = quad.guided_inverse_cdf_rows(rows, u, tables.cdf, tables.guide)
+        else:
+            z = quad.inverse_cdf_rows(rows, u, tables.cdf)
+        return z.reshape(q, n).T, comp.T
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Exact samples, shape ``(n, Q)``, detached.
+
+        Draws from the same distribution as :meth:`sample_with_components` (component, then
+        inverse transform) by inverting each coordinate's mixture CDF (see
+        :meth:`marginal_tables`): one uniform and one lookup per coordinate, whatever the
+        number of components.
+        """
+        self._check_n(n)
+        u = self._uniform((self.latent_dim, n), generator)
+        state = self._state()
+        guided = self._guided(n, state, "marginal")
+        tables = self._tables(state, "marginal", self._build_marginal_cdf, guided)
+        if guided:
+            z = quad.guided_inverse_cdf(u, tables.cdf, tables.guide)
+        else:
+            z = quad.inverse_cdf(u, tables.cdf)
+        return z.T.contiguous()
+
+    @torch.no_grad()
+    def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:
+        """Grid update of the energies from latent samples ``z`` of shape ``(n, Q)``."""
+        self._check_z(z)
+        self.kan.update_grid(z, uniform_ratio)
