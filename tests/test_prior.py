@@ -321,7 +321,10 @@ def _param_grads(prior, value: torch.Tensor) -> torch.Tensor:
     params = [p for p in prior.parameters() if p.requires_grad]
     grads = torch.autograd.grad(value, params, allow_unused=True)
     return torch.cat(
-        [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)]
+        [
+            (torch.zeros_like(p) if g is None else g).flatten()
+            for p, g in zip(params, grads, strict=True)
+        ]
     )
 
 
