@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 __all__ = [
+    "RESUMABLE_KEYS",
     "ConfigError",
     "GeneratorConfig",
     "GridUpdateConfig",
+    "ImportanceConfig",
     "LangevinConfig",
     "ModelConfig",
     "PriorConfig",
@@ -32,6 +34,22 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+#: Keys of the training config that may change between a run and its resumption.
+RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "checkpoint_every", "log_every"})
+
+#: Keys that were renamed so that config names equal the arguments they feed:
+#: ``{class name: {old key: new dotted key}}``, for an error that says what to write.
+_RENAMED = {
+    "TrainConfig": {
+        "importance_samples": "importance.n_samples",
+        "resampler": "importance.resampler",
+        "ess_threshold": "importance.ess_threshold",
+    },
+    "LangevinConfig": {"steps": "n_steps"},
+    "ThermodynamicConfig": {"chains": "n_chains"},
+}
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,7 @@ class LangevinConfig:
     """
 
     sampler: Literal["ula", "mala"] = "ula"
-    steps: int = 40
+    n_steps: int = 40
     step_size: float = 0.005
     nonfinite: Literal["raise", "halve_and_retry"] = "raise"
     max_retries: int = 3
@@ -147,8 +165,8 @@ class LangevinConfig:
 class ThermodynamicConfig:
     """Power posteriors and the steppingstone criterion (eqs. 21-25, 40; Table 5).
 
-    ``n_temps`` is ``N_t`` (``N_t + 1`` temperatures from 0 to 1); ``chains`` is the number of
-    chains per data point and temperature (the paper: one).
+    ``n_temps`` is ``N_t`` (``N_t + 1`` temperatures from 0 to 1); ``n_chains`` is the number
+    of chains per data point and temperature (the paper: one).
     """
 
     n_temps: int = 5
@@ -156,7 +174,19 @@ class ThermodynamicConfig:
     p_end: float = 0.5
     n_cycles: int = 0
     swap_every: int = 1
-    chains: int = 1
+    n_chains: int = 1
+
+
+@dataclass(frozen=True)
+class ImportanceConfig:
+    """Importance sampling with the prior as proposal (eqs. 33-39): ``S`` draws, resampling.
+
+    Rows whose effective sample size falls below ``ess_threshold * n_samples`` are resampled.
+    """
+
+    n_samples: int = 100
+    resampler: Literal["residual", "systematic", "stratified", "multinomial"] = "residual"
+    ess_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -176,9 +206,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     seed: int = 0
-    importance_samples: int = 100
-    resampler: Literal["residual", "systematic", "stratified", "multinomial"] = "residual"
-    ess_threshold: float = 0.5
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
     thermodynamic: ThermodynamicConfig = field(default_factory=ThermodynamicConfig)
     grid_update: GridUpdateConfig = field(default_factory=GridUpdateConfig)
@@ -276,8 +304,12 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - names)
+    where = f"{path}." if path else ""
+    renamed = {k: v for k, v in _RENAMED.get(cls.__name__, {}).items() if k in unknown}
+    if renamed:
+        detail = ", ".join(f"{where}{k} is now {where}{v}" for k, v in renamed.items())
+        raise ConfigError(f"renamed config key(s): {detail}")
     if unknown:
-        where = f"{path}." if path else ""
         raise ConfigError(
             f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
             f"valid keys are {sorted(names)}"

@@ -94,7 +94,7 @@ def test_epochs_log_every_swap_every_and_prior_only_grid_updates(tmp_path: Path)
             "epochs": 0.5,
             "batch_size": 16,
             "log_every": 3,
-            "langevin": {"steps": 4, "step_size": 0.01},
+            "langevin": {"n_steps": 4, "step_size": 0.01},
             "thermodynamic": {"n_temps": 3, "swap_every": 2},
             "grid_update": {"generator": False, "frequency": 2, "samples": 16},
         },

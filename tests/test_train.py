@@ -33,7 +33,7 @@ def _images(n=64, seed=0) -> torch.Tensor:
 def _cfg(**kw) -> TrainConfig:
     base = {
         "batch_size": 16,
-        "importance_samples": 12,
+        "importance": {"n_samples": 12},
         "max_steps": 12,
         "checkpoint_every": 4,
         "grid_update": {"frequency": 3, "decay": 0.5, "samples": 20},
@@ -108,7 +108,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, one_thread) -> No
     np.save(data, _images().numpy())
     train_cfg = {
         "batch_size": 16,
-        "importance_samples": 12,
+        "importance": {"n_samples": 12},
         "max_steps": 400,
         "checkpoint_every": 3,
         "grid_update": {"frequency": 3, "decay": 0.5, "samples": 20},
@@ -177,3 +177,61 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     (tmp_path / "c" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="corrupt"):
         train(model, _images(), _cfg(), tmp_path / "c", progress=False)
+
+
+def test_epoch_batches_cover_each_image_once_reproducibly() -> None:
+    from kaem.training import EpochBatches
+
+    images = torch.arange(23, dtype=torch.uint8).reshape(23, 1, 1, 1)
+    batches = EpochBatches(images, 5, seed=3)
+    assert batches.per_epoch == 4  # 3 images left over in each epoch
+    epoch0 = [batches.batch(s, torch.device("cpu")) for s in range(4)]
+    assert {e for e, _ in epoch0} == {0}
+    seen = torch.cat([x for _, x in epoch0]).flatten().mul(255).round().long().tolist()
+    assert len(seen) == len(set(seen)) == 20 and set(seen) <= set(range(23))
+    assert epoch0[0][1].dtype == torch.float32 and float(epoch0[0][1].max()) <= 22 / 255
+    again = EpochBatches(images, 5, seed=3)
+    assert torch.equal(again.batch(2, torch.device("cpu"))[1], epoch0[2][1])  # no state needed
+    assert not torch.equal(batches.order(0), batches.order(1))  # epochs reshuffle
+    assert not torch.equal(EpochBatches(images, 5, seed=4).order(0), batches.order(0))
+    with pytest.raises(ValueError, match="batch_size 30 exceeds the 23 training images"):
+        EpochBatches(images, 30, seed=0)
+
+
+def test_epoch_order_is_uniform() -> None:
+    # Position of image 0 within each of 3,000 epochs of 6 images: uniform.
+    from scipy import stats
+
+    from kaem.training import EpochBatches
+
+    batches = EpochBatches(torch.zeros(6, 1, 1, 1), 2, seed=11)
+    counts = np.zeros(6)
+    for epoch in range(3000):
+        counts[int((batches.order(epoch) == 0).nonzero())] += 1
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_renamed_config_keys_say_their_new_names() -> None:
+    from kaem.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"train.importance_samples is now train.importance.n_samples"
+    ):
+        from_dict(TrainConfig, {"importance_samples": 10}, "train")
+    with pytest.raises(ConfigError, match=r"train.langevin.steps is now train.langevin.n_steps"):
+        from_dict(TrainConfig, {"langevin": {"steps": 10}}, "train")
+    with pytest.raises(ConfigError, match=r"thermodynamic.chains is now .*thermodynamic.n_chains"):
+        from_dict(TrainConfig, {"thermodynamic": {"chains": 2}}, "train")
+
+
+def test_resume_on_another_device_type_warns_and_continues(tmp_path: Path) -> None:
+    # A checkpoint written on a GPU holds a CUDA generator state, which a CPU generator cannot
+    # take: the run continues from a fresh seed and says so.
+    train(build_model(MODEL), _images(), _cfg(max_steps=4), tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state["device_type"], state["rng"] = "cuda", torch.zeros(16, dtype=torch.uint8)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.warns(UserWarning, match="written on a cuda device and resumes on cpu"):
+        result = train(build_model(MODEL), _images(), _cfg(max_steps=8), tmp_path, progress=False)
+    assert result.steps == 8
+    assert list(pd.read_csv(result.log)["step"]) == list(range(1, 9))

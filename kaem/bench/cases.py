@@ -111,16 +111,16 @@ def _training_step(
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
         from kaem.kinds import build as build_kind
-        from kaem.training import CRITERIA, StepContext
+        from kaem.training import Progress, build_step
 
         cfg = preset(name)
         tc = from_dict(TrainConfig, {**cfg["train"], **train})
         model = build_kind(cfg["model"], tc.criterion).to(device)
         x = torch.rand(tc.batch_size, *model.image_shape, generator=g, device=device)
-        step_fn = CRITERIA[tc.criterion]
+        step_fn = build_step(tc)
 
         def step() -> None:
-            loss, _ = step_fn(model, x, tc, g, StepContext(1, 40_000))
+            loss, _ = step_fn(model, x, g, Progress(1, 40_000))
             model.zero_grad(set_to_none=True)
             loss.backward()
 

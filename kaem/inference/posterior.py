@@ -219,6 +219,27 @@ class _TraceMoments:
         return mean + self.shift, var.clamp_min(0.0)
 
 
+def _exact_prior_level(
+    model: KAEM, x: Tensor, n_chains: int, draws: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``t = 0`` level drawn exactly: ``z (S, B, *event)``, ``ll (S, B)``, trace moments.
+
+    The moments use the same estimator as the chains': ``S`` groups of ``T = draws`` values,
+    here independent exact draws (shared by the batch, so each costs one decode).
+    """
+    batch = x.shape[0]
+    with torch.no_grad():
+        z = model.prior.sample(n_chains * batch, generator)
+        ll = log_likelihood_fn(model, x)(z[None])[0].reshape(n_chains, batch)
+        decoded = model.decode(model.prior.sample(n_chains * draws, generator))
+        ll_draws = model.likelihood.pairwise_log_prob(x, decoded)  # (B, S T)
+        trace = _TraceMoments()
+        for group in ll_draws.reshape(batch, n_chains, draws).permute(2, 1, 0):
+            trace.add(group)  # (S, B) per draw
+        mean, var = (m.mean(0) for m in trace.moments())
+    return z.reshape(n_chains, batch, *z.shape[1:]), ll, mean, var
+
+
 class PopulationSample(NamedTuple):
     """Samples of every power posterior ``p_t(z | x_b)``.
 
@@ -351,24 +372,15 @@ def sample_power_posteriors(
     z = z.reshape(*shape, *z.shape[2:])
     ll = info.log_lik.reshape(shape)
     mean, var = mean.reshape(shape).mean(1), var.reshape(shape).mean(1)
-    swap_rate, acceptance = info.swap_acceptance_rate, info.acceptance_rate
+    levels = [z, ll, mean, var, info.swap_acceptance_rate, info.acceptance_rate]
     if exact_prior:
-        with torch.no_grad():
-            z_prior = prior.sample(n_chains * batch, generator)
-            ll_prior = log_lik(z_prior[None])[0].reshape(n_chains, batch)
-            # The same estimator as the chains': S groups of T draws, here independent and
-            # exact (shared by the batch, so each costs one decode).
-            draws = max(n_steps - burn_in, 2)
-            decoded = model.decode(prior.sample(n_chains * draws, generator))
-            ll_draws = model.likelihood.pairwise_log_prob(x, decoded)  # (B, S T)
-            trace = _TraceMoments()
-            for group in ll_draws.reshape(batch, n_chains, draws).permute(2, 1, 0):
-                trace.add(group)  # (S, B) per draw
-            mean0, var0 = (m.mean(0) for m in trace.moments())
-        z = torch.cat([z_prior.reshape(1, n_chains, batch, *z_prior.shape[1:]), z])
-        ll = torch.cat([ll_prior[None], ll])
-        mean = torch.cat([mean0[None], mean])
-        var = torch.cat([var0[None], var])
-        swap_rate = torch.cat([swap_rate.new_full((1,), float("nan")), swap_rate])
-        acceptance = torch.cat([acceptance.new_full((1,), float("nan")), acceptance])
+        draws = max(n_steps - burn_in, 2)
+        exact = _exact_prior_level(model, x, n_chains, draws, generator)
+        nan = info.acceptance_rate.new_full((1,), float("nan"))  # no chain, no swap, no move
+        levels = [torch.cat([a[None], b]) for a, b in zip(exact, levels[:4], strict=True)]
+        levels += [
+            torch.cat([nan, info.swap_acceptance_rate]),
+            torch.cat([nan, info.acceptance_rate]),
+        ]
+    z, ll, mean, var, swap_rate, acceptance = levels
     return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries, acceptance)

@@ -1,12 +1,34 @@
-"""Training: the loop (:func:`train`), the step of each criterion, checkpoints and the log."""
+"""Training: step functions per criterion, the loop, checkpoints, the CSV log, grid updates."""
 
-from kaem.training.loop import (
+from kaem.training.checkpoint import Checkpoint
+from kaem.training.grids import GridUpdates
+from kaem.training.log import CSVLog
+from kaem.training.loop import EpochBatches, NonFiniteLossError, TrainResult, train
+from kaem.training.steps import (
     CRITERIA,
-    NonFiniteLossError,
-    StepContext,
-    TrainResult,
-    train,
-    update_grids,
+    Progress,
+    StepFn,
+    build_step,
+    elbo_step,
+    importance_step,
+    langevin_step,
+    thermodynamic_step,
 )
 
-__all__ = ["CRITERIA", "NonFiniteLossError", "StepContext", "TrainResult", "train", "update_grids"]
+__all__ = [
+    "CRITERIA",
+    "CSVLog",
+    "Checkpoint",
+    "EpochBatches",
+    "GridUpdates",
+    "NonFiniteLossError",
+    "Progress",
+    "StepFn",
+    "TrainResult",
+    "build_step",
+    "elbo_step",
+    "importance_step",
+    "langevin_step",
+    "thermodynamic_step",
+    "train",
+]

@@ -31,7 +31,14 @@ import torch
 import yaml
 from torch import nn
 
-from kaem.config import ConfigError, ModelConfig, TrainConfig, VAEConfig, from_dict
+from kaem.config import (
+    RESUMABLE_KEYS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    VAEConfig,
+    from_dict,
+)
 from kaem.data import DATASETS
 from kaem.presets import PRESETS, merge
 
@@ -56,10 +63,6 @@ __all__ = [
 
 #: Table names the workflow writes itself, so configured tables may not use them.
 RESERVED_TABLES = ("benchmark", "cells", "extractors")
-
-#: Training keys that may change while a run resumes from its checkpoint; kept equal to the
-#: set :func:`kaem.train.train` accepts, so a longer run continues where a shorter one ended.
-RESUMABLE_TRAIN_KEYS = frozenset({"epochs", "max_steps", "checkpoint_every", "log_every"})
 
 _CRITERION_NAMES = {
     "importance": "IS",
@@ -155,7 +158,7 @@ class CellInfo(NamedTuple):
     reference: str | None
     prior: str | None  # univariate or mixture
     generator: str | None  # kan or cnn
-    chains: int | None = None  # thermodynamic: chains per temperature
+    n_chains: int | None = None  # thermodynamic: chains per temperature
 
 
 def resolve_cell(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -188,11 +191,11 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
     if _is_vae(cfg):
         return CellInfo(name, dataset, "VAE", None, criterion, "ELBO", None, None, None)
     model = from_dict(ModelConfig, cfg["model"], "model")
-    sampler, chains = _CRITERION_NAMES[criterion], None
+    sampler, n_chains = _CRITERION_NAMES[criterion], None
     if criterion == "thermodynamic":
         thermo = from_dict(TrainConfig, cfg["train"], "train").thermodynamic
-        chains = thermo.chains
-        sampler = f"thermodynamic (N_t={thermo.n_temps}, S={chains})"
+        n_chains = thermo.n_chains
+        sampler = f"thermodynamic (N_t={thermo.n_temps}, S={n_chains})"
     return CellInfo(
         name,
         dataset,
@@ -203,7 +206,7 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
         model.prior.reference.name,
         model.prior.kind,
         model.generator.kind,
-        chains,
+        n_chains,
     )
 
 
@@ -216,11 +219,12 @@ def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
 def run_key(cfg: Mapping[str, Any]) -> str:
     """A short hash of the settings a training checkpoint depends on.
 
-    Keys that a resumed run may change (:data:`RESUMABLE_TRAIN_KEYS`, such as ``epochs``) are
-    left out, so a longer run continues from a shorter one's checkpoint, while any other
-    change starts afresh in a new folder instead of failing on a mismatched checkpoint.
+    Keys that a resumed run may change (:data:`kaem.config.RESUMABLE_KEYS`, such as
+    ``epochs``) are left out, so a longer run continues from a shorter one's checkpoint,
+    while any other change starts afresh in a new folder instead of failing on a mismatched
+    checkpoint.
     """
-    train = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_TRAIN_KEYS}
+    train = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_KEYS}
     text = json.dumps({"model": cfg.get("model", {}), "train": train}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

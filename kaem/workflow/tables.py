@@ -369,13 +369,13 @@ def thermodynamic_note(cells: Sequence[Mapping[str, Any]]) -> str | None:
         The table's cells as :class:`kaem.workflow.config.CellInfo` mappings.
     """
     single = [
-        c["name"] for c in cells if c.get("criterion") == "thermodynamic" and c["chains"] == 1
+        c["name"] for c in cells if c.get("criterion") == "thermodynamic" and c["n_chains"] == 1
     ]
     if not single:
         return None
     return (
         f"Thermodynamic cells ({', '.join(single)}) use one chain per temperature "
-        "(train.thermodynamic.chains = 1, the paper's setting): their training gradient is the "
+        "(train.thermodynamic.n_chains = 1, the paper's setting): their training gradient is the "
         "Riemann sum sum_k (t_k - t_(k-1)) grad log p(x | z^(k-1)), not the maximum-likelihood "
         "gradient; with S chains the steppingstone weights bring it there as S grows."
     )

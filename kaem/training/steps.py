@@ -1,0 +1,188 @@
+"""Step functions: one per criterion, built once from plain numbers.
+
+A step function maps ``(model, x, generator, progress)`` to ``(loss, metrics)``: the scalar
+whose gradient is the criterion's learning gradient, and the diagnostics to log. The
+factories below take exactly the arguments of the functions they call, so a config section
+feeds them unchanged (:func:`build_step`); the benchmarks call the same step functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from kaem.config import TrainConfig
+from kaem.inference.posterior import NonFinitePolicy, sample_posterior, sample_power_posteriors
+from kaem.losses import importance_loss, mle_loss, thermodynamic_integration, thermodynamic_loss
+from kaem.samplers import cosine_exponent_schedule, power_temperatures
+from kaem.vae import elbo_loss
+
+__all__ = [
+    "CRITERIA",
+    "Progress",
+    "StepFn",
+    "build_step",
+    "elbo_step",
+    "importance_step",
+    "langevin_step",
+    "thermodynamic_step",
+]
+
+
+class Progress(NamedTuple):
+    """Where a step sits in the run (schedules such as eq. 40 depend on it)."""
+
+    step: int  # 1-based index of the update being computed
+    total: int  # number of updates of the whole run
+
+
+StepFn = Callable[[nn.Module, Tensor, torch.Generator, Progress], tuple[Tensor, dict[str, float]]]
+
+
+def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> StepFn:
+    """Importance-sampling maximum likelihood (:func:`kaem.losses.importance_loss`)."""
+
+    def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
+        loss, info = importance_loss(
+            model,
+            x,
+            n_samples=n_samples,
+            resampler=resampler,
+            ess_threshold=ess_threshold,
+            generator=generator,
+        )
+        return loss, {
+            "nll": -float(info.log_evidence.mean()),
+            "ess": float(info.ess.mean()),
+            "resampled": float(info.resampled.float().mean()),
+            "mse": float(info.mse),
+        }
+
+    return step
+
+
+def elbo_step() -> StepFn:
+    """The VAE's evidence lower bound (:func:`kaem.vae.elbo_loss`)."""
+
+    def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
+        loss, info = elbo_loss(model, x, generator=generator)
+        return loss, {
+            "elbo": float(info.elbo.mean()),
+            "kl": float(info.kl.mean()),
+            "mse": float(info.mse),
+        }
+
+    return step
+
+
+def langevin_step(
+    *,
+    sampler: str,
+    n_steps: int,
+    step_size: float,
+    nonfinite: NonFinitePolicy,
+    max_retries: int,
+) -> StepFn:
+    """Maximum likelihood with short-run Langevin posterior samples (ULA-MLE, App. F.1)."""
+
+    def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
+        post = sample_posterior(
+            model,
+            x,
+            sampler=sampler,
+            n_steps=n_steps,
+            step_size=step_size,
+            nonfinite=nonfinite,
+            max_retries=max_retries,
+            generator=generator,
+        )
+        loss, info = mle_loss(model, x, post.z, generator=generator)
+        metrics = {
+            "log_lik": float(info.log_lik.mean()),
+            "mse": float(info.mse),
+            "step_size": post.step_size,
+            "retries": post.retries,
+        }
+        if sampler == "mala":
+            metrics["acceptance"] = post.acceptance
+        return loss, metrics
+
+    return step
+
+
+def thermodynamic_step(
+    *,
+    n_temps: int,
+    p_start: float,
+    p_end: float,
+    n_cycles: int,
+    swap_every: int,
+    n_chains: int,
+    sampler: str,
+    n_steps: int,
+    step_size: float,
+    nonfinite: NonFinitePolicy,
+    max_retries: int,
+) -> StepFn:
+    """The steppingstone criterion over power posteriors (eqs. 21-25, 40)."""
+
+    def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
+        exponent = cosine_exponent_schedule(
+            progress.step - 1, progress.total, p_start, p_end, n_cycles
+        )
+        temperatures = power_temperatures(n_temps, exponent, dtype=x.dtype).to(x.device)
+        population = sample_power_posteriors(
+            model,
+            x,
+            temperatures,
+            n_chains=n_chains,
+            n_steps=n_steps,
+            step_size=step_size,
+            swap_every=swap_every,
+            sampler=sampler,
+            nonfinite=nonfinite,
+            max_retries=max_retries,
+            generator=generator,
+        )
+        loss, info = thermodynamic_loss(model, x, population.z, temperatures, generator=generator)
+        trapezium, corrected = thermodynamic_integration(
+            temperatures, population.trace_mean, population.trace_var
+        )
+        metrics = {
+            "steppingstone": float(info.steppingstone.mean()),
+            "ti_trapezium": float(trapezium.mean()),
+            "ti_corrected": float(corrected.mean()),
+            "exponent": exponent,
+            "step_size": population.step_size,
+            "retries": population.retries,
+        }
+        if sampler == "mala":
+            metrics["acceptance"] = float(population.acceptance.nanmean())
+        for k, rate in enumerate(population.swap_rate.tolist()):
+            if rate == rate:  # the exact t = 0 level takes no swaps (NaN)
+                metrics[f"swap_{k}_{k + 1}"] = rate
+        return loss, metrics
+
+    return step
+
+
+#: Criterion name -> its step function, built from a :class:`~kaem.config.TrainConfig`.
+CRITERIA: dict[str, Callable[[TrainConfig], StepFn]] = {
+    "importance": lambda cfg: importance_step(**dataclasses.asdict(cfg.importance)),
+    "ula": lambda cfg: langevin_step(**dataclasses.asdict(cfg.langevin)),
+    "thermodynamic": lambda cfg: thermodynamic_step(
+        **dataclasses.asdict(cfg.thermodynamic), **dataclasses.asdict(cfg.langevin)
+    ),
+    "elbo": lambda cfg: elbo_step(),
+}
+
+
+def build_step(cfg: TrainConfig) -> StepFn:
+    """The step function of ``cfg.criterion``, its settings taken from their config sections."""
+    if cfg.criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {cfg.criterion!r}; choose one of {sorted(CRITERIA)}")
+    return CRITERIA[cfg.criterion](cfg)
