@@ -16,10 +16,13 @@ from typing import Any, Literal, TypeVar
 
 __all__ = [
     "RESUMABLE_KEYS",
+    "ActivationName",
+    "BasisName",
     "ConfigError",
     "GeneratorConfig",
     "GridUpdateConfig",
     "ImportanceConfig",
+    "KANConfig",
     "LangevinConfig",
     "ModelConfig",
     "PriorConfig",
@@ -65,22 +68,40 @@ class ReferenceConfig:
     scale: float = 1.0
 
 
-@dataclass(frozen=True)
-class PriorConfig:
-    """Energy prior (eqs. 13-18). ``widths = (P, Q)`` as in the paper's ``layer_widths``."""
+#: Names the configuration accepts, kept equal to the code's tables by the tests
+#: (:data:`kaem.bases.BASES`, :data:`kaem.kan.ACTIVATIONS`).
+BasisName = Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"]
+ActivationName = Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"]
 
-    kind: Literal["univariate", "mixture"] = "univariate"
-    widths: tuple[int, int] = (40, 81)
-    basis: Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"] = "rbf"
+
+@dataclass(frozen=True)
+class KANConfig:
+    """The KAN settings the prior's energies and a KAN generator share (App. B).
+
+    ``basis`` names the univariate functions of every edge; ``grid_size`` and ``degree`` size
+    them, ``tau`` (trainable or not) is their bandwidth and ``omega`` a wavelet's frequency;
+    ``base_activation`` is the residual function beside them, and the three scales set the
+    initialisation of the coefficients and of the two branches.
+    """
+
+    basis: BasisName = "rbf"
     grid_size: int = 20
     degree: int = 3
     tau: float = 1.0
     trainable_tau: bool = True
     omega: float = 5.0
-    base_activation: Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"] = "relu"
+    base_activation: ActivationName = "relu"
     coef_init_scale: float = 0.1
     base_scale: float = 1.0
     spline_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class PriorConfig(KANConfig):
+    """Energy prior (eqs. 13-18). ``widths = (P, Q)`` as in the paper's ``layer_widths``."""
+
+    kind: Literal["univariate", "mixture"] = "univariate"
+    widths: tuple[int, int] = (40, 81)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     quadrature: Literal["gauss_legendre", "trapezium"] = "gauss_legendre"
     n_nodes: int = 200
@@ -92,23 +113,13 @@ class PriorConfig:
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(KANConfig):
     """Generator: ``kan`` (App. B.2) or ``cnn`` (App. F.2.1)."""
 
     kind: Literal["kan", "cnn"] = "kan"
     hidden_widths: tuple[int, ...] | None = None
-    basis: Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"] = "rbf"
-    grid_size: int = 20
     grid_range: tuple[float, float] = (-1.2, 1.2)
-    degree: int = 3
-    tau: float = 1.0
-    trainable_tau: bool = True
-    omega: float = 5.0
-    base_activation: Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"] = "relu"
     layer_norm: bool = False
-    coef_init_scale: float = 0.1
-    base_scale: float = 1.0
-    spline_scale: float = 1.0
     channels: tuple[int, ...] = (128, 64, 32)
     leaky_slope: float = 0.2
     output_activation: Literal["sigmoid", "tanh", "none"] = "sigmoid"

@@ -112,7 +112,7 @@ def test_snakemake_applies_the_user_profile_to_the_workflows_rules(tmp_path):
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "snakemake", "--profile", str(tmp_path / "profile")),
-            *("--executor", "dryrun", "-n", "--snakefile", str(REPO / "Snakefile")),
+            *("--executor", "dryrun", "-n", "--snakefile", str(REPO / "workflow" / "Snakefile")),
             *("--directory", str(work), "--configfile", str(TINY)),
         ],
         cwd=work,

@@ -63,7 +63,7 @@ from kaem.workflow.tables import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 SCHEMA = load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")
 TINY = REPO / "tests" / "workflow_configs" / "tiny.yaml"
 PAPER = REPO / "config" / "config.yaml"
@@ -480,8 +480,13 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
     assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == cells == 18
     assert int(stats["prepare_data"]) == 4 and int(stats["classifier"]) == 2
     assert int(stats["features_real"]) == 4 and int(stats["features_generated"]) == cells
-    assert int(stats["benchmark"]) == int(stats["figures"]) == int(stats["tables"]) == 1
-    assert int(stats["total"]) == 86
+    # One job per figure and per table: three figures a cell, two more of a KAEM's prior,
+    # one schedule per thermodynamic cell; the paper tables, cells, extractors, benchmark.
+    kaem_cells, thermo_cells = cells - 2, 4
+    assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 90
+    assert int(stats["benchmark"]) == int(stats["figure_benchmark"]) == 1
+    assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3
+    assert int(stats["total"]) == 184
     planned = set(re.findall(r"rule train:.*?wildcards: cell=(\w+)", out, re.S))
     assert planned == set(yaml.safe_load(PAPER.read_text())["cells"])
     # Colour datasets train on a GPU; the criterion of every cell is the paper's.
@@ -575,6 +580,29 @@ def test_tiny_run_figures_exist_and_are_not_blank(tiny_run):
     assert found == sorted(expected)
     for name in expected:
         assert not_blank(figures / name) > 0.01, name
+
+
+@pytest.mark.workflow
+def test_touching_one_cell_redraws_only_its_own_figures_and_tables(tiny_run):
+    metrics = tiny_run / "results" / "metrics" / "tiny_is.json"
+    stat = metrics.stat()
+    os.utime(metrics, (stat.st_atime, stat.st_mtime + 60))  # newer than what it feeds
+    try:
+        proc = snakemake(tiny_run, TINY, "--dry-run")
+    finally:
+        os.utime(metrics, (stat.st_atime, stat.st_mtime))
+    assert_ok(proc)
+    planned = {}  # rule -> outputs of its planned jobs
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout + proc.stderr):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        output = re.search(r"^\s+output: (.*)$", block, re.M)
+        if head and output:
+            planned.setdefault(head.group(1), []).extend(output.group(1).split(", "))
+    assert planned["figure"] == ["results/figures/tiny_is/extrapolation.png"]
+    # The tables with a tiny_is row (the paper table and the list of cells), no others.
+    tables = {Path(f).stem for f in planned["table"]}
+    assert tables == {"tiny", "cells"}, tables
+    assert set(planned) == {"figure", "table"}, set(planned)
 
 
 @pytest.mark.workflow
@@ -807,3 +835,23 @@ def test_write_json_writes_non_finite_values_as_null(tmp_path):
         {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}, tmp_path / "x.json"
     )
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": 2.0}
+
+
+def test_the_names_the_schema_and_config_accept_are_the_codes_own():
+    import typing
+
+    from kaem.bases import BASES
+    from kaem.config import ActivationName, BasisName
+    from kaem.data import DATASETS
+    from kaem.kan import ACTIVATIONS
+    from kaem.presets import PRESETS
+    from kaem.workflow.tables import PAPER_TABLES
+
+    schema = SCHEMA["properties"]
+    assert sorted(schema["datasets"]["propertyNames"]["enum"]) == sorted(DATASETS)
+    cell = schema["cells"]["additionalProperties"]["properties"]
+    assert sorted(cell["preset"]["enum"]) == sorted(PRESETS)
+    paper = schema["tables"]["additionalProperties"]["properties"]["paper"]["enum"]
+    assert sorted(p for p in paper if p is not None) == sorted(PAPER_TABLES)
+    assert sorted(typing.get_args(BasisName)) == sorted(BASES)
+    assert sorted(typing.get_args(ActivationName)) == sorted(ACTIVATIONS)

@@ -23,6 +23,8 @@ from kaem.prior import MixtureEnergyPrior, UnivariateEnergyPrior
 
 __all__ = [
     "PriorDensities",
+    "draw_figure",
+    "figures_for_run",
     "plot_image_grid",
     "plot_prior_grid",
     "plot_prior_top",
@@ -279,15 +281,80 @@ def figures_for_run(
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    model = load_model(run_dir / "checkpoint.pt")
-    g = torch.Generator().manual_seed(seed)
-    samples = model.prior.sample(20_000, g)
-    return {
-        "prior_grid": plot_prior_grid(model.prior, out / "prior_grid.png"),
-        "prior_top": plot_prior_top(model.prior, out / "prior_top.png", samples=samples),
-        "samples": plot_image_grid(model.generate(100, g), out / "samples.png"),
-        "training_curve": plot_training_curve(run_dir / "log.csv", out / "training_curve.png"),
+    inputs = {"model": str(run_dir / "checkpoint.pt"), "log": str(run_dir / "log.csv")}
+    figures = {
+        name: draw_figure(name, out / f"{name}.png", inputs, seed=seed)
+        for name in ("prior_grid", "prior_top", "training_curve")
     }
+    model = load_model(inputs["model"])
+    images = model.generate(100, torch.Generator().manual_seed(seed))
+    figures["samples"] = plot_image_grid(images, out / "samples.png")
+    return figures
+
+
+def draw_figure(
+    figure: str,
+    path: str | os.PathLike,
+    inputs: dict[str, str],
+    *,
+    cell: str = "",
+    grid_images: int = 64,
+    prior_rows: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Draw one named figure into ``path`` from result files.
+
+    Parameters
+    ----------
+    figure
+        ``samples``, ``training_curve``, ``extrapolation``, ``prior_grid``, ``prior_top``,
+        ``temperature_schedule`` or ``benchmark``.
+    inputs
+        The files it is drawn from, by name: ``samples`` (generated HDF5), ``log``
+        (``log.csv``), ``metrics`` (a cell's JSON), ``model`` (a checkpoint), ``config`` (the
+        cell's resolved YAML), ``bench`` (benchmark JSON).
+    cell, grid_images, prior_rows, seed
+        The title of a regression plot, images in a sample grid, rows of a prior grid (None:
+        all) and the seed of the prior samples.
+    """
+    from kaem.kinds import load_model  # local imports: plots stay importable without a model
+    from kaem.workflow.artifacts import read_json
+
+    if figure == "samples":
+        from kaem.data import read_samples
+
+        images = torch.from_numpy(read_samples(inputs["samples"], 0, grid_images)).float() / 255.0
+        return plot_image_grid(images, path)
+    if figure == "training_curve":
+        return plot_training_curve(inputs["log"], path)
+    if figure == "extrapolation":
+        return plot_extrapolation(read_json(inputs["metrics"]), path, title=cell)
+    if figure in ("prior_grid", "prior_top"):
+        prior = load_model(inputs["model"]).prior
+        if figure == "prior_grid":
+            return plot_prior_grid(prior, path, max_rows=prior_rows)
+        samples = prior.sample(20_000, torch.Generator().manual_seed(seed))
+        return plot_prior_top(prior, path, samples=samples)
+    if figure == "temperature_schedule":
+        return _schedule_of_cell(inputs["config"], inputs["log"], path)
+    if figure == "benchmark":
+        bench = read_json(inputs["bench"])
+        title = f"kaem.bench on {bench.get('device_name', bench.get('device', ''))}"
+        return plot_benchmarks(bench["results"], path, title=title)
+    raise ValueError(f"unknown figure {figure!r} for {path}")
+
+
+def _schedule_of_cell(config: str, log: str, path: str | os.PathLike) -> Path:
+    import yaml
+
+    from kaem.config import TrainConfig, from_dict
+
+    settings = yaml.safe_load(Path(config).read_text())
+    thermo = from_dict(TrainConfig, settings["train"], "train").thermodynamic
+    steps = int(pd.read_csv(log)["step"].max())
+    return plot_temperature_schedule(
+        thermo.n_temps, thermo.p_start, thermo.p_end, thermo.n_cycles, steps, path
+    )
 
 
 # ----------------------------------------------------------------------------- workflow figures

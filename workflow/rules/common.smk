@@ -4,11 +4,10 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.io import report as report_item
 
 # The driver imports kaem from this repository, the same code the jobs run (their scripts
 # put the repository first on sys.path for the same reason).
-sys.path.insert(0, str(workflow.basedir))
+sys.path.insert(0, str(REPO))
 
 from kaem.workflow.config import (
     WorkflowConfigError,
@@ -21,7 +20,7 @@ from kaem.workflow.config import (
     run_key,
 )
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
 # Validate before any job is planned; defaults of the schema are filled into `config`. The
 # main process also builds every model once (about 0.1 s each), which the jobs, already
@@ -38,14 +37,24 @@ config.update(_filled)
 DATASETS = list(config["datasets"])
 CELLS = list(config["cells"])
 INFO = {cell: cell_info(config, cell) for cell in CELLS}
-COLOUR = {"svhn", "celeba"}  # the datasets whose cells train on a GPU (Table 5)
 CLASSIFIER_DATASETS = [d for d in DATASETS if config["datasets"][d]["features"] == "classifier"]
 BENCHMARK = config["benchmark"]["enabled"]
+
+#: Figures of a cell: ``results/figures/{cell}/{figure}.png``, each drawn by its own job.
+CELL_FIGURES = (
+    "samples",
+    "training_curve",
+    "extrapolation",
+    "prior_grid",
+    "prior_top",
+    "temperature_schedule",
+)
 
 
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS),
     cell="|".join(re.escape(c) for c in CELLS),
+    figure="|".join(CELL_FIGURES),
 
 
 # ----------------------------------------------------------------------------- file names
@@ -128,7 +137,8 @@ def cell_workdir(wildcards):
 
 
 def cell_gpu(wildcards):
-    return 1 if cell_dataset(wildcards.cell) in COLOUR else 0
+    """One GPU for the cells of a dataset configured with ``gpu: true``."""
+    return int(config["datasets"][cell_dataset(wildcards.cell)]["gpu"])
 
 
 def sample_count(wildcards):
@@ -173,149 +183,115 @@ def cell_sizes_param(wildcards):
 
 # ----------------------------------------------------------------------------- figures
 
-
-def _figure(kind, path, cell=None, **inputs):
-    return {"kind": kind, "path": path, "cell": cell, **inputs}
-
-
-def figure_plan():
-    """Every figure: its kind, file and the inputs it is drawn from."""
-    plan = []
-    for cell, info in INFO.items():
-        out = f"results/figures/{cell}"
-        plan.append(_figure("samples", f"{out}/samples.png", cell, samples=samples_file(cell)))
-        plan.append(
-            _figure("training_curve", f"{out}/training_curve.png", cell, log=train_log_file(cell))
-        )
-        plan.append(
-            _figure("extrapolation", f"{out}/extrapolation.png", cell, metrics=metrics_file(cell))
-        )
-        if info.model == "KAEM":
-            for kind in ("prior_grid", "prior_top"):
-                plan.append(_figure(kind, f"{out}/{kind}.png", cell, model=model_file(cell)))
-        if info.criterion == "thermodynamic":
-            plan.append(
-                _figure(
-                    "schedule",
-                    f"{out}/temperature_schedule.png",
-                    cell,
-                    config=train_config_file(cell),
-                    log=train_log_file(cell),
-                )
-            )
-    if BENCHMARK:
-        plan.append(_figure("benchmark", "results/figures/benchmark.png", bench=BENCHMARK_FILE))
-    return plan
+def figure_file(cell, figure):
+    return f"results/figures/{cell}/{figure}.png"
 
 
-FIGURES = figure_plan()
+BENCHMARK_FIGURE = "results/figures/benchmark.png"
 
-_FIGURE_CAPTIONS = {
-    "samples": "samples.rst",
-    "training_curve": "training_curve.rst",
-    "extrapolation": "extrapolation.rst",
-    "prior_grid": "prior_grid.rst",
-    "prior_top": "prior_top.rst",
-    "schedule": "schedule.rst",
-    "benchmark": "benchmark.rst",
-}
+
+def cell_figures(cell):
+    """The figures a cell has: priors for a KAEM, the schedule for the thermodynamic one."""
+    info = INFO[cell]
+    names = ["samples", "training_curve", "extrapolation"]
+    if info.model == "KAEM":
+        names += ["prior_grid", "prior_top"]
+    if info.criterion == "thermodynamic":
+        names.append("temperature_schedule")
+    return names
 
 
 def figure_inputs(wildcards):
-    keys = ("samples", "log", "metrics", "model", "config", "bench")
-    return sorted({fig[k] for fig in FIGURES for k in keys if k in fig})
-
-
-def figure_outputs():
-    """The figures as report items: one category, a subcategory per cell, labelled."""
-    return [
-        report_item(
-            fig["path"],
-            caption=f"../report/{_FIGURE_CAPTIONS[fig['kind']]}",
-            category="Figures",
-            subcategory=fig["cell"] or "Benchmarks",
-            labels={"cell": fig["cell"] or "-", "figure": fig["kind"]},
-        )
-        for fig in FIGURES
-    ]
+    """What one figure is drawn from: only its own cell's files."""
+    cell, figure = wildcards.cell, wildcards.figure
+    if figure not in cell_figures(cell):
+        raise WorkflowError(f"cell {cell} has no figure {figure!r}")
+    if figure == "samples":
+        return {"samples": samples_file(cell)}
+    if figure == "training_curve":
+        return {"log": train_log_file(cell)}
+    if figure == "extrapolation":
+        return {"metrics": metrics_file(cell)}
+    if figure == "temperature_schedule":
+        return {"config": train_config_file(cell), "log": train_log_file(cell)}
+    return {"model": model_file(cell)}
 
 
 # ----------------------------------------------------------------------------- tables
 
 
 def table_plan():
-    """Every table: name, title and how it is made; each is written as CSV, MD and TeX."""
-    plan = []
+    """Every table by name: title and kind; each is written as CSV, MD and TeX."""
+    plan = {}
     for name, spec in config["tables"].items():
-        plan.append(
-            {
-                "name": name,
-                "kind": "metrics",
-                "title": spec["title"],
-                "paper": spec["paper"],
-                "rows": dict(spec["rows"]),
-            }
-        )
-    plan.append({"name": "cells", "kind": "cells", "title": "Every cell and its scores"})
+        plan[name] = {
+            "kind": "metrics",
+            "title": spec["title"],
+            "paper": spec["paper"],
+            "rows": dict(spec["rows"]),
+        }
+    plan["cells"] = {"kind": "cells", "title": "Every cell and its scores"}
     if CLASSIFIER_DATASETS:
-        plan.append(
-            {
-                "name": "extractors",
-                "kind": "extractors",
-                "title": "Feature classifiers: accuracy on held-out and test images",
-            }
-        )
+        plan["extractors"] = {
+            "kind": "extractors",
+            "title": "Feature classifiers: accuracy on held-out and test images",
+        }
     if BENCHMARK:
-        plan.append(
-            {
-                "name": "benchmark",
-                "kind": "benchmark",
-                "title": "App. A: training-step and sampling time and peak memory",
-            }
-        )
+        plan["benchmark"] = {
+            "kind": "benchmark",
+            "title": "App. A: training-step and sampling time and peak memory",
+        }
     return plan
 
 
 TABLES = table_plan()
 
 
+wildcard_constraints:
+    table="|".join(re.escape(t) for t in TABLES),
+
+
+def table_cells(name):
+    """The cells a table reads: a metrics table its rows' cells, the cells table all."""
+    table = TABLES[name]
+    if table["kind"] == "metrics":
+        return list(dict.fromkeys(table["rows"].values()))
+    return CELLS if table["kind"] == "cells" else []
+
+
 def table_inputs(wildcards):
-    inputs = {
-        "metrics": [metrics_file(c) for c in CELLS],
-        "logs": [train_log_file(c) for c in CELLS],
-        "classifiers": [classifier_summary_file(d) for d in CLASSIFIER_DATASETS],
-    }
-    if BENCHMARK:
+    table, cells = TABLES[wildcards.table], table_cells(wildcards.table)
+    inputs = {"metrics": [metrics_file(c) for c in cells]}
+    if table["kind"] == "cells":
+        inputs["logs"] = [train_log_file(c) for c in cells]
+    if table["kind"] == "extractors":
+        inputs["classifiers"] = [classifier_summary_file(d) for d in CLASSIFIER_DATASETS]
+    if table["kind"] == "benchmark":
         inputs["bench"] = BENCHMARK_FILE
     return inputs
 
 
-def table_outputs():
-    """CSV files go into the report (rendered as tables); Markdown and LaTeX sit beside."""
-    out = []
-    for table in TABLES:
-        stem = f"results/tables/{table['name']}"
-        out.append(
-            report_item(
-                f"{stem}.csv",
-                caption=f"../report/table_{table['kind']}.rst",
-                category="Tables",
-                labels={"table": table["name"], "title": table["title"]},
-            )
-        )
-        out += [f"{stem}.md", f"{stem}.tex"]
-    return out
+def table_params(wildcards):
+    """The table's spec with its cells' records and the files by cell or dataset."""
+    cells = table_cells(wildcards.table)
+    return {
+        "name": wildcards.table,
+        **TABLES[wildcards.table],
+        "cells": [dict(INFO[c]._asdict()) for c in cells],
+        "metrics": {c: metrics_file(c) for c in cells},
+        "logs": {c: train_log_file(c) for c in cells},
+        "classifiers": {d: classifier_summary_file(d) for d in CLASSIFIER_DATASETS},
+    }
 
 
-def cell_records():
-    """What each cell is, for the tables (plain values, a rule parameter)."""
-    return [dict(info._asdict()) for info in INFO.values()]
+def table_labels(wildcards):
+    return {"table": wildcards.table, "title": TABLES[wildcards.table]["title"]}
 
 
 # ----------------------------------------------------------------------------- targets
 
 
 def all_targets():
-    return [fig["path"] for fig in FIGURES] + [
-        f"results/tables/{t['name']}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")
-    ]
+    figures = [figure_file(c, f) for c in CELLS for f in cell_figures(c)]
+    tables = [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
+    return figures + ([BENCHMARK_FIGURE] if BENCHMARK else []) + tables

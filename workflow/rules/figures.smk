@@ -1,20 +1,47 @@
-# 7. Learned priors against their references (Fig. 3), sample grids (App. G), temperature
-#    schedules (Figs. 10-11), training curves, FID/KID regressions and benchmark plots.
+# 7. Figures, one file per job, each from its own cell's files: samples (App. G), training
+#    curves, FID/KID regressions, learned priors against their references (Fig. 3),
+#    temperature schedules (Figs. 10-11); and the benchmark plot (App. A). Touching one
+#    cell redraws only that cell's figures.
 
 
-rule figures:
+rule figure:
     input:
-        figure_inputs,
+        unpack(figure_inputs),
     output:
-        figure_outputs(),
+        report(
+            figure_file("{cell}", "{figure}"),
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{cell}",
+            labels={"cell": "{cell}", "figure": "{figure}"},
+        ),
     params:
-        plan=FIGURES,
         grid_images=config["figures"]["grid_images"],
         prior_rows=config["figures"]["prior_rows"],
         seed=config["figures"]["seed"],
     log:
-        "logs/figures.log",
-    threads: 1
+        "logs/figures/{cell}/{figure}.log",
+    localrule: True
+    conda:
+        "../envs/kaem.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule figure_benchmark:
+    input:
+        bench=BENCHMARK_FILE,
+    output:
+        report(
+            BENCHMARK_FIGURE,
+            caption="../report/benchmark.rst",
+            category="Figures",
+            subcategory="Benchmarks",
+            labels={"cell": "-", "figure": "benchmark"},
+        ),
+    log:
+        "logs/figures/benchmark.log",
+    localrule: True
     conda:
         "../envs/kaem.yaml"
     script:

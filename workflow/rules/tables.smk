@@ -1,20 +1,24 @@
-# 8. Tables 1 and 2, App. H, every cell, the feature classifiers and App. A's benchmarks, as
-#    CSV, Markdown and LaTeX, with the paper's published values beside ours.
+# 8. Tables, one per job: Tables 1 and 2 and App. H (each from its own rows' cells), every
+#    cell, the feature classifiers and App. A's benchmarks, as CSV, Markdown and LaTeX, with
+#    the paper's published values beside ours.
 
 
-rule tables:
+rule table:
     input:
         unpack(table_inputs),
     output:
-        table_outputs(),
+        csv=report(
+            "results/tables/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels=table_labels,
+        ),
+        md="results/tables/{table}.md",
+        tex="results/tables/{table}.tex",
     params:
-        plan=TABLES,
-        cells=cell_records(),
-        metrics={cell: metrics_file(cell) for cell in CELLS},
-        logs={cell: train_log_file(cell) for cell in CELLS},
-        classifiers={d: classifier_summary_file(d) for d in CLASSIFIER_DATASETS},
+        table=table_params,
     log:
-        "logs/tables.log",
+        "logs/tables/{table}.log",
     localrule: True
     conda:
         "../envs/kaem.yaml"
