@@ -123,6 +123,16 @@ class Basis(nn.Module, ABC):
             "bases have a grid that follows the samples; disable grid updates for this basis"
         )
 
+    def _register_bandwidth(self, tau: float, trainable: bool) -> None:
+        """Hold the bandwidth multiplier ``tau``: a parameter if trained, else a buffer."""
+        if tau <= 0:
+            raise ValueError(f"the basis bandwidth tau must be positive, got {tau}")
+        value = torch.tensor(float(tau))
+        if trainable:
+            self.tau = nn.Parameter(value)
+        else:
+            self.register_buffer("tau", value)
+
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.in_features:
             raise ValueError(
@@ -175,18 +185,12 @@ class _CentredBasis(Basis):
         super().__init__()
         if grid_size < 2:
             raise ValueError(f"grid_size must be at least 2, got {grid_size}")
-        if tau <= 0:
-            raise ValueError(f"the basis bandwidth tau must be positive, got {tau}")
         self.in_features = in_features
         self.num_bases = grid_size
         grid = _uniform_grid(in_features, grid_size, grid_range)
         self.register_buffer("grid", grid)  # (d, G)
         self.register_buffer("spacing", _local_spacing(grid))  # (d, G)
-        tau_t = torch.tensor(float(tau))
-        if trainable_tau:
-            self.tau = nn.Parameter(tau_t)
-        else:
-            self.register_buffer("tau", tau_t)
+        self._register_bandwidth(tau, trainable_tau)
 
     @abstractmethod
     def mother(self, u: Tensor) -> Tensor:
@@ -317,11 +321,7 @@ class ChebyshevBasis(Basis):
         self.in_features = in_features
         self.num_bases = degree + 1
         self.register_buffer("grid", _uniform_grid(in_features, 2, grid_range))  # (d, 2)
-        tau_t = torch.tensor(float(tau))
-        if trainable_tau:
-            self.tau = nn.Parameter(tau_t)
-        else:
-            self.register_buffer("tau", tau_t)
+        self._register_bandwidth(tau, trainable_tau)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -359,11 +359,7 @@ class FourierBasis(Basis):
         self.num_bases = 2 * grid_size
         self.register_buffer("grid", _uniform_grid(in_features, 2, grid_range))  # (d, 2)
         self.register_buffer("frequencies", torch.arange(1, grid_size + 1, dtype=torch.float32))
-        tau_t = torch.tensor(float(tau))
-        if trainable_tau:
-            self.tau = nn.Parameter(tau_t)
-        else:
-            self.register_buffer("tau", tau_t)
+        self._register_bandwidth(tau, trainable_tau)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)

@@ -14,18 +14,25 @@ from typing import Any
 
 __all__ = ["PRESETS", "merge", "preset"]
 
+
+def _prior(kind: str, basis: str, base_activation: str) -> dict[str, Any]:
+    """The prior of Tables 4-5: ``(P, Q) = (40, 81)`` energies of 20 basis functions on a
+    Gaussian reference, normalised by 200 quadrature nodes."""
+    return {
+        "kind": kind,
+        "widths": [40, 81],
+        "basis": basis,
+        "grid_size": 20,
+        "base_activation": base_activation,
+        "reference": {"name": "gaussian"},
+        "n_nodes": 200,
+    }
+
+
 _NIST: dict[str, Any] = {
     "model": {
         "image_shape": [1, 28, 28],
-        "prior": {
-            "kind": "univariate",
-            "widths": [40, 81],
-            "basis": "rbf",
-            "grid_size": 20,
-            "base_activation": "relu",
-            "reference": {"name": "gaussian"},
-            "n_nodes": 200,
-        },
+        "prior": _prior("univariate", "rbf", "relu"),
         "generator": {
             "kind": "kan",
             "hidden_widths": [162],
@@ -53,15 +60,7 @@ def _colour(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
     return {
         "model": {
             "image_shape": image_shape,
-            "prior": {
-                "kind": "mixture",
-                "widths": [40, 81],
-                "basis": "morlet",
-                "grid_size": 20,
-                "base_activation": "none",
-                "reference": {"name": "gaussian"},
-                "n_nodes": 200,
-            },
+            "prior": _prior("mixture", "morlet", "none"),
             "generator": {"kind": "cnn", "channels": channels, "noise": 0.25},
             "likelihood_variance": 0.25,
         },

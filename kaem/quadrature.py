@@ -166,10 +166,8 @@ def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTab
 
     Parameters
     ----------
-    log_density
-        Unnormalised log density at the nodes, shape ``(..., N)``.
-    log_weights
-        Log quadrature weights, shape ``(N,)``.
+    log_density, log_weights
+        As for :func:`log_normaliser`: shapes ``(..., N)`` and ``(N,)``.
     edges
         Cell edges from :func:`cell_edges`, shape ``(N + 1,)``.
 
@@ -196,11 +194,9 @@ def inverse_cdf(u: Tensor, table: CDFTable) -> Tensor:
 
     Parameters
     ----------
-    u
-        Uniform draws in ``[0, 1)``, shape ``(..., S)``, with the same leading dimensions as
-        ``table.cdf`` (one row of draws per density).
-    table
-        CDFs with ``cdf`` of shape ``(..., N + 1)``.
+    u, table
+        Uniform draws in ``[0, 1)``, shape ``(..., S)``, one row of draws per density of the
+        CDFs ``table`` (``cdf`` of shape ``(..., N + 1)``).
 
     Returns
     -------
@@ -215,9 +211,6 @@ def inverse_cdf(u: Tensor, table: CDFTable) -> Tensor:
     offset = u - torch.gather(cdf, -1, idx)
     z = torch.addcmul(start, offset, torch.gather(slope, -1, idx))
     return z.clamp_(edges[0], edges[-1])
-
-
-# -- guide tables: the inverse CDF tabulated in closed form ---------------------------------
 
 
 class GuideTable(NamedTuple):
@@ -528,10 +521,8 @@ def guided_inverse_cdf_rows(
 
     Parameters
     ----------
-    rows
-        Row of each draw in the flattened batch of ``table``, shape ``(K,)`` (int64).
-    u
-        Draws, shape ``(K,)``.
+    rows, u
+        As for :func:`inverse_cdf_rows`: each draw's row and the draws, shapes ``(K,)``.
     table, guide
         As for :func:`guided_inverse_cdf`.
     chunk

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from kaem.config import VAEConfig, from_dict
 from kaem.generators import CNNGenerator
 from kaem.likelihood import GaussianLikelihood
+from kaem.samplers import log_mean_exp_with_stderr
 
 __all__ = [
     "VAE",
@@ -368,13 +369,10 @@ def importance_weighted_bound(
     is the ELBO and ``L_K -> log p(x)`` as ``K`` grows; when ``q`` is the exact posterior every
     weight equals ``p(x)`` and the bound is exact with no variance.
 
-    The standard error comes from the delta method on the mean of the weights:
-    ``L_K = log m`` with ``m = mean_k w_k``, so ``se(L_K) ~= se(m) / m = s / sqrt(K)`` where
-    ``s^2 = sum_k (w_k / m - 1)^2 / (K - 1)`` is the sample variance of the normalised weights
-    ``w_k / m = exp(log w_k - L_K)``. The ratios never overflow (they are at most ``K``), so
-    the error is computed stably from the log weights. It measures the spread of the estimate,
-    not its downward bias (about ``s^2 / (2 K)``), which is small once ``s^2 << K``; it is NaN
-    for ``K = 1``.
+    The standard error is the delta-method one of
+    :func:`kaem.samplers.log_mean_exp_with_stderr`: it measures the spread of the estimate,
+    not its downward bias (about ``s^2 / (2 K)`` for weights of relative variance ``s^2``),
+    and is NaN for ``K = 1``.
 
     Parameters
     ----------
@@ -417,13 +415,4 @@ def importance_weighted_bound(
         # log q(z | x) = log N(eps; 0, I) - sum_j log sigma_j (change of variables).
         log_q = _standard_normal_log_prob(eps) - 0.5 * logvar.sum(-1)
         log_w.append(log_lik + _standard_normal_log_prob(z) - log_q)
-    # Float64 for the statistics: the ratios w_k / m sit near 1 when q is close to the posterior.
-    lw = torch.cat(log_w).double()  # (K, B)
-    estimate = torch.logsumexp(lw, 0) - math.log(n_samples)
-    if n_samples == 1:
-        stderr = torch.full_like(estimate, math.nan)
-    else:
-        ratio = (lw - estimate).exp()  # w_k / m, mean 1 over k
-        var = (ratio - 1.0).square().sum(0) / (n_samples - 1)
-        stderr = (var / n_samples).sqrt()
-    return estimate.to(mu.dtype), stderr.to(mu.dtype)
+    return tuple(log_mean_exp_with_stderr(torch.cat(log_w), dim=0))  # (B,) each

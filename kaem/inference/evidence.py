@@ -23,7 +23,7 @@ from torch import Tensor
 from kaem.inference.posterior import sample_power_posteriors
 from kaem.losses import thermodynamic_integration
 from kaem.model import KAEM
-from kaem.samplers import power_temperatures
+from kaem.samplers import EvidenceEstimate, log_mean_exp_with_stderr, power_temperatures
 
 __all__ = [
     "EvidenceEstimate",
@@ -33,32 +33,6 @@ __all__ = [
     "log_mean_exp_with_stderr",
     "steppingstone_log_evidence",
 ]
-
-
-class EvidenceEstimate(NamedTuple):
-    """``log p(x_b)`` estimates and their Monte Carlo standard errors, each ``(B,)``."""
-
-    estimate: Tensor
-    stderr: Tensor
-
-
-def log_mean_exp_with_stderr(log_w: Tensor, dim: int = -1) -> EvidenceEstimate:
-    """``log mean exp(log_w)`` along ``dim`` with its delta-method standard error.
-
-    Parameters
-    ----------
-    log_w
-        Log weights, ``S`` along ``dim``.
-    dim
-        The sample dimension.
-    """
-    n = log_w.shape[dim]
-    top = log_w.amax(dim=dim, keepdim=True)
-    w = torch.exp(log_w - top)  # in (0, 1], at least one equal to 1
-    mean = w.mean(dim=dim)
-    var = w.var(dim=dim, unbiased=True) if n > 1 else torch.zeros_like(mean)
-    estimate = mean.log() + top.squeeze(dim)
-    return EvidenceEstimate(estimate, (var / n).sqrt() / mean)
 
 
 @torch.no_grad()

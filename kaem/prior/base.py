@@ -39,7 +39,24 @@ class PriorTables(NamedTuple):
 
 
 class EnergyPrior(nn.Module):
-    """Quadrature, caching and sampling machinery shared by both priors."""
+    """Quadrature, caching and sampling machinery shared by both priors.
+
+    Parameters
+    ----------
+    kan
+        KAN layer whose edges are the energies (its layout is the subclass's).
+    reference
+        The reference prior ``pi_0`` and its domain.
+    n_nodes, quadrature
+        Quadrature nodes (200 in the paper) and rule (``gauss_legendre`` or ``trapezium``).
+    sampling
+        How the CDFs are inverted; every path is exact and, for the same uniforms, returns
+        the same samples to float rounding. ``search`` finds each draw's cell by binary
+        search; ``table`` looks it up in a guide table of ``table_points`` intervals (built
+        once per parameter state, a few multiply-adds per draw); ``auto`` builds the table on
+        a CPU once more than ``table_threshold`` draws have been asked of the same
+        parameters, and searches on an accelerator.
+    """
 
     def __init__(
         self,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from kaem import quadrature as quad
 from kaem.kan import KANLayer
-from kaem.prior.base import EnergyPrior, PriorTables, SamplingMethod
+from kaem.prior.base import EnergyPrior, PriorTables
 from kaem.reference import ReferencePrior
 
 __all__ = ["MixtureEnergyPrior"]
@@ -21,7 +23,7 @@ class MixtureEnergyPrior(EnergyPrior):
     kan
         KAN layer with ``in_features = Q`` and ``out_features = P``; edge ``(q, p)`` is the
         energy of component ``p`` of coordinate ``q``.
-    reference, n_nodes, quadrature, sampling, table_points, table_threshold
+    reference, **options
         As for :class:`UnivariateEnergyPrior`.
     train_proportions
         Learn the mixture logits ``a_q`` (``alpha_q = softmax(a_q)``) or keep them uniform.
@@ -38,24 +40,12 @@ class MixtureEnergyPrior(EnergyPrior):
         kan: KANLayer,
         reference: ReferencePrior,
         *,
-        n_nodes: int = 200,
-        quadrature: quad.QuadratureRule = "gauss_legendre",
         train_proportions: bool = True,
         proportion_l1: float = 0.0,
-        sampling: SamplingMethod = "auto",
-        table_points: int = 384,
-        table_threshold: int = 256,
         generator: torch.Generator | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            kan,
-            reference,
-            n_nodes=n_nodes,
-            quadrature=quadrature,
-            sampling=sampling,
-            table_points=table_points,
-            table_threshold=table_threshold,
-        )
+        super().__init__(kan, reference, **options)
         if proportion_l1 < 0:
             raise ValueError(f"proportion_l1 must be non-negative, got {proportion_l1}")
         self.proportion_l1 = float(proportion_l1)

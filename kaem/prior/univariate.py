@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kaem import quadrature as quad
 from kaem.kan import KANLayer
-from kaem.prior.base import EnergyPrior, PriorTables, SamplingMethod
+from kaem.prior.base import EnergyPrior, PriorTables
 from kaem.reference import ReferencePrior
 
 __all__ = ["UnivariateEnergyPrior"]
@@ -23,20 +23,13 @@ class UnivariateEnergyPrior(EnergyPrior):
     kan
         KAN layer with ``in_features = P`` and ``out_features = Q``; edge ``(p, q)`` is
         ``f_qp``. Its base activation and basis define the energies.
-    reference
-        The reference prior ``pi_0`` and its domain.
-    n_nodes, quadrature
-        Quadrature nodes (200 in the paper) and rule (``gauss_legendre`` or ``trapezium``).
     shared_uniforms
         Draw one ``u_p`` per ``p`` shared by every ``q`` (the paper, eq. 13: ``z_qp =
         F_qp^{-1}(u_p)``) or independent ``u_qp``.
-    sampling
-        How the CDFs are inverted; every path is exact and, for the same uniforms, returns
-        the same samples to float rounding. ``search`` finds each draw's cell by binary
-        search; ``table`` looks it up in a guide table of ``table_points`` intervals (built
-        once per parameter state, a few multiply-adds per draw); ``auto`` builds the table on
-        a CPU once more than ``table_threshold`` draws have been asked of the same
-        parameters, and searches on an accelerator.
+    reference, **options
+        The reference prior and the quadrature and sampling settings (``n_nodes``,
+        ``quadrature``, ``sampling``, ``table_points``, ``table_threshold``): see
+        :class:`~kaem.prior.base.EnergyPrior`.
     """
 
     def __init__(
@@ -44,22 +37,10 @@ class UnivariateEnergyPrior(EnergyPrior):
         kan: KANLayer,
         reference: ReferencePrior,
         *,
-        n_nodes: int = 200,
-        quadrature: quad.QuadratureRule = "gauss_legendre",
         shared_uniforms: bool = True,
-        sampling: SamplingMethod = "auto",
-        table_points: int = 384,
-        table_threshold: int = 256,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            kan,
-            reference,
-            n_nodes=n_nodes,
-            quadrature=quadrature,
-            sampling=sampling,
-            table_points=table_points,
-            table_threshold=table_threshold,
-        )
+        super().__init__(kan, reference, **options)
         self.shared_uniforms = shared_uniforms
 
     @property

@@ -8,7 +8,9 @@ replica exchange around any of them.
 
 from kaem.samplers.base import Bounds, NonFiniteError, NonFiniteRecord, reflect
 from kaem.samplers.importance import (
+    EvidenceEstimate,
     effective_sample_size,
+    log_mean_exp_with_stderr,
     normalized_log_weights,
     resample_if_needed,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "KERNELS",
     "RESAMPLERS",
     "Bounds",
+    "EvidenceEstimate",
     "LangevinInfo",
     "LangevinState",
     "MALAInfo",
@@ -67,6 +70,7 @@ __all__ = [
     "effective_sample_size",
     "get_resampler",
     "langevin_init",
+    "log_mean_exp_with_stderr",
     "mala",
     "mala_kernel",
     "mala_step",

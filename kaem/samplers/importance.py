@@ -9,13 +9,20 @@ order -1e4 (images under a Gaussian decoder) do not underflow.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from kaem.samplers.resampling import Resampler, get_resampler
 
-__all__ = ["effective_sample_size", "normalized_log_weights", "resample_if_needed"]
+__all__ = [
+    "EvidenceEstimate",
+    "effective_sample_size",
+    "log_mean_exp_with_stderr",
+    "normalized_log_weights",
+    "resample_if_needed",
+]
 
 
 def _shifted(log_w: Tensor, dim: int) -> Tensor:
@@ -129,3 +136,43 @@ def resample_if_needed(
         resampled.unsqueeze(-1), torch.full_like(weights, 1.0 / n_samples), weights
     )
     return ancestors, weights, resampled
+
+
+class EvidenceEstimate(NamedTuple):
+    """``log p(x_b)`` estimates and their Monte Carlo standard errors, each ``(B,)``."""
+
+    estimate: Tensor
+    stderr: Tensor
+
+
+def log_mean_exp_with_stderr(log_w: Tensor, dim: int = -1) -> EvidenceEstimate:
+    """``L = log mean_s exp(log_w_s)`` along ``dim`` with its delta-method standard error.
+
+    With ``m = mean_s w_s``, ``se(L) ~= se(m) / m = s / sqrt(S)``, where ``s^2 = sum_s (w_s / m
+    - 1)^2 / (S - 1)`` is the sample variance of the normalised weights ``w_s / m = exp(log_w_s
+    - L)``. Those ratios never overflow (they are at most ``S``), and the statistics are taken
+    in float64, where ratios close to 1 keep their digits. The error measures the spread of
+    the estimate, not its downward bias (about ``s^2 / (2 S)``); it is NaN for ``S = 1``,
+    where no spread can be seen.
+
+    Parameters
+    ----------
+    log_w
+        Log weights, ``S`` along ``dim``; any shape.
+    dim
+        The sample dimension.
+
+    Returns
+    -------
+    EvidenceEstimate
+        ``estimate`` and ``stderr`` of ``log_w``'s shape without ``dim``, in its dtype.
+    """
+    n = log_w.shape[dim]
+    lw = log_w.double()
+    estimate = torch.logsumexp(lw, dim=dim) - math.log(n)
+    if n == 1:
+        stderr = torch.full_like(estimate, math.nan)
+    else:
+        ratio = (lw - estimate.unsqueeze(dim)).exp()  # w_s / m, mean 1 along dim
+        stderr = ((ratio - 1.0).square().sum(dim) / (n - 1) / n).sqrt()
+    return EvidenceEstimate(estimate.to(log_w.dtype), stderr.to(log_w.dtype))

@@ -157,10 +157,9 @@ class MALAInfo(NamedTuple):
         The (frozen) per-chain step sizes used after warm-up.
     log_density : Tensor, shape (n_chains,)
         Log density at the returned positions.
-    n_nonfinite : Tensor, shape (), int64
-        Number of non-finite evaluations (the start, then rejected proposals).
-    first_nonfinite : Tensor, shape (n_chains,), int64
-        The first step at which each chain met a non-finite value, -1 if never.
+    n_nonfinite, first_nonfinite : Tensor
+        As in :class:`LangevinInfo`; here the evaluations are the start and the proposals
+        (a non-finite proposal is rejected).
     """
 
     acceptance_rate: Tensor

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -122,13 +122,15 @@ def thermodynamic_step(
     n_cycles: int,
     swap_every: int,
     n_chains: int,
-    sampler: str,
-    n_steps: int,
-    step_size: float,
-    nonfinite: NonFinitePolicy,
-    max_retries: int,
+    **langevin: Any,
 ) -> StepFn:
-    """The steppingstone criterion over power posteriors (eqs. 21-25, 40)."""
+    """The steppingstone criterion over power posteriors (eqs. 21-25, 40).
+
+    ``n_temps``, ``p_start``, ``p_end`` and ``n_cycles`` set the cyclic schedule of eq. 40;
+    ``n_chains`` chains per data point and temperature swap every ``swap_every`` steps; the
+    ``langevin`` settings are those of :func:`langevin_step` (``sampler``, ``n_steps``,
+    ``step_size``, ``nonfinite``, ``max_retries``).
+    """
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         exponent = cosine_exponent_schedule(
@@ -140,13 +142,9 @@ def thermodynamic_step(
             x,
             temperatures,
             n_chains=n_chains,
-            n_steps=n_steps,
-            step_size=step_size,
             swap_every=swap_every,
-            sampler=sampler,
-            nonfinite=nonfinite,
-            max_retries=max_retries,
             generator=generator,
+            **langevin,
         )
         loss, info = thermodynamic_loss(model, x, population.z, temperatures, generator=generator)
         trapezium, corrected = thermodynamic_integration(
@@ -160,7 +158,7 @@ def thermodynamic_step(
             "step_size": population.step_size,
             "retries": population.retries,
         }
-        if sampler == "mala":
+        if langevin.get("sampler") == "mala":
             metrics["acceptance"] = float(population.acceptance.nanmean())
         for k, rate in enumerate(population.swap_rate.tolist()):
             if rate == rate:  # the exact t = 0 level takes no swaps (NaN)
