@@ -95,6 +95,16 @@ class KANConfig:
     base_scale: float = 1.0
     spline_scale: float = 1.0
 
+    def basis_settings(self) -> dict[str, Any]:
+        """The keywords of :func:`kaem.bases.build_basis` besides name, width and range."""
+        names = ("grid_size", "degree", "tau", "trainable_tau", "omega")
+        return {name: getattr(self, name) for name in names}
+
+    def layer_settings(self) -> dict[str, Any]:
+        """The keywords of :class:`kaem.kan.KANLayer` besides widths, basis and generator."""
+        names = ("base_activation", "coef_init_scale", "base_scale", "spline_scale")
+        return {name: getattr(self, name) for name in names}
+
 
 @dataclass(frozen=True)
 class PriorConfig(KANConfig):

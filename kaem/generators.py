@@ -196,10 +196,8 @@ class CNNGenerator(Generator):
         with two hidden layers.
     leaky_slope
         Negative slope of the LeakyReLU activations.
-    output_activation
-        See :class:`Generator`.
-    generator
-        Random generator for the initial parameters.
+    output_activation, generator
+        As for :class:`KANGenerator`.
     """
 
     def __init__(

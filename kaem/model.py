@@ -103,25 +103,9 @@ def _prior_kan(
         (n_components, latent_dim) if p.kind == "univariate" else (latent_dim, n_components)
     )
     basis = build_basis(
-        p.basis,
-        d_in,
-        grid_size=p.grid_size,
-        grid_range=(reference.low, reference.high),
-        degree=p.degree,
-        tau=p.tau,
-        trainable_tau=p.trainable_tau,
-        omega=p.omega,
+        p.basis, d_in, grid_range=(reference.low, reference.high), **p.basis_settings()
     )
-    kan = KANLayer(
-        d_in,
-        d_out,
-        basis,
-        base_activation=p.base_activation,
-        coef_init_scale=p.coef_init_scale,
-        base_scale=p.base_scale,
-        spline_scale=p.spline_scale,
-        generator=generator,
-    )
+    kan = KANLayer(d_in, d_out, basis, generator=generator, **p.layer_settings())
     return kan, reference
 
 
@@ -168,19 +152,12 @@ def build_generator(
         cfg.image_shape,
         hidden_widths=g.hidden_widths,
         basis=g.basis,
-        grid_size=g.grid_size,
         grid_range=g.grid_range,
-        degree=g.degree,
-        tau=g.tau,
-        trainable_tau=g.trainable_tau,
-        omega=g.omega,
-        base_activation=g.base_activation,
         layer_norm=g.layer_norm,
-        coef_init_scale=g.coef_init_scale,
-        base_scale=g.base_scale,
-        spline_scale=g.spline_scale,
         output_activation=g.output_activation,
         generator=generator,
+        **g.basis_settings(),
+        **g.layer_settings(),
     )
 
 

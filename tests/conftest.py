@@ -17,6 +17,16 @@ def _deterministic_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one PyTorch thread: a subprocess it compares with bit for bit runs on
+    one, and on a busy 2-core machine OpenMP threads mostly spin (10x slower measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     ci = os.environ.get("CI", "")
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, CI={ci}"

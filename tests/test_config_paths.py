@@ -6,23 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_MODEL, tiny_images
 from scipy import stats
 
 from kaem.config import TrainConfig, from_dict
 from kaem.model import build_model
 from kaem.training import train
 
-TINY = {
-    "image_shape": [1, 8, 8],
-    "prior": {"widths": [3, 5], "grid_size": 6, "n_nodes": 40},
-    "generator": {"hidden_widths": [10], "grid_size": 6},
-}
-
-
-def _images(n=64) -> torch.Tensor:
-    return (torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(
-        torch.uint8
-    )
+TINY = TINY_MODEL
+_images = tiny_images
 
 
 def test_fixed_bandwidth_and_scales() -> None:

@@ -26,16 +26,6 @@ from kaem.features.weights import _extract_verified
 from kaem.metrics import fid_from_features
 
 
-@pytest.fixture
-def one_thread():
-    # on a busy 2-core machine OpenMP threads mostly spin (10x slower measured); results are
-    # the same with any thread count
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """sklearn's 8x8 digits as uint8 (N, 1, 8, 8), split 1497 / 300."""

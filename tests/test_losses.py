@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import one_dimensional_prior
 from scipy import integrate
 
 from kaem import quadrature as quad
@@ -30,13 +31,7 @@ class AffineGenerator(Generator):
 
 
 def _one_dimensional_model() -> KAEM:
-    g = torch.Generator().manual_seed(0)
-    ref = ReferencePrior("gaussian", -1.0, 2.0)  # asymmetric on purpose
-    kan = KANLayer(1, 1, build_basis("rbf", 1, grid_size=6, grid_range=(-1.0, 2.0)), generator=g)
-    with torch.no_grad():
-        kan.coef.copy_(torch.tensor([0.5, -1.0, 1.5, 0.0, -0.5, 1.0]).reshape(1, 6, 1))
-    prior = UnivariateEnergyPrior(kan, ref, n_nodes=100)
-    return KAEM(prior, AffineGenerator(), GaussianLikelihood(0.3)).double()
+    return KAEM(one_dimensional_prior(), AffineGenerator(), GaussianLikelihood(0.3)).double()
 
 
 def _posterior_mean_by_quadrature(model: KAEM, x: torch.Tensor) -> float:

@@ -2,13 +2,13 @@
 
 The tiny configuration (``tests/workflow_configs/tiny.yaml``: scikit-learn's 8x8 digits, one
 cell per kind of training) runs through the profile derived from
-``profiles/slurm/config.yaml`` (:meth:`SlurmCluster.profile_dir`), with the workflow profile
-``profiles/default`` applied after it as Snakemake does for every run. Every rule is its own
-SLURM job except those the workflow marks ``localrule: True``: ``all``, which only names
-the targets, and the figure and table rules, each of which reads a few small files and writes
-one picture or table in a few seconds, less than the queue wait and fresh Snakemake start of
-a SLURM job (about 10 s here, often minutes on a busy cluster). The tests hold the workflow
-to exactly that.
+``profiles/slurm/config.yaml`` (:meth:`SlurmCluster.profile_dir`), with the workflow
+profile ``workflow/profiles/default`` applied after it as Snakemake does for every run.
+Every rule is its own SLURM job except those the workflow marks ``localrule: True``:
+``all``, which only names the targets, and the figure and table rules, each of which reads
+a few small files and writes one picture or table in a few seconds, less than the queue
+wait and fresh Snakemake start of a SLURM job (about 10 s here, often minutes on a busy
+cluster). The tests hold the workflow to exactly that.
 
 A training job made to fail (``device: cuda`` on the GPU-less node: a valid setting that only
 the job can find wrong, the way a GPU rule sent to a CPU partition fails) must be a FAILED

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_MODEL, one_dimensional_prior
 
 from kaem.bases import build_basis
 from kaem.config import TrainConfig, from_dict
@@ -139,17 +140,8 @@ def test_thermodynamic_integration_on_known_curve() -> None:
 
 
 def _one_dimensional_model() -> KAEM:
-    ref = ReferencePrior("gaussian", -1.0, 2.0)
-    kan = KANLayer(
-        1,
-        1,
-        build_basis("rbf", 1, grid_size=6, grid_range=(-1.0, 2.0)),
-        generator=torch.Generator().manual_seed(0),
-    )
-    with torch.no_grad():
-        kan.coef.copy_(torch.tensor([0.5, -1.0, 1.5, 0.0, -0.5, 1.0]).reshape(1, 6, 1))
     gen = LinearGenerator(torch.tensor([[1.5], [-0.7]]), torch.tensor([0.2, 0.1]))
-    return KAEM(UnivariateEnergyPrior(kan, ref, n_nodes=100), gen, GaussianLikelihood(0.3)).double()
+    return KAEM(one_dimensional_prior(), gen, GaussianLikelihood(0.3)).double()
 
 
 def _exact_power_posterior_samples(model, x, t, n, seed) -> torch.Tensor:
@@ -387,11 +379,7 @@ def test_mala_posterior_reports_acceptance() -> None:
     assert torch.isfinite(loss) and info.log_lik.shape == (4,)
 
 
-TINY = {
-    "image_shape": [1, 8, 8],
-    "prior": {"widths": [3, 5], "grid_size": 6, "n_nodes": 40},
-    "generator": {"hidden_widths": [10], "grid_size": 6},
-}
+TINY = TINY_MODEL
 
 
 #: Langevin criteria need the prior's density: independent draws for the univariate prior.

@@ -12,22 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_MODEL, tiny_images
 
 from kaem.config import TrainConfig, from_dict
 from kaem.kinds import load_model
 from kaem.model import build_model
 from kaem.training import NonFiniteLossError, train
 
-MODEL = {
-    "image_shape": [1, 8, 8],
-    "prior": {"widths": [3, 5], "grid_size": 6, "n_nodes": 40},
-    "generator": {"hidden_widths": [10], "grid_size": 6},
-}
-
-
-def _images(n=64, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+MODEL = TINY_MODEL
+_images = tiny_images
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -90,15 +83,6 @@ SCRIPT = textwrap.dedent(
     train(model, images, from_dict(TrainConfig, train_cfg), sys.argv[4], progress=False)
     """
 )
-
-
-@pytest.fixture
-def one_thread():
-    # The killed run uses one thread; reductions must run the same way here to match bit for bit.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, one_thread) -> None:

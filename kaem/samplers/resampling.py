@@ -32,6 +32,8 @@ __all__ = [
 Resampler = Callable[..., Tensor]
 """``(weights (..., N), generator=None, num_samples=None) -> ancestors (..., M)``."""
 
+_Scheme = Callable[[Tensor, int, "torch.Generator | None"], Tensor]
+
 
 def _work_dtype(device: torch.device) -> torch.dtype:
     # Cumulative sums of many float32 weights lose resolution at the tail; float64 keeps every
@@ -131,68 +133,72 @@ _SHARED_DOC = """
     """
 
 
-def _resampler(sorted_output: bool) -> Callable[[Resampler], Resampler]:
-    """Stamp the signature shared by every resampler onto its docstring (as BlackJAX does)."""
+def _resampler(sorted_output: bool) -> Callable[[_Scheme], Resampler]:
+    """Turn a scheme on validated rows into a resampler with the shared signature.
 
-    def stamp(fn: Resampler) -> Resampler:
+    A scheme maps normalised rows ``(R, N)`` (working dtype, ``R >= 1``), the number of
+    ancestors ``M`` and the generator to ancestors ``(R, M)``; validation, flattening and the
+    output shape are done here once, and the signature is stamped onto the docstring (as
+    BlackJAX does).
+    """
+
+    def wrap(scheme: _Scheme) -> Resampler:
+        def resample(
+            weights: Tensor,
+            generator: torch.Generator | None = None,
+            num_samples: int | None = None,
+        ) -> Tensor:
+            rows, m, batch_shape = _prepare(weights, num_samples)
+            if rows.shape[0] == 0:
+                return torch.empty(*batch_shape, m, dtype=torch.int64, device=weights.device)
+            return scheme(rows, m, generator).reshape(*batch_shape, m)
+
         ordering = ", sorted along the last dimension" if sorted_output else ""
-        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _SHARED_DOC.format(ordering=ordering)
-        return fn
+        doc = (scheme.__doc__ or "").rstrip() + "\n" + _SHARED_DOC.format(ordering=ordering)
+        resample.__name__, resample.__qualname__, resample.__doc__ = (
+            scheme.__name__,
+            scheme.__qualname__,
+            doc,
+        )
+        resample.__module__ = scheme.__module__
+        return resample
 
-    return stamp
+    return wrap
 
 
-def _finish(ancestors: Tensor, batch_shape: torch.Size) -> Tensor:
-    return ancestors.reshape(*batch_shape, ancestors.shape[-1])
+def _uniforms(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
+    """``(R, m)`` uniforms in ``[0, 1)`` in the rows' dtype and device."""
+    return torch.rand(rows.shape[0], m, generator=generator, dtype=rows.dtype, device=rows.device)
+
+
+def _strata(rows: Tensor, m: int) -> Tensor:
+    """``0, 1, ..., m - 1`` in the rows' dtype and device."""
+    return torch.arange(m, dtype=rows.dtype, device=rows.device)
 
 
 @_resampler(sorted_output=False)
-def multinomial_resample(
-    weights: Tensor,
-    generator: torch.Generator | None = None,
-    num_samples: int | None = None,
-) -> Tensor:
+def multinomial_resample(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
     """Multinomial resampling: ``M`` independent draws from the categorical ``weights``."""
-    rows, m, batch_shape = _prepare(weights, num_samples)
-    u = torch.rand(rows.shape[0], m, generator=generator, dtype=rows.dtype, device=rows.device)
-    return _finish(_inverse_cdf(rows, u), batch_shape)
+    return _inverse_cdf(rows, _uniforms(rows, m, generator))
 
 
 @_resampler(sorted_output=True)
-def stratified_resample(
-    weights: Tensor,
-    generator: torch.Generator | None = None,
-    num_samples: int | None = None,
-) -> Tensor:
+def stratified_resample(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
     """Stratified resampling: one independent uniform in each stratum ``[j/M, (j+1)/M)``."""
-    rows, m, batch_shape = _prepare(weights, num_samples)
-    u = torch.rand(rows.shape[0], m, generator=generator, dtype=rows.dtype, device=rows.device)
-    strata = torch.arange(m, dtype=rows.dtype, device=rows.device)
-    return _finish(_inverse_cdf(rows, (strata + u) / m), batch_shape)
+    return _inverse_cdf(rows, (_strata(rows, m) + _uniforms(rows, m, generator)) / m)
 
 
 @_resampler(sorted_output=True)
-def systematic_resample(
-    weights: Tensor,
-    generator: torch.Generator | None = None,
-    num_samples: int | None = None,
-) -> Tensor:
+def systematic_resample(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
     """Systematic resampling: one uniform per row, shifted into each stratum ``[j/M, (j+1)/M)``.
 
     Each particle receives ``floor(M w_i)`` or ``ceil(M w_i)`` copies.
     """
-    rows, m, batch_shape = _prepare(weights, num_samples)
-    u = torch.rand(rows.shape[0], 1, generator=generator, dtype=rows.dtype, device=rows.device)
-    strata = torch.arange(m, dtype=rows.dtype, device=rows.device)
-    return _finish(_inverse_cdf(rows, (strata + u) / m), batch_shape)
+    return _inverse_cdf(rows, (_strata(rows, m) + _uniforms(rows, 1, generator)) / m)
 
 
 @_resampler(sorted_output=True)
-def residual_resample(
-    weights: Tensor,
-    generator: torch.Generator | None = None,
-    num_samples: int | None = None,
-) -> Tensor:
+def residual_resample(rows: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
     """Residual resampling (Douc et al. 2005; paper eq. 39 and App. C.2).
 
     Particle ``i`` first gets ``floor(M w_i)`` deterministic copies; the ``R = M - sum_i
@@ -200,11 +206,7 @@ def residual_resample(
     ``(M w_i - floor(M w_i)) / R``. (The paper's code took a softmax of the residuals instead,
     which is biased; this is the textbook scheme.)
     """
-    rows, m, batch_shape = _prepare(weights, num_samples)
     n_rows, n = rows.shape
-    if n_rows == 0:
-        return torch.empty(*batch_shape, m, dtype=torch.int64, device=weights.device)
-
     scaled = m * rows
     copies = torch.floor(scaled)  # (R, N) deterministic copies
     residual = scaled - copies  # (R, N), each in [0, 1)
@@ -227,7 +229,7 @@ def residual_resample(
     ends = counts.cumsum(-1)
     slots = torch.arange(m, dtype=rows.dtype, device=rows.device).expand(n_rows, m)
     ancestors = torch.searchsorted(ends.contiguous(), slots.contiguous(), right=True)
-    return _finish(ancestors.clamp(max=n - 1), batch_shape)
+    return ancestors.clamp(max=n - 1)
 
 
 RESAMPLERS: dict[str, Resampler] = {

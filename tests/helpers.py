@@ -1,0 +1,35 @@
+"""Small models and data that several test modules build."""
+
+import torch
+
+from kaem.bases import build_basis
+from kaem.kan import KANLayer
+from kaem.prior import UnivariateEnergyPrior
+from kaem.reference import ReferencePrior
+
+#: A KAEM small enough to train for a dozen steps in a test: 8x8 images, P = 3, Q = 5.
+TINY_MODEL = {
+    "image_shape": [1, 8, 8],
+    "prior": {"widths": [3, 5], "grid_size": 6, "n_nodes": 40},
+    "generator": {"hidden_widths": [10], "grid_size": 6},
+}
+
+
+def tiny_images(n: int = 64, seed: int = 0) -> torch.Tensor:
+    """``n`` uniform random 8x8 uint8 images, shape ``(n, 1, 8, 8)``."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+
+
+def one_dimensional_prior() -> UnivariateEnergyPrior:
+    """A 1-D energy prior with fixed, bumpy coefficients on the asymmetric domain [-1, 2]."""
+    ref = ReferencePrior("gaussian", -1.0, 2.0)
+    kan = KANLayer(
+        1,
+        1,
+        build_basis("rbf", 1, grid_size=6, grid_range=(-1.0, 2.0)),
+        generator=torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        kan.coef.copy_(torch.tensor([0.5, -1.0, 1.5, 0.0, -0.5, 1.0]).reshape(1, 6, 1))
+    return UnivariateEnergyPrior(kan, ref, n_nodes=100)
