@@ -1,8 +1,9 @@
 """Frozen configuration dataclasses, built once at the edge from a mapping (a YAML file).
 
 Constructors of the model take plain numbers; these dataclasses only carry and validate the
-numbers. ``from_dict`` rejects unknown keys and wrong types with a message naming the key, so
-a typo in a config file fails before any work is done.
+numbers. ``from_dict`` rejects unknown keys, wrong types and values out of their range (the
+:class:`Bound` of a field's annotation) with a message naming the key, so a typo or an
+impossible value in a config file fails before any work is done.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 __all__ = [
     "RESUMABLE_KEYS",
     "ActivationName",
     "BasisName",
+    "Bound",
     "ConfigError",
     "GeneratorConfig",
     "GridUpdateConfig",
@@ -55,6 +57,42 @@ _RENAMED = {
 }
 
 
+class Bound(NamedTuple):
+    """The range a number must lie in, ``low <= value <= high`` (``<`` where open).
+
+    Attached to a field as ``Annotated[int, Bound(1)]``; :func:`from_dict` checks it.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, value: float, path: str) -> None:
+        """Raise :class:`ConfigError` naming ``path`` if ``value`` is out of range."""
+        low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        if not (low_ok and high_ok):
+            raise ConfigError(f"{path}: {value!r} is out of range; it must be {self}")
+
+    def __str__(self) -> str:
+        if self.high is None:
+            if self.low == 0 and self.open_low:
+                return "positive"
+            return f"{'greater than' if self.open_low else 'at least'} {self.low:g}"
+        left = "(" if self.open_low else "["
+        right = ")" if self.open_high else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+PositiveInt = Annotated[int, Bound(1)]
+NonNegativeInt = Annotated[int, Bound(0)]
+PositiveFloat = Annotated[float, Bound(0.0, open_low=True)]
+NonNegativeFloat = Annotated[float, Bound(0.0)]
+Fraction = Annotated[float, Bound(0.0, 1.0)]
+_Beta = Annotated[float, Bound(0.0, 1.0, open_high=True)]
+
+
 @dataclass(frozen=True)
 class ReferenceConfig:
     """Reference prior ``pi_0``: ``gaussian``, ``uniform``, ``lognormal`` or ``none``.
@@ -65,7 +103,7 @@ class ReferenceConfig:
     name: Literal["gaussian", "uniform", "lognormal", "none"] = "gaussian"
     domain: tuple[float, float] | None = None
     loc: float = 0.0
-    scale: float = 1.0
+    scale: PositiveFloat = 1.0
 
 
 #: Names the configuration accepts, kept equal to the code's tables by the tests
@@ -85,13 +123,13 @@ class KANConfig:
     """
 
     basis: BasisName = "rbf"
-    grid_size: int = 20
-    degree: int = 3
-    tau: float = 1.0
+    grid_size: PositiveInt = 20
+    degree: NonNegativeInt = 3
+    tau: PositiveFloat = 1.0
     trainable_tau: bool = True
-    omega: float = 5.0
+    omega: PositiveFloat = 5.0
     base_activation: ActivationName = "relu"
-    coef_init_scale: float = 0.1
+    coef_init_scale: NonNegativeFloat = 0.1
     base_scale: float = 1.0
     spline_scale: float = 1.0
 
@@ -111,15 +149,15 @@ class PriorConfig(KANConfig):
     """Energy prior (eqs. 13-18). ``widths = (P, Q)`` as in the paper's ``layer_widths``."""
 
     kind: Literal["univariate", "mixture"] = "univariate"
-    widths: tuple[int, int] = (40, 81)
+    widths: tuple[PositiveInt, PositiveInt] = (40, 81)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     quadrature: Literal["gauss_legendre", "trapezium"] = "gauss_legendre"
-    n_nodes: int = 200
+    n_nodes: Annotated[int, Bound(2)] = 200
     shared_uniforms: bool = True
     train_proportions: bool = True
-    proportion_l1: float = 0.0
+    proportion_l1: NonNegativeFloat = 0.0
     sampling: Literal["auto", "search", "table"] = "auto"
-    table_points: int = 384
+    table_points: PositiveInt = 384
 
 
 @dataclass(frozen=True)
@@ -127,23 +165,23 @@ class GeneratorConfig(KANConfig):
     """Generator: ``kan`` (App. B.2) or ``cnn`` (App. F.2.1)."""
 
     kind: Literal["kan", "cnn"] = "kan"
-    hidden_widths: tuple[int, ...] | None = None
+    hidden_widths: tuple[PositiveInt, ...] | None = None
     grid_range: tuple[float, float] = (-1.2, 1.2)
     layer_norm: bool = False
-    channels: tuple[int, ...] = (128, 64, 32)
-    leaky_slope: float = 0.2
+    channels: tuple[PositiveInt, ...] = (128, 64, 32)
+    leaky_slope: NonNegativeFloat = 0.2
     output_activation: Literal["sigmoid", "tanh", "none"] = "sigmoid"
-    noise: float = 0.1
+    noise: NonNegativeFloat = 0.1
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """A whole KAEM: image shape, prior, generator and likelihood variance (eq. 8)."""
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 28, 28)
     prior: PriorConfig = field(default_factory=PriorConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    likelihood_variance: float = 0.1
+    likelihood_variance: PositiveFloat = 0.1
 
 
 @dataclass(frozen=True)
@@ -157,10 +195,10 @@ class GridUpdateConfig:
     enabled: bool = True
     prior: bool = True
     generator: bool = True
-    samples: int = 100
-    frequency: int = 100
-    decay: float = 0.999
-    ratio: float = 0.05
+    samples: Annotated[int, Bound(2)] = 100
+    frequency: PositiveInt = 100
+    decay: Annotated[float, Bound(0.0, 1.0, open_low=True)] = 0.999
+    ratio: Fraction = 0.05
 
 
 @dataclass(frozen=True)
@@ -176,10 +214,10 @@ class LangevinConfig:
     """
 
     sampler: Literal["ula", "mala"] = "ula"
-    n_steps: int = 40
-    step_size: float = 0.005
+    n_steps: PositiveInt = 40
+    step_size: PositiveFloat = 0.005
     nonfinite: Literal["raise", "halve_and_retry"] = "raise"
-    max_retries: int = 3
+    max_retries: NonNegativeInt = 3
 
 
 @dataclass(frozen=True)
@@ -190,12 +228,12 @@ class ThermodynamicConfig:
     of chains per data point and temperature (the paper: one).
     """
 
-    n_temps: int = 5
-    p_start: float = 2.0
-    p_end: float = 0.5
-    n_cycles: int = 0
-    swap_every: int = 1
-    n_chains: int = 1
+    n_temps: PositiveInt = 5
+    p_start: PositiveFloat = 2.0
+    p_end: PositiveFloat = 0.5
+    n_cycles: NonNegativeInt = 0
+    swap_every: PositiveInt = 1
+    n_chains: PositiveInt = 1
 
 
 @dataclass(frozen=True)
@@ -205,9 +243,9 @@ class ImportanceConfig:
     Rows whose effective sample size falls below ``ess_threshold * n_samples`` are resampled.
     """
 
-    n_samples: int = 100
+    n_samples: PositiveInt = 100
     resampler: Literal["residual", "systematic", "stratified", "multinomial"] = "residual"
-    ess_threshold: float = 0.5
+    ess_threshold: Fraction = 0.5
 
 
 @dataclass(frozen=True)
@@ -220,19 +258,19 @@ class TrainConfig:
     """
 
     criterion: Literal["importance", "ula", "thermodynamic", "elbo"] = "importance"
-    epochs: float = 10.0
-    max_steps: int | None = None
-    batch_size: int = 100
-    learning_rate: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    seed: int = 0
+    epochs: PositiveFloat = 10.0
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 100
+    learning_rate: PositiveFloat = 1e-3
+    betas: tuple[_Beta, _Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    seed: NonNegativeInt = 0
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
     thermodynamic: ThermodynamicConfig = field(default_factory=ThermodynamicConfig)
     grid_update: GridUpdateConfig = field(default_factory=GridUpdateConfig)
-    checkpoint_every: int = 500
-    log_every: int = 1
+    checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 1
 
 
 @dataclass(frozen=True)
@@ -240,11 +278,11 @@ class VAEConfig:
     """The VAE baseline (App. F.2.2): CNN encoder, decoder matching the KAEM CNN generator."""
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
-    latent_dim: int = 81
-    encoder_channels: tuple[int, ...] = (32, 64, 128)
-    decoder_channels: tuple[int, ...] = (128, 64, 32)
-    leaky_slope: float = 0.2
-    likelihood_variance: float = 0.25
+    latent_dim: PositiveInt = 81
+    encoder_channels: tuple[PositiveInt, ...] = (32, 64, 128)
+    decoder_channels: tuple[PositiveInt, ...] = (128, 64, 32)
+    leaky_slope: NonNegativeFloat = 0.2
+    likelihood_variance: PositiveFloat = 0.25
 
 
 T = TypeVar("T")
@@ -253,6 +291,11 @@ T = TypeVar("T")
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:
+        value = _convert(value, args[0], path)
+        for bound in args[1:]:
+            bound.check(value, path)
+        return value
     if origin is typing.Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
@@ -322,7 +365,7 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -
     mapping = {} if mapping is None else mapping
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {mapping!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - names)
     where = f"{path}." if path else ""

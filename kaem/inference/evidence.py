@@ -15,10 +15,12 @@ Standard errors use the delta method on the mean of the importance weights: for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from kaem.inference.posterior import sample_power_posteriors
 from kaem.losses import thermodynamic_integration
@@ -43,6 +45,7 @@ def importance_log_evidence(
     n_samples: int = 10_000,
     chunk: int = 1_000,
     generator: torch.Generator | None = None,
+    on_chunk: Callable[[], None] | None = None,
 ) -> EvidenceEstimate:
     """``log p(x_b) ~= log (1/S) sum_s p(x_b | z_s)``, ``z_s ~ pi`` (eqs. 3, 36).
 
@@ -56,11 +59,15 @@ def importance_log_evidence(
         ``S`` prior draws, shared by the batch, generated ``chunk`` at a time.
     generator
         Randomness of the prior draws.
+    on_chunk
+        Called after every chunk (a progress bar's update).
     """
     log_lik = []
     for start in range(0, n_samples, chunk):
         z = model.prior.sample(min(chunk, n_samples - start), generator)
         log_lik.append(model.likelihood.pairwise_log_prob(x, model.decode(z)))  # (B, s)
+        if on_chunk is not None:
+            on_chunk()
     return log_mean_exp_with_stderr(torch.cat(log_lik, dim=1), dim=1)
 
 
@@ -93,6 +100,7 @@ def steppingstone_log_evidence(
     n_steps: int = 200,
     step_size: float = 0.005,
     generator: torch.Generator | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> SteppingstoneEstimate:
     """Steppingstone estimate of ``log p(x_b)`` from population ULA (eqs. 12, 22-25, 40).
 
@@ -116,6 +124,8 @@ def steppingstone_log_evidence(
         ``S`` chains per data point and temperature, ULA steps and step size.
     generator
         Randomness of the chains.
+    on_step
+        Called after every population step (a progress bar's update).
     """
     temperatures = power_temperatures(n_temps, exponent, dtype=x.dtype).to(x.device)
     population = sample_power_posteriors(
@@ -126,6 +136,7 @@ def steppingstone_log_evidence(
         n_steps=n_steps,
         step_size=step_size,
         generator=generator,
+        on_step=on_step,
     )
     dt = (temperatures[1:] - temperatures[:-1])[:, None, None]
     with torch.no_grad():
@@ -153,6 +164,7 @@ def evaluate_log_evidence(
     step_size: float = 0.005,
     batch_size: int = 25,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Held-out ``log p(x)`` of a trained model, averaged over ``images``, by every estimator.
 
@@ -177,6 +189,9 @@ def evaluate_log_evidence(
         Images per batch.
     seed
         Seed of every random draw.
+    progress
+        Show a progress bar with the time left (tqdm), counting prior-draw chunks and
+        population steps.
 
     Returns
     -------
@@ -201,6 +216,13 @@ def evaluate_log_evidence(
     def add(name: str, estimate: Tensor, stderr: Tensor) -> None:
         parts.setdefault(name, []).append(EvidenceEstimate(estimate.detach(), stderr.detach()))
 
+    n_batches = -(-images.shape[0] // batch_size)
+    per_batch = 1 if isinstance(model, VAE) else -(-n_samples // 1_000) + steppingstone * n_steps
+    bar = tqdm(total=n_batches * per_batch, disable=not progress, desc="log p(x)", unit="step")
+
+    def tick() -> None:
+        bar.update(1)
+
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         if isinstance(model, VAE):
@@ -209,8 +231,12 @@ def evaluate_log_evidence(
                     model, x, n_samples=n_samples, generator=g, batch_size=100
                 )
                 add("iwae_bound", *bound)
+            tick()
             continue
-        add("importance", *importance_log_evidence(model, x, n_samples=n_samples, generator=g))
+        add(
+            "importance",
+            *importance_log_evidence(model, x, n_samples=n_samples, generator=g, on_chunk=tick),
+        )
         if steppingstone:
             ss = steppingstone_log_evidence(
                 model,
@@ -220,10 +246,12 @@ def evaluate_log_evidence(
                 n_steps=n_steps,
                 step_size=step_size,
                 generator=g,
+                on_step=tick,
             )
             add("steppingstone", ss.estimate, ss.stderr)
             add("ti_trapezium", ss.trapezium, torch.full_like(ss.trapezium, float("nan")))
             add("ti_corrected", ss.corrected, torch.full_like(ss.corrected, float("nan")))
+    bar.close()
     pixels = images[0].numel()
     out = {}
     for name, estimates in parts.items():

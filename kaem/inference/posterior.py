@@ -279,6 +279,14 @@ class PopulationSample(NamedTuple):
     acceptance: Tensor
 
 
+def _prepend_level(levels: list[Tensor], exact: tuple[Tensor, ...]) -> list[Tensor]:
+    """Put the exact ``t = 0`` level before the chained ones: its ``(z, log_lik, mean, var)``
+    from ``exact``, and NaN swap and acceptance rates (no chain, no swap, no move)."""
+    nan = levels[-1].new_full((1,), float("nan"))
+    moments = [torch.cat([a[None], b]) for a, b in zip(exact, levels[:4], strict=True)]
+    return moments + [torch.cat([nan, rate]) for rate in levels[4:]]
+
+
 def sample_power_posteriors(
     model: KAEM,
     x: Tensor,
@@ -292,6 +300,7 @@ def sample_power_posteriors(
     nonfinite: NonFinitePolicy = "raise",
     max_retries: int = 3,
     generator: torch.Generator | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> PopulationSample:
     """Population Langevin on ``p_t(z | x) ∝ p(x | z)^t pi(z)`` with replica swaps (eqs. 12, 25).
 
@@ -315,6 +324,8 @@ def sample_power_posteriors(
         ``S``, chains per data point and temperature.
     n_steps, step_size, swap_every, sampler, nonfinite, max_retries, generator
         As in :func:`sample_posterior`; a non-finite value is reported with its temperature.
+    on_step
+        Called after every step of the population (a progress bar's update); host-side only.
     """
     check_langevin_prior(model, "power-posterior sampling")
     if sampler not in ("ula", "mala"):
@@ -344,6 +355,8 @@ def sample_power_posteriors(
         def accumulate(step: int, ll: Tensor) -> None:
             if step > burn_in:
                 trace.add(ll)
+            if on_step is not None:
+                on_step()
 
         z, info = tempered(
             sampler,
@@ -374,13 +387,7 @@ def sample_power_posteriors(
     mean, var = mean.reshape(shape).mean(1), var.reshape(shape).mean(1)
     levels = [z, ll, mean, var, info.swap_acceptance_rate, info.acceptance_rate]
     if exact_prior:
-        draws = max(n_steps - burn_in, 2)
-        exact = _exact_prior_level(model, x, n_chains, draws, generator)
-        nan = info.acceptance_rate.new_full((1,), float("nan"))  # no chain, no swap, no move
-        levels = [torch.cat([a[None], b]) for a, b in zip(exact, levels[:4], strict=True)]
-        levels += [
-            torch.cat([nan, info.swap_acceptance_rate]),
-            torch.cat([nan, info.acceptance_rate]),
-        ]
+        exact = _exact_prior_level(model, x, n_chains, max(n_steps - burn_in, 2), generator)
+        levels = _prepend_level(levels, exact)
     z, ll, mean, var, swap_rate, acceptance = levels
     return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries, acceptance)
