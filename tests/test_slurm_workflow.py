@@ -141,7 +141,9 @@ def test_every_rule_but_the_local_ones_is_its_own_slurm_job(tiny_run):
     # The workflow profile came after the SLURM profile and left its resources alone (the
     # partitions and limits checked below would otherwise be its own).
     assert "workflow specific profile" in tiny_run.log
-    default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    default = yaml.safe_load(
+        (REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text()
+    )
     assert not {"default-resources", "set-resources", "resources", "executor"} & set(default)
     # One SLURM job per rule and wildcard value: each cell trained, sampled... in its own.
     logs = slurm_logs(tiny_run)

@@ -239,6 +239,24 @@ MALFORMED = [
         id="override.train.batch_size-2",
     ),
     pytest.param(
+        "cells.tiny_is.override.train.batch_size",
+        0,
+        r"cells\.tiny_is\.override: train\.batch_size: 0 is out of range; it must be at least 1",
+        id="override.train.batch_size-3",
+    ),
+    pytest.param(
+        "cells.tiny_is.override.train.learning_rate",
+        -0.001,
+        r"cells\.tiny_is\.override: train\.learning_rate: -0\.001 is out of range",
+        id="override.train.learning_rate",
+    ),
+    pytest.param(
+        "common_override.train.importance.n_samples",
+        0,
+        r"cells\.tiny_thermo\.override: train\.importance\.n_samples: 0 is out of range",
+        id="common_override.train.importance.n_samples",
+    ),
+    pytest.param(
         "metrics.sizes",
         [100, 200],
         r"metrics\.sizes: \[100, 200\] is too short",

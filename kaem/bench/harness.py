@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from kaem.bench.cases import BENCHMARKS, SUITES
+from kaem.cli import positive_int
 
 __all__ = ["RATIOS", "BenchResult", "main", "measure", "payload", "ratios", "run_benchmarks"]
 
@@ -220,16 +221,27 @@ def payload(results: Sequence[BenchResult], device: str | torch.device, n_sample
     }
 
 
-def main(argv: Sequence[str] | None = None) -> list[BenchResult]:
-    """``python -m kaem.bench``: run a suite, print a line per benchmark, then the ratios."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kaem.bench",
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+    prog: str = "python -m kaem.bench",
+) -> list[BenchResult]:
+    """``python -m kaem.bench``: run a suite, print a line per benchmark, then the ratios.
+
+    ``parser_class`` and ``prog`` let ``kaem bench`` parse the same options with its own
+    error handling.
+    """
+    parser = parser_class(
+        prog=prog,
         description="Benchmarks of App. A: one line per benchmark (median seconds over "
         "repeats, peak MiB), then the ratios the paper's claims rest on.",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=10_000, help="prior samples per call")
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument(
+        "--samples", type=positive_int, default=10_000, help="prior samples per call"
+    )
     parser.add_argument(
         "--only", nargs="*", choices=list(BENCHMARKS), help="benchmarks to run (default: a suite)"
     )
@@ -240,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> list[BenchResult]:
         help="core: NIST IS and prior sampling; svhn: training steps and generation with the "
         "SVHN settings (minutes on a CPU); all: both",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

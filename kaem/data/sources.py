@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,12 @@ def _packaged_source(name: str) -> Source:
     raise DataError(f"no package ships an offline copy of {name}")
 
 
+def _remove_empty_folders(root: Path) -> None:
+    """Remove ``root`` if a failed download left it holding nothing but empty folders."""
+    if root.is_dir() and not any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def resolve_source(
     name: str,
     spec: DatasetSpec,
@@ -189,19 +196,22 @@ def resolve_source(
     tried: list[str] = []
     if name != "tiny":
         verb = "download into" if download else "cache in"
+        existed = root.exists()
         try:
             return _torchvision_source(name, root, download, spec, progress)
         except Exception as exc:  # network, missing files, gdown... any failure moves on
             tried.append(f"torchvision ({verb} {root}): {type(exc).__name__}: {exc}")
+            if not existed:
+                _remove_empty_folders(root)
     try:
         return _packaged_source(name)
     except (DataError, ImportError) as exc:
         tried.append(f"packaged copy: {exc}")
     lines = "\n".join(f"  - {t}" for t in tried)
+    given = "pass source=PATH (kaem prepare-data --source PATH)"
     hint = {
-        "svhn": f"download train_32x32.mat (SVHN cropped digits) and pass source=PATH, "
-        f"or put it in {root}/",
-        "celeba": f"download img_align_celeba.zip (CelebA aligned images) and pass "
-        f"source=PATH, or put it in {root / 'celeba'}/",
-    }.get(name, "pass source=PATH to a copy of the raw files")
+        "svhn": f"download train_32x32.mat (SVHN cropped digits) and {given}, or put it in {root}/",
+        "celeba": f"download img_align_celeba.zip (CelebA aligned images) and {given}, or put "
+        f"it in {root / 'celeba'}/",
+    }.get(name, f"{given} to a copy of the raw files")
     raise DataError(f"could not find the {name} images; tried:\n{lines}\nTo fix: {hint}")

@@ -1,9 +1,16 @@
 """Training: step functions per criterion, the loop, checkpoints, the CSV log, grid updates."""
 
-from kaem.training.checkpoint import Checkpoint
+from kaem.training.checkpoint import Checkpoint, ResumeError, check_resume
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
-from kaem.training.loop import EpochBatches, NonFiniteLossError, TrainResult, train
+from kaem.training.loop import (
+    EpochBatches,
+    NonFiniteLossError,
+    TrainResult,
+    check_setup,
+    resolve_device,
+    train,
+)
 from kaem.training.steps import (
     CRITERIA,
     Progress,
@@ -23,12 +30,16 @@ __all__ = [
     "GridUpdates",
     "NonFiniteLossError",
     "Progress",
+    "ResumeError",
     "StepFn",
     "TrainResult",
     "build_step",
+    "check_resume",
+    "check_setup",
     "elbo_step",
     "importance_step",
     "langevin_step",
+    "resolve_device",
     "thermodynamic_step",
     "train",
 ]

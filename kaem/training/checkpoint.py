@@ -14,7 +14,58 @@ from kaem.config import RESUMABLE_KEYS, to_dict
 from kaem.io import atomic_torch_save, read_checkpoint
 from kaem.training.grids import GridUpdates
 
-__all__ = ["Checkpoint"]
+__all__ = ["Checkpoint", "ResumeError", "check_resume"]
+
+
+class ResumeError(ValueError):
+    """A run folder's checkpoint was written with settings that a resumed run may not change."""
+
+
+def _differences(saved: Any, current: Any, key: str = "") -> list[str]:
+    """``key: saved -> current`` for every (dotted) setting whose value differs."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        names = sorted(set(saved) | set(current))
+        return [
+            line
+            for name in names
+            for line in _differences(
+                saved.get(name), current.get(name), f"{key}.{name}" if key else name
+            )
+        ]
+    return [] if saved == current else [f"{key}: {saved!r} -> {current!r}"]
+
+
+def check_resume(
+    path: Path, train_config: dict[str, Any], model_config: dict[str, Any] | None
+) -> int | None:
+    """The step that the checkpoint at ``path`` resumes from, or None if there is none.
+
+    Raises
+    ------
+    ResumeError
+        If the checkpoint was written with other model settings, or with other training
+        settings outside :data:`kaem.config.RESUMABLE_KEYS`, naming each that differs.
+    """
+    if not path.exists():
+        return None
+    state = read_checkpoint(path, map_location="cpu")
+    _refuse_changes(path, state, train_config, model_config)
+    return int(state["step"])
+
+
+def _refuse_changes(
+    path: Path, state: dict[str, Any], train_config: dict[str, Any], model_config: Any
+) -> None:
+    saved_train = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_KEYS}
+    current = {k: v for k, v in train_config.items() if k not in RESUMABLE_KEYS}
+    changed = [f"train.{line}" for line in _differences(saved_train, current)]
+    if state.get("model_config") is not None and model_config is not None:
+        changed += [f"model.{line}" for line in _differences(state["model_config"], model_config)]
+    if changed:
+        raise ResumeError(
+            f"the checkpoint in {path.parent} was written with different settings "
+            f"({'; '.join(changed)}); use a new folder or restore the settings"
+        )
 
 
 class Checkpoint:
@@ -54,7 +105,7 @@ class Checkpoint:
         if not self.path.exists():
             return 0, 0.0
         state = read_checkpoint(self.path, map_location="cpu")
-        self._check_resumable(state["train_config"])
+        _refuse_changes(self.path, state, self.train_config, _model_config(self.model))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         saved_device = state.get("device_type", "cpu")
@@ -74,36 +125,28 @@ class Checkpoint:
         return int(state["step"]), float(state["elapsed"])
 
     def save(self, step: int, elapsed: float) -> None:
-        atomic_torch_save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "rng": self.rng.get_state(),
-                "device_type": self.rng.device.type,
-                "grid_schedule": None if self.grids is None else self.grids.state_dict(),
-                "step": step,
-                "elapsed": elapsed,
-                "train_config": self.train_config,
-                "model_kind": type(self.model).__name__,
-                "model_config": _model_config(self.model),
-                "kaem_version": __version__,
-            },
-            self.path,
-        )
+        """Write the state after ``step`` updates, atomically; an OSError names the file."""
+        try:
+            atomic_torch_save(self._state(step, elapsed), self.path)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot write the checkpoint {self.path}: {exc.strerror or exc}"
+            ) from exc
 
-    def _check_resumable(self, saved: dict[str, Any]) -> None:
-        current = self.train_config
-        diff = sorted(
-            k
-            for k in set(saved) | set(current)
-            if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
-        )
-        if diff:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"the checkpoint in {self.path.parent} was written with different training "
-                f"settings ({detail}); use a new folder or restore the settings"
-            )
+    def _state(self, step: int, elapsed: float) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.get_state(),
+            "device_type": self.rng.device.type,
+            "grid_schedule": None if self.grids is None else self.grids.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "train_config": self.train_config,
+            "model_kind": type(self.model).__name__,
+            "model_config": _model_config(self.model),
+            "kaem_version": __version__,
+        }
 
 
 def _model_config(model: nn.Module) -> dict[str, Any] | None:

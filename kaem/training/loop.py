@@ -35,7 +35,44 @@ from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
 from kaem.training.steps import Progress, StepFn, build_step
 
-__all__ = ["EpochBatches", "NonFiniteLossError", "TrainResult", "train"]
+__all__ = [
+    "EpochBatches",
+    "NonFiniteLossError",
+    "TrainResult",
+    "check_setup",
+    "resolve_device",
+    "train",
+]
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The device ``name`` names, checked to exist here; ``auto`` (or None) is CUDA when this
+    process sees a GPU, else the CPU.
+
+    Raises
+    ------
+    ValueError
+        A name that is not a device, or a device this machine does not have.
+    """
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {str(name)!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(name)!r} was asked for, but this machine has no GPU")
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {str(name)!r} was asked for, but this machine has {count} GPU(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r} was asked for, but MPS is not available here")
+    return device
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -102,9 +139,22 @@ def _training_images(model: nn.Module, images: Any, cfg: TrainConfig) -> Tensor:
             f"training images must have shape (N, {', '.join(map(str, shape))}) for this model, "
             f"got {tuple(images.shape)}"
         )
+    return images
+
+
+def check_setup(model: nn.Module, cfg: TrainConfig) -> None:
+    """The checks of :func:`train` that need no data, for a caller to run before any work:
+    the criterion exists and suits the model's prior, and its grids can follow samples.
+
+    Raises
+    ------
+    ValueError
+        Naming the setting at fault and what to change.
+    """
+    build_step(cfg)
     if cfg.criterion in ("ula", "thermodynamic"):
         check_langevin_prior(model, f"train.criterion {cfg.criterion!r}")
-    return images
+    GridUpdates.from_config(cfg, model)
 
 
 def _total_steps(cfg: TrainConfig, per_epoch: int) -> int:
@@ -172,11 +222,12 @@ def train(
     -------
     TrainResult
     """
+    check_setup(model, cfg)
     step_fn = build_step(cfg)
     batches = EpochBatches(_training_images(model, images, cfg), cfg.batch_size, cfg.seed)
     grids = GridUpdates.from_config(cfg, model)
     total = _total_steps(cfg, batches.per_epoch)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)

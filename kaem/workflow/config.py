@@ -41,6 +41,7 @@ from kaem.config import (
 )
 from kaem.data import DATASETS
 from kaem.presets import PRESETS, merge
+from kaem.training import resolve_device
 
 __all__ = [
     "RESERVED_TABLES",
@@ -329,16 +330,6 @@ def load_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[st
 
 
 # ----------------------------------------------------------------------------- run time
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None) is CUDA when this process sees a GPU, else the CPU."""
-    if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(name)!r} was asked for, but this machine has no GPU")
-    return device
 
 
 def build_cell_model(cfg: Mapping[str, Any]) -> nn.Module:
