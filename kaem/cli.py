@@ -83,7 +83,11 @@ def resolve_run_config(
         try:
             file_cfg = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(
+                f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+            ) from None
         if not isinstance(file_cfg, dict):
             raise ConfigError(f"{path}: expected a mapping with model and train sections")
         preset_name = file_cfg.pop("preset", preset_name)

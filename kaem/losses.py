@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kaem.checks import check_finite_log_lik
 from kaem.model import KAEM
 from kaem.samplers import effective_sample_size, resample_if_needed
 
@@ -145,10 +146,7 @@ def importance_posterior(
     z = model.prior.sample(n_samples, generator)  # (S, *event); no gradient through sampling
     x_hat = model.decode(z, noise=noise, generator=generator)  # (S, C, H, W)
     log_lik = model.likelihood.pairwise_log_prob(x, x_hat)  # (B, S)
-    finite = torch.isfinite(log_lik.detach()).all(1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
-        raise FloatingPointError(f"log-likelihood is NaN or infinite for data points {bad[:10]}")
+    check_finite_log_lik(log_lik, sample_dim=1)
     with torch.no_grad():
         ancestors, weights, resampled = resample_if_needed(
             log_lik.detach(), ess_threshold, resampler, generator

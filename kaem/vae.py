@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kaem.checks import check_finite_log_lik
 from kaem.config import VAEConfig, from_dict
 from kaem.generators import CNNGenerator
 from kaem.likelihood import GaussianLikelihood
@@ -332,10 +333,7 @@ def elbo_loss(
     eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     x_hat = _decode_samples(vae, _reparameterise(mu, logvar, eps))  # (K, B, C, H, W)
     log_lik = vae.likelihood.log_prob(x, x_hat)  # (K, B)
-    finite = torch.isfinite(log_lik.detach()).all(0)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
-        raise FloatingPointError(f"log-likelihood is NaN or infinite for data points {bad[:10]}")
+    check_finite_log_lik(log_lik, sample_dim=0)
     log_lik = log_lik.mean(0)
     kl = gaussian_kl(mu, logvar)
     elbo = log_lik - kl

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kaem.checks import check_count
 from kaem.data.spec import FORMAT_VERSION, DataError
 from kaem.io import atomic_path
 
@@ -258,8 +259,7 @@ def write_samples(
         ``path``.
     """
     for what, value in (("n", n), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be a positive int, got {value!r}")
+        check_count(what, value)
     path = Path(path)
     model.eval()
     bar = tqdm(total=n, desc="sample", unit="img", disable=not progress)
@@ -309,8 +309,7 @@ def read_samples(path: str | os.PathLike, start: int = 0, stop: int | None = Non
 
 def iter_samples(path: str | os.PathLike, batch_size: int = 500) -> Iterator[np.ndarray]:
     """The images of a samples file in batches of uint8 ``(b, C, H, W)``, in order."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_count("batch_size", batch_size)
     with _open_samples(Path(path)) as f:
         images = f["images"]
         for start in range(0, images.shape[0], batch_size):

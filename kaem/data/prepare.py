@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from kaem.checks import check_count
 from kaem.data.h5 import write_h5
 from kaem.data.sources import Source, resolve_source
 from kaem.data.spec import DATASETS, FORMAT_VERSION, DataError
@@ -47,12 +47,6 @@ def _draw_split(
     train = np.sort(rng.permutation(source.train.size)[:n_train])
     test = np.sort(rng.permutation(source.test.size)[:n_test])
     return train, test
-
-
-def _check_count(what: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def prepare_dataset(
@@ -106,9 +100,9 @@ def prepare_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     spec = DATASETS[name]
-    n_train = _check_count("n_train", spec.n_train if n_train is None else n_train, 1)
-    n_test = _check_count("n_test", spec.n_test if n_test is None else n_test, 1)
-    seed = _check_count("seed", seed, 0)
+    n_train = check_count("n_train", spec.n_train if n_train is None else n_train, 1)
+    n_test = check_count("n_test", spec.n_test if n_test is None else n_test, 1)
+    seed = check_count("seed", seed, 0)
     out_path = Path(out_path)
     root = out_path.parent / "downloads" if root is None else Path(root)
 

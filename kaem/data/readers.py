@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kaem.checks import check_count
 from kaem.data.spec import DataError
 
 __all__ = [
@@ -368,15 +369,13 @@ def _decode_images(
 
 
 def _check_size_crop(size: int, crop: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
-        raise ValueError(f"crop must be a positive int, got {crop!r}")
+    check_count("size", size)
+    check_count("crop", crop)
 
 
 def _select(names: list[str], limit: int | None, indices: Sequence[int] | None) -> list[str]:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    if limit is not None:
+        check_count("limit", limit, 0)
     if indices is not None:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(names)):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from kaem import quadrature as quad
 from kaem.cache import ParameterCache
+from kaem.checks import check_count
 from kaem.kan import KANLayer
 from kaem.reference import ReferencePrior
 
@@ -171,8 +172,7 @@ class EnergyPrior(nn.Module):
         return asked > self.table_threshold
 
     def _check_n(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+        check_count("the number of samples (a positive integer)", n)
 
     def _uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
         return torch.rand(

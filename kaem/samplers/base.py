@@ -22,6 +22,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from kaem.checks import check_count
+
 __all__ = ["Bounds", "LogDensityFn", "NonFiniteError", "NonFiniteRecord", "reflect"]
 
 LogDensityFn = Callable[[Tensor], Tensor]
@@ -99,8 +101,7 @@ class NonFiniteRecord:
 
 
 def check_steps(n_steps: int, name: str = "n_steps") -> None:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {n_steps!r}")
+    check_count(name, n_steps, 0)
 
 
 def check_bounds(bounds: Bounds | None) -> Bounds | None:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from kaem.checks import check_count
+
 __all__ = [
     "RESAMPLERS",
     "Resampler",
@@ -64,8 +66,7 @@ def _prepare(weights: Tensor, num_samples: int | None) -> tuple[Tensor, int, tor
     n = weights.shape[-1]
     if num_samples is None:
         num_samples = n
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_count("num_samples", num_samples)
 
     finite = torch.isfinite(weights)
     if not bool(finite.all()):

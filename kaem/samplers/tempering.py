@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kaem.checks import check_count
 from kaem.samplers.base import (
     Bounds,
     NonFiniteRecord,
@@ -143,8 +144,7 @@ def power_temperatures(
     Tensor, shape (N_t + 1,)
         Increasing temperatures with ``t_0 = 0`` and ``t_{N_t} = 1`` exactly.
     """
-    if isinstance(n_temps, bool) or not isinstance(n_temps, int) or n_temps < 1:
-        raise ValueError(f"n_temps must be an int >= 1, got {n_temps!r}")
+    check_count("n_temps", n_temps)
     if not (math.isfinite(exponent) and exponent > 0):
         raise ValueError(f"exponent must be finite and > 0, got {exponent!r}")
     k = torch.arange(n_temps + 1, dtype=torch.float64)
@@ -176,12 +176,10 @@ def cosine_exponent_schedule(
     float
         ``p_i``.
     """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    check_count("total_steps", total_steps)
     if not 0 <= step <= total_steps:
         raise ValueError(f"step must lie in [0, total_steps={total_steps}], got {step!r}")
-    if isinstance(n_cycles, bool) or not isinstance(n_cycles, int) or n_cycles < 0:
-        raise ValueError(f"n_cycles must be an int >= 0, got {n_cycles!r}")
+    check_count("n_cycles", n_cycles, 0)
     phase = math.pi * (2 * n_cycles + 1) * step / total_steps
     return p_start + (p_end - p_start) * (1 - math.cos(phase)) / 2
 
@@ -379,8 +377,7 @@ def tempered(
     move = KERNELS[kernel] if isinstance(kernel, str) else kernel
     check_steps(n_steps)
     bounds = check_bounds(bounds)
-    if isinstance(swap_every, bool) or not isinstance(swap_every, int) or swap_every < 1:
-        raise ValueError(f"swap_every must be an int >= 1, got {swap_every!r}")
+    check_count("swap_every", swap_every)
     temperatures = torch.as_tensor(temperatures, dtype=z0.dtype, device=z0.device)
     _check_population(z0, None, temperatures)
     n_temps = len(temperatures)
