@@ -25,6 +25,7 @@ __all__ = [
     "GridUpdateConfig",
     "ImportanceConfig",
     "KANConfig",
+    "LEBMConfig",
     "LangevinConfig",
     "ModelConfig",
     "PriorConfig",
@@ -185,6 +186,27 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LEBMConfig:
+    """Pang et al.'s (2020) latent EBM (:mod:`kaem.lebm`) with one of KAEM's generators.
+
+    ``energy_widths`` are the hidden widths of the energy MLP and ``energy_slope`` its
+    LeakyReLU slope; ``base_scale`` is ``sigma`` of the Gaussian base; ``prior_n_steps`` and
+    ``prior_step_size`` set the short-run prior sampler (``eta = s^2 / 2``: Pang et al.'s
+    ``s = 0.4`` is ``eta = 0.08``).
+    """
+
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (3, 32, 32)
+    latent_dim: PositiveInt = 81
+    energy_widths: tuple[PositiveInt, ...] = (200, 200)
+    energy_slope: NonNegativeFloat = 0.2
+    base_scale: PositiveFloat = 1.0
+    prior_n_steps: PositiveInt = 60
+    prior_step_size: PositiveFloat = 0.08
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(kind="cnn"))
+    likelihood_variance: PositiveFloat = 0.25
+
+
+@dataclass(frozen=True)
 class GridUpdateConfig:
     """Grid updating schedule (Liu et al. 2024; Table 4).
 
@@ -253,15 +275,20 @@ class TrainConfig:
     """Training settings (Tables 4-5).
 
     ``criterion``: ``importance`` (IS maximum likelihood), ``ula`` (Langevin posterior
-    maximum likelihood), ``thermodynamic`` (steppingstone over power posteriors) or ``elbo``
-    (the VAE baseline).
+    maximum likelihood), ``thermodynamic`` (steppingstone over power posteriors), ``elbo``
+    (the VAE baseline) or ``lebm`` (Pang et al.'s latent EBM, short-run Langevin for both the
+    prior and the posterior, with the ``langevin`` section's posterior settings).
+
+    ``prior_learning_rate``, if set, is the learning rate of the prior's parameters (the rest
+    keep ``learning_rate``): Pang et al. train their energy at 2e-5 and the generator at 1e-4.
     """
 
-    criterion: Literal["importance", "ula", "thermodynamic", "elbo"] = "importance"
+    criterion: Literal["importance", "ula", "thermodynamic", "elbo", "lebm"] = "importance"
     epochs: PositiveFloat = 10.0
     max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 100
     learning_rate: PositiveFloat = 1e-3
+    prior_learning_rate: PositiveFloat | None = None
     betas: tuple[_Beta, _Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     seed: NonNegativeInt = 0

@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from kaem.config import LEBMConfig, ModelConfig, VAEConfig
 from kaem.io import read_checkpoint
+from kaem.lebm import LEBM, build_lebm
 from kaem.model import KAEM, build_model
 from kaem.vae import VAE, build_vae
 
@@ -21,20 +23,23 @@ __all__ = ["MODEL_KINDS", "ModelKind", "build", "kind_of", "load_model"]
 
 
 class ModelKind(NamedTuple):
-    """One kind of model: its class, builder (``build(cfg, seed)``) and criteria."""
+    """One kind of model: its class, builder (``build(cfg, seed)``), criteria and the config
+    dataclass of its ``model`` section."""
 
     name: str
     cls: type[nn.Module]
     build: Callable[..., nn.Module]
     criteria: tuple[str, ...]
+    config: type
 
 
 #: Every kind of model, by the name its checkpoints record.
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
     for kind in (
-        ModelKind("KAEM", KAEM, build_model, ("importance", "ula", "thermodynamic")),
-        ModelKind("VAE", VAE, build_vae, ("elbo",)),
+        ModelKind("KAEM", KAEM, build_model, ("importance", "ula", "thermodynamic"), ModelConfig),
+        ModelKind("VAE", VAE, build_vae, ("elbo",), VAEConfig),
+        ModelKind("LEBM", LEBM, build_lebm, ("lebm",), LEBMConfig),
     )
 }
 

@@ -124,6 +124,35 @@ def _vae(image_shape: list[int], encoder: list[int], decoder: list[int]) -> dict
     }
 
 
+def _lebm(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
+    """Pang et al.'s (2020) latent EBM (``train_svhn.py``: 60 prior steps of s = 0.4, 20
+    posterior steps of s = 0.1, i.e. eta = s^2 / 2; energy MLP 200-200 with LeakyReLU 0.2;
+    Adam at 2e-5 for the energy and 1e-4 for the generator, betas 0.5 and 0.999) on the
+    KAEM cells' CNN generator and likelihood, with their latent width and epochs."""
+    return {
+        "model": {
+            "image_shape": image_shape,
+            "latent_dim": 81,
+            "energy_widths": [200, 200],
+            "energy_slope": 0.2,
+            "prior_n_steps": 60,
+            "prior_step_size": 0.08,
+            "generator": {"kind": "cnn", "channels": channels},
+            "likelihood_variance": 0.25,
+        },
+        "train": {
+            "criterion": "lebm",
+            "epochs": 200,
+            "batch_size": 100,
+            "learning_rate": 1e-4,
+            "prior_learning_rate": 2e-5,
+            "betas": [0.5, 0.999],
+            "langevin": {"n_steps": 20, "step_size": 0.005},
+            "grid_update": {"enabled": False},
+        },
+    }
+
+
 _TINY: dict[str, Any] = {
     "model": {
         "image_shape": [1, 8, 8],
@@ -159,6 +188,9 @@ def _register() -> None:
             # Not the paper: scikit-learn's 8x8 digits (``kaem prepare-data tiny``), trained
             # in a minute on a laptop CPU to try the tools.
             "tiny": _TINY,
+            # Pang et al.'s latent EBM, the baseline the exact prior replaces.
+            "lebm_svhn": _lebm([3, 32, 32], [128, 64, 32]),
+            "lebm_celeba": _lebm([3, 64, 64], [256, 128, 64, 32]),
             # The VAE baselines of Tables 1-2.
             "vae_svhn": _vae([3, 32, 32], [32, 64, 128], [128, 64, 32]),
             "vae_celeba": _vae([3, 64, 64], [32, 64, 128, 256], [256, 128, 64, 32]),

@@ -3,6 +3,7 @@
 import torch
 
 from kaem.bases import build_basis
+from kaem.generators import Generator
 from kaem.kan import KANLayer
 from kaem.prior import UnivariateEnergyPrior
 from kaem.reference import ReferencePrior
@@ -33,3 +34,23 @@ def one_dimensional_prior() -> UnivariateEnergyPrior:
     with torch.no_grad():
         kan.coef.copy_(torch.tensor([0.5, -1.0, 1.5, 0.0, -0.5, 1.0]).reshape(1, 6, 1))
     return UnivariateEnergyPrior(kan, ref, n_nodes=100)
+
+
+class LinearGenerator(Generator):
+    """x = W h + b on a (1, 1, D) image, no output activation.
+
+    ``blow_up``: outputs are NaN where some ``|h| > blow_up`` (to exercise non-finite policies,
+    now that chains on the prior's bounded domain cannot diverge).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, blow_up: float | None = None):
+        super().__init__(weight.shape[1], (1, 1, weight.shape[0]), "none")
+        self.weight = torch.nn.Parameter(weight.clone())
+        self.bias = torch.nn.Parameter(bias.clone())
+        self.blow_up = blow_up
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        x = h @ self.weight.T + self.bias
+        if self.blow_up is not None:
+            x = x + torch.log(self.blow_up - h.abs()).sum(-1, keepdim=True) * 0.0
+        return x.reshape(-1, *self.image_shape)

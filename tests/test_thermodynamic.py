@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY_MODEL, one_dimensional_prior
+from helpers import TINY_MODEL, LinearGenerator, one_dimensional_prior
 
 from kaem.bases import build_basis
 from kaem.config import TrainConfig, from_dict
-from kaem.generators import Generator
 from kaem.inference.evidence import importance_log_evidence, steppingstone_log_evidence
 from kaem.inference.posterior import sample_posterior, sample_power_posteriors
 from kaem.kan import KANLayer
@@ -21,26 +20,6 @@ from kaem.model import KAEM, build_model
 from kaem.prior import ReferencePrior, UnivariateEnergyPrior
 from kaem.samplers import power_temperatures
 from kaem.training import NonFiniteLossError, train
-
-
-class LinearGenerator(Generator):
-    """x = W h + b on a (1, 1, D) image, no output activation.
-
-    ``blow_up``: outputs are NaN where some ``|h| > blow_up`` (to exercise non-finite policies,
-    now that chains on the prior's bounded domain cannot diverge).
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, blow_up: float | None = None):
-        super().__init__(weight.shape[1], (1, 1, weight.shape[0]), "none")
-        self.weight = torch.nn.Parameter(weight.clone())
-        self.bias = torch.nn.Parameter(bias.clone())
-        self.blow_up = blow_up
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        x = h @ self.weight.T + self.bias
-        if self.blow_up is not None:
-            x = x + torch.log(self.blow_up - h.abs()).sum(-1, keepdim=True) * 0.0
-        return x.reshape(-1, *self.image_shape)
 
 
 def _gaussian_prior(dim: int, low=-6.0, high=6.0, n_nodes=200) -> UnivariateEnergyPrior:

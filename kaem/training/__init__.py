@@ -19,6 +19,7 @@ from kaem.training.steps import (
     elbo_step,
     importance_step,
     langevin_step,
+    lebm_step,
     thermodynamic_step,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "elbo_step",
     "importance_step",
     "langevin_step",
+    "lebm_step",
     "resolve_device",
     "thermodynamic_step",
     "train",

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from kaem.config import TrainConfig, to_dict
 from kaem.inference.posterior import check_langevin_prior
+from kaem.kinds import MODEL_KINDS, kind_of
 from kaem.training.checkpoint import Checkpoint
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
@@ -142,6 +143,25 @@ def _training_images(model: nn.Module, images: Any, cfg: TrainConfig) -> Tensor:
     return images
 
 
+def _parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One Adam group, or the prior's parameters at ``cfg.prior_learning_rate`` and the rest."""
+    if cfg.prior_learning_rate is None:
+        return [{"params": list(model.parameters())}]
+    prior = getattr(model, "prior", None)
+    if not isinstance(prior, nn.Module):
+        raise ValueError(
+            f"train.prior_learning_rate is set, but a {type(model).__name__} has no prior with "
+            "parameters of its own; remove the setting"
+        )
+    own = {id(p) for p in prior.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    return [{"params": list(prior.parameters()), "lr": cfg.prior_learning_rate}, {"params": rest}]
+
+
+def _criteria_of(model: nn.Module) -> tuple[str, ...]:
+    return next((k.criteria for k in MODEL_KINDS.values() if isinstance(model, k.cls)), ())
+
+
 def check_setup(model: nn.Module, cfg: TrainConfig) -> None:
     """The checks of :func:`train` that need no data, for a caller to run before any work:
     the criterion exists and suits the model's prior, and its grids can follow samples.
@@ -152,6 +172,13 @@ def check_setup(model: nn.Module, cfg: TrainConfig) -> None:
         Naming the setting at fault and what to change.
     """
     build_step(cfg)
+    kind = kind_of(cfg.criterion)
+    if not isinstance(model, kind.cls):
+        raise ValueError(
+            f"train.criterion {cfg.criterion!r} trains a {kind.name}, but the model is a "
+            f"{type(model).__name__}; choose one of {list(_criteria_of(model))}"
+        )
+    _parameter_groups(model, cfg)
     if cfg.criterion in ("ula", "thermodynamic"):
         check_langevin_prior(model, f"train.criterion {cfg.criterion!r}")
     GridUpdates.from_config(cfg, model)
@@ -232,7 +259,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps
+        _parameter_groups(model, cfg), lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps
     )
     rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
     checkpoint = Checkpoint(out_dir / "checkpoint.pt", model, optimizer, rng, grids, to_dict(cfg))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kaem.config import TrainConfig
 from kaem.inference.posterior import NonFinitePolicy, sample_posterior, sample_power_posteriors
+from kaem.lebm import lebm_loss
 from kaem.losses import importance_loss, mle_loss, thermodynamic_integration, thermodynamic_loss
 from kaem.samplers import cosine_exponent_schedule, power_temperatures
 from kaem.vae import elbo_loss
@@ -29,6 +30,7 @@ __all__ = [
     "elbo_step",
     "importance_step",
     "langevin_step",
+    "lebm_step",
     "thermodynamic_step",
 ]
 
@@ -168,6 +170,37 @@ def thermodynamic_step(
     return step
 
 
+def lebm_step(
+    *, sampler: str, n_steps: int, step_size: float, nonfinite: NonFinitePolicy, max_retries: int
+) -> StepFn:
+    """Pang et al.'s latent-EBM learning (:func:`kaem.lebm.lebm_loss`): short-run ULA
+    posterior samples (``n_steps``, ``step_size``) and prior samples with the prior's settings.
+
+    Their sampler has no Metropolis correction and no retries, so ``sampler`` must be ``ula``
+    and ``nonfinite`` ``raise`` (``max_retries`` is then unused).
+    """
+    if sampler != "ula":
+        raise ValueError(
+            f"train.langevin.sampler {sampler!r}: the lebm criterion runs Pang et al.'s "
+            "short-run ULA; set train.langevin.sampler: ula"
+        )
+    if nonfinite != "raise":
+        raise ValueError(
+            f"train.langevin.nonfinite {nonfinite!r}: the lebm criterion stops on a non-finite "
+            "chain; set train.langevin.nonfinite: raise"
+        )
+
+    def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
+        loss, info = lebm_loss(model, x, n_steps=n_steps, step_size=step_size, generator=generator)
+        return loss, {
+            "log_lik": float(info.log_lik.mean()),
+            "energy_gap": float(info.energy_gap),
+            "mse": float(info.mse),
+        }
+
+    return step
+
+
 #: Criterion name -> its step function, built from a :class:`~kaem.config.TrainConfig`.
 CRITERIA: dict[str, Callable[[TrainConfig], StepFn]] = {
     "importance": lambda cfg: importance_step(**dataclasses.asdict(cfg.importance)),
@@ -176,6 +209,7 @@ CRITERIA: dict[str, Callable[[TrainConfig], StepFn]] = {
         **dataclasses.asdict(cfg.thermodynamic), **dataclasses.asdict(cfg.langevin)
     ),
     "elbo": lambda cfg: elbo_step(),
+    "lebm": lambda cfg: lebm_step(**dataclasses.asdict(cfg.langevin)),
 }
 
 

@@ -36,10 +36,10 @@ from kaem.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
-    VAEConfig,
     from_dict,
 )
 from kaem.data import DATASETS
+from kaem.kinds import kind_of
 from kaem.presets import PRESETS, merge
 from kaem.training import resolve_device
 
@@ -70,6 +70,7 @@ _CRITERION_NAMES = {
     "ula": "ULA",
     "thermodynamic": "thermodynamic",
     "elbo": "ELBO",
+    "lebm": "short-run ULA",
 }
 
 
@@ -180,17 +181,17 @@ def resolve_cell(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     return merge(cfg, cell.get("override") or {})
 
 
-def _is_vae(cfg: Mapping[str, Any]) -> bool:
-    return cfg.get("train", {}).get("criterion") == "elbo"
-
-
 def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
     """Describe cell ``name`` by its dataset, model, basis, sampler and reference prior."""
     cfg = resolve_cell(config, name)
     criterion = cfg["train"].get("criterion", TrainConfig.criterion)
     dataset = config["cells"][name]["dataset"]
-    if _is_vae(cfg):
-        return CellInfo(name, dataset, "VAE", None, criterion, "ELBO", None, None, None)
+    kind = kind_of(criterion)
+    if kind.name != "KAEM":
+        model = from_dict(kind.config, cfg["model"], "model")
+        generator = model.generator.kind if hasattr(model, "generator") else None
+        sampler = _CRITERION_NAMES[criterion]
+        return CellInfo(name, dataset, kind.name, None, criterion, sampler, None, None, generator)
     model = from_dict(ModelConfig, cfg["model"], "model")
     sampler, n_chains = _CRITERION_NAMES[criterion], None
     if criterion == "thermodynamic":
@@ -248,19 +249,18 @@ def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
     if unknown:
         yield f"{where}: unknown top-level section(s) {unknown}; use model and train"
         return
-    vae_preset = cell["preset"].startswith("vae")
+    preset_kind = kind_of(PRESETS[cell["preset"]]["train"]["criterion"])
     try:
         train = from_dict(TrainConfig, cfg.get("train"), "train")
-        model_cls = VAEConfig if vae_preset else ModelConfig
-        model = from_dict(model_cls, cfg.get("model"), "model")
+        model = from_dict(preset_kind.config, cfg.get("model"), "model")
     except ConfigError as exc:
         yield f"{where}.override: {exc}"
         return
-    if vae_preset != (train.criterion == "elbo"):
+    if kind_of(train.criterion) is not preset_kind:
         yield (
             f"{where}.override: train.criterion {train.criterion!r} does not fit preset "
-            f"{cell['preset']!r} (the VAE trains with 'elbo', KAEM with importance, ula or "
-            "thermodynamic)"
+            f"{cell['preset']!r} (a {preset_kind.name} trains with "
+            f"{', '.join(preset_kind.criteria)})"
         )
     spec = DATASETS[dataset]
     if tuple(model.image_shape) != spec.image_shape:
