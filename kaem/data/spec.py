@@ -45,6 +45,8 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
         "fashion_mnist": DatasetSpec("fashion_mnist", (1, 28, 28), 50_000, 100, 10),
         "svhn": DatasetSpec("svhn", (3, 32, 32), 20_000, 100, 10),
         "celeba": DatasetSpec("celeba", (3, 64, 64), 20_000, 100, 0),
+        # The official split: all 50,000 training images, the 10,000 of the test batch.
+        "cifar10": DatasetSpec("cifar10", (3, 32, 32), 50_000, 10_000, 10),
         "tiny": DatasetSpec("tiny", (1, 8, 8), 1_500, 100, 10),
     }
 )
