@@ -630,11 +630,12 @@ def test_load_images_validates_the_file(tmp_path):
 
 def test_datasets_hold_the_paper_splits():
     spec = data.DATASETS
-    assert set(spec) == {"mnist", "fashion_mnist", "svhn", "celeba", "tiny"}
+    assert set(spec) == {"mnist", "fashion_mnist", "svhn", "celeba", "cifar10", "tiny"}
     assert (spec["mnist"].n_train, spec["mnist"].n_test) == (50_000, 100)
     assert (spec["fashion_mnist"].n_train, spec["fashion_mnist"].n_test) == (50_000, 100)
     assert (spec["svhn"].n_train, spec["svhn"].image_shape) == (20_000, (3, 32, 32))
     assert (spec["celeba"].n_train, spec["celeba"].image_shape) == (20_000, (3, 64, 64))
+    assert (spec["cifar10"].n_train, spec["cifar10"].n_test) == (50_000, 10_000)
     assert spec["tiny"].image_shape == (1, 8, 8) and spec["tiny"].n_train + 100 <= 1797
     with pytest.raises(TypeError):
         spec["new"] = spec["tiny"]
