@@ -493,18 +493,19 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
     out = proc.stdout + proc.stderr
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], re.M))
     # App. G.1: 2 NIST datasets x 4 reference priors; Tables 1-2: SVHN and CelebA x (MLE,
-    # Thermo, VAE); App. H: SVHN and CelebA x (MLE, Thermo) with RBF bases.
-    cells = 2 * 4 + 2 * 3 + 2 * 2
-    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == cells == 18
-    assert int(stats["prepare_data"]) == 4 and int(stats["classifier"]) == 2
-    assert int(stats["features_real"]) == 4 and int(stats["features_generated"]) == cells
+    # Thermo, VAE, LEBM); App. H: SVHN and CelebA x (MLE, Thermo) with RBF bases; CIFAR-10 x
+    # (MLE, Thermo, VAE, LEBM).
+    cells = 2 * 4 + 2 * 4 + 2 * 2 + 4
+    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == cells == 24
+    assert int(stats["prepare_data"]) == 5 and int(stats["classifier"]) == 2
+    assert int(stats["features_real"]) == 5 and int(stats["features_generated"]) == cells
     # One job per figure and per table: three figures a cell, two more of a KAEM's prior,
     # one schedule per thermodynamic cell; the paper tables, cells, extractors, benchmark.
-    kaem_cells, thermo_cells = cells - 2, 4
-    assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 90
+    kaem_cells, thermo_cells = cells - 3 - 3, 5
+    assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 113
     assert int(stats["benchmark"]) == int(stats["figure_benchmark"]) == 1
     assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3
-    assert int(stats["total"]) == 184
+    assert int(stats["total"]) == 234
     planned = set(re.findall(r"rule train:.*?wildcards: cell=(\w+)", out, re.S))
     assert planned == set(yaml.safe_load(PAPER.read_text())["cells"])
     # Colour datasets train on a GPU; the criterion of every cell is the paper's.
@@ -515,6 +516,12 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
         "svhn_rbf_thermo",
         "celeba_thermo",
         "celeba_rbf_thermo",
+        "cifar10_thermo",
+    ]
+    assert [c for c, k in criteria.items() if k == "lebm"] == [
+        "svhn_lebm",
+        "celeba_lebm",
+        "cifar10_lebm",
     ]
     assert {k for c, k in criteria.items() if c.endswith("mle")} == {"ula"}
     assert cell_sizes(cfg, "svhn_mle")[-1] == 20_000 and cell_sizes(cfg, "svhn_rbf_mle") == list(
