@@ -50,6 +50,11 @@ class Generator(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.output_activation = output_activation
 
+    def check_input_width(self, width: int, what: str) -> None:
+        """Raise if ``width`` (the ``what`` that feeds this generator) is not ``latent_dim``."""
+        if width != self.latent_dim:
+            raise ValueError(f"{what} {width} does not match the generator input {self.latent_dim}")
+
     def logits(self, h: Tensor) -> Tensor:
         """Pre-activation images, ``(n, Q) -> (n, C, H, W)``."""
         raise NotImplementedError

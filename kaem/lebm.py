@@ -127,11 +127,7 @@ class LEBM(nn.Module):
         self, prior: LatentEBMPrior, generator: Generator, likelihood: GaussianLikelihood
     ) -> None:
         super().__init__()
-        if prior.latent_dim != generator.latent_dim:
-            raise ValueError(
-                f"prior latent dimension {prior.latent_dim} does not match the generator input "
-                f"{generator.latent_dim}"
-            )
+        generator.check_input_width(prior.latent_dim, "prior latent dimension")
         self.prior = prior
         self.generator = generator
         self.likelihood = likelihood

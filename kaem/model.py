@@ -48,11 +48,7 @@ class KAEM(nn.Module):
         generator_noise: float = 0.0,
     ) -> None:
         super().__init__()
-        if prior.latent_dim != generator.latent_dim:
-            raise ValueError(
-                f"prior latent dimension {prior.latent_dim} does not match the generator input "
-                f"{generator.latent_dim}"
-            )
+        generator.check_input_width(prior.latent_dim, "prior latent dimension")
         if generator_noise < 0:
             raise ValueError(f"generator_noise must be non-negative, got {generator_noise}")
         self.prior = prior
