@@ -16,6 +16,17 @@ TINY_MODEL = {
 }
 
 
+#: Pang et al.'s latent EBM at the same scale (kaem.config.LEBMConfig keys).
+TINY_LEBM = {
+    "image_shape": [1, 8, 8],
+    "latent_dim": 4,
+    "energy_widths": [16],
+    "prior_n_steps": 5,
+    "generator": {"kind": "kan", "hidden_widths": [10], "grid_size": 6},
+    "likelihood_variance": 0.1,
+}
+
+
 def tiny_images(n: int = 64, seed: int = 0) -> torch.Tensor:
     """``n`` uniform random 8x8 uint8 images, shape ``(n, 1, 8, 8)``."""
     g = torch.Generator().manual_seed(seed)

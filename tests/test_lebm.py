@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import LinearGenerator, tiny_images
+from helpers import TINY_LEBM, LinearGenerator, tiny_images
 from scipy import stats
 
 from kaem.config import TrainConfig, from_dict
@@ -67,16 +67,6 @@ def test_the_prior_learning_gradient_matches_the_closed_form() -> None:
     se = ((torch.linalg.inv(precision).diagonal() + 1.0) / n).sqrt()
     assert torch.all((grad[0] - want).abs() < 5 * se), (grad[0], want)
     assert torch.isfinite(info.log_lik).all()
-
-
-TINY_LEBM = {
-    "image_shape": [1, 8, 8],
-    "latent_dim": 4,
-    "energy_widths": [16],
-    "prior_n_steps": 5,
-    "generator": {"kind": "kan", "hidden_widths": [10], "grid_size": 6},
-    "likelihood_variance": 0.1,
-}
 
 
 def _cfg(**kw) -> TrainConfig:

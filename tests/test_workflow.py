@@ -30,6 +30,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import TINY_LEBM
 from matplotlib.image import imread
 from PIL import Image
 
@@ -710,14 +711,7 @@ def test_a_latent_ebm_cell_runs_like_the_others(tmp_path):
             "dataset": "tiny",
             "preset": "lebm_svhn",
             "override": {
-                "model": {
-                    "image_shape": [1, 8, 8],
-                    "latent_dim": 9,
-                    "energy_widths": [32],
-                    "prior_n_steps": 10,
-                    "generator": {"kind": "kan", "hidden_widths": [18], "grid_size": 8},
-                    "likelihood_variance": 0.1,
-                },
+                "model": TINY_LEBM,
                 "train": {"langevin": {"n_steps": 5}},
             },
         }
