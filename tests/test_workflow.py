@@ -413,6 +413,10 @@ def test_cell_metrics_recover_the_frechet_distance_of_shifted_gaussians(tmp_path
     null = cell_metrics(real, same, sizes, seed=0, **kid)
     assert min(null["fid"]) > 0 and null["fid_slope"] > 5  # the 1/N bias being removed
     assert abs(null["fid_inf"]) < 0.02 and abs(null["kid_inf"]) < 0.01
+    # KID is unbiased at any size: ~0 for the same law, within a few subset SDs of the mean.
+    se = null["kid_largest_std"] / np.sqrt(20)
+    assert null["kid_largest_std"] > 0 and abs(null["kid_largest"]) < 4 * se
+    assert out["kid_largest"] > 10 * out["kid_largest_std"] / np.sqrt(20)
     # Features of different extractors are never compared.
     other = save_features(np.zeros((10, d)), tmp_path / "o.npz", {"extractor": "y"})
     with pytest.raises(ValueError, match=r"'x' features but .* holds 'y' features"):

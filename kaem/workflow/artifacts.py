@@ -24,7 +24,12 @@ from torch import nn
 from kaem.data import iter_samples, load_images
 from kaem.features import extract_features
 from kaem.io import atomic_path, atomic_write_text
-from kaem.metrics import extrapolate_to_infinity, feature_statistics, metric_at_sizes
+from kaem.metrics import (
+    extrapolate_to_infinity,
+    feature_statistics,
+    kid_from_features,
+    metric_at_sizes,
+)
 
 __all__ = [
     "cell_metrics",
@@ -172,7 +177,9 @@ def cell_metrics(
     -------
     dict
         ``sizes``, ``fid`` and ``kid`` (one value per size), ``fid_inf``, ``fid_se``,
-        ``fid_r2``, ``kid_inf``, ``kid_se``, ``kid_r2``, the slopes, the extractor and counts.
+        ``fid_r2``, ``kid_inf``, ``kid_se``, ``kid_r2``, the slopes, the extractor and counts,
+        and ``kid_largest`` with ``kid_largest_std``: the unbiased KID of a fresh subset of the
+        largest size and the standard deviation of its MMD^2 over the KID subsets.
     """
     real_feats, real_meta = load_features(real)
     gen_feats, gen_meta = load_features(generated)
@@ -201,6 +208,10 @@ def cell_metrics(
         kid_subset_size=kid_subset_size,
         progress=progress,
     )
+    largest = gen_feats[torch.randperm(len(gen_feats), generator=g)[: sizes[-1]].numpy()]
+    kid_largest, kid_largest_std = kid_from_features(
+        real_feats, largest, n_subsets=kid_subsets, subset_size=kid_subset_size, generator=g
+    )
     out: dict[str, Any] = {
         "extractor": real_meta.get("extractor"),
         "n_real": int(real_feats.shape[0]),
@@ -208,6 +219,8 @@ def cell_metrics(
         "sizes": sizes,
         "fid": fid.tolist(),
         "kid": kid.tolist(),
+        "kid_largest": kid_largest,
+        "kid_largest_std": kid_largest_std,
         "seed": seed,
     }
     for name, values in (("fid", fid), ("kid", kid)):

@@ -21,6 +21,7 @@ from kaem.io import atomic_write_text
 __all__ = [
     "METRIC_COLUMNS",
     "PAPER_BENCHMARK_CLAIMS",
+    "PAPER_COLUMNS",
     "PAPER_TABLES",
     "benchmark_table",
     "cells_table",
@@ -41,11 +42,18 @@ METRIC_COLUMNS: dict[str, str] = {
     "KID_inf": "kid_inf",
     "KID SE": "kid_se",
     "KID R2": "kid_r2",
+    # KID is unbiased at any N: its value at the largest N, with the standard deviation of
+    # the MMD^2 over its subsets, says as much as KID_inf without the regression.
+    "KID": "kid_largest",
+    "KID std": "kid_largest_std",
 }
+
+#: The columns the paper publishes (FID_inf and KID_inf with their regression statistics).
+PAPER_COLUMNS = ("FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2")
 
 
 def _row(fid: float, fid_se: float, fid_r2: float, kid: float, kid_se: float, kid_r2: float):
-    return dict(zip(METRIC_COLUMNS, (fid, fid_se, fid_r2, kid, kid_se, kid_r2), strict=True))
+    return dict(zip(PAPER_COLUMNS, (fid, fid_se, fid_r2, kid, kid_se, kid_r2), strict=True))
 
 
 _NAN = math.nan
@@ -116,7 +124,8 @@ def metrics_table(
     Returns
     -------
     pandas.DataFrame
-        Columns ``model``, ``cell``, :data:`METRIC_COLUMNS`, then ``paper <column>`` for each.
+        Columns ``model``, ``cell``, :data:`METRIC_COLUMNS`, then ``paper <column>`` for each
+        of :data:`PAPER_COLUMNS`.
     """
     if paper is not None and paper not in PAPER_TABLES:
         raise ValueError(f"unknown paper table {paper!r}; choose one of {sorted(PAPER_TABLES)}")
@@ -128,7 +137,7 @@ def metrics_table(
             value = metrics.get(key)
             record[column] = _NAN if value is None else float(value)
         if paper is not None:
-            for column in METRIC_COLUMNS:
+            for column in PAPER_COLUMNS:
                 record[f"paper {column}"] = published.get(label, {}).get(column, _NAN)
         records.append(record)
     return pd.DataFrame.from_records(records)
@@ -264,7 +273,7 @@ def _format(column: str, value: Any) -> str:
     name = column.removeprefix("paper ")
     if name == "FID_inf":
         return f"{value:.2f}"
-    if name == "KID_inf":
+    if name in ("KID_inf", "KID", "KID std"):
         return f"{value:.4f}"
     if name.endswith("SE"):
         return f"{value:.3g}"
