@@ -133,3 +133,16 @@ def test_generation_is_reproducible_with_a_seed() -> None:
     b = model.generate(4, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     assert not np.allclose(a.numpy(), model.generate(4, torch.Generator().manual_seed(4)).numpy())
+
+
+def test_the_command_line_draws_an_lebm_run_and_refuses_its_evidence(tmp_path, capsys) -> None:
+    from kaem.cli import main
+    from kaem.data import prepare_dataset
+
+    data = prepare_dataset("tiny", tmp_path / "tiny.h5", n_train=64, n_test=8, progress=False)
+    train(build_lebm(TINY_LEBM), tiny_images(), _cfg(max_steps=2), tmp_path / "run", progress=False)
+    assert main(["figures", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "figures" / "samples.png").stat().st_size > 0
+    assert not (tmp_path / "run" / "figures" / "prior_grid.png").exists()
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data)]) == 1
+    assert "intractable normaliser" in capsys.readouterr().err

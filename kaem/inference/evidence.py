@@ -202,6 +202,12 @@ def evaluate_log_evidence(
     """
     from kaem.vae import VAE, importance_weighted_bound  # kaem.vae imports this package
 
+    if not isinstance(model, KAEM | VAE):
+        raise ValueError(
+            f"held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
+            f"(VAE); a {type(model).__name__}'s prior has an intractable normaliser and only "
+            "short-run Langevin samples, so no estimate here would be unbiased"
+        )
     g = torch.Generator(device=images.device).manual_seed(seed)
     parts: dict[str, list[EvidenceEstimate]] = {}
     skipped: dict[str, dict[str, str]] = {}

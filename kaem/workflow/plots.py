@@ -278,15 +278,18 @@ def figures_for_run(
         Figure name -> path.
     """
     from kaem.kinds import load_model  # local import: plots stay importable without a model
+    from kaem.model import KAEM
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "figures"
     inputs = {"model": str(run_dir / "checkpoint.pt"), "log": str(run_dir / "log.csv")}
+    model = load_model(inputs["model"])
+    # Only a KAEM has a prior of univariate densities to draw against its reference.
+    names = ("prior_grid", "prior_top", "training_curve") if isinstance(model, KAEM) else ()
     figures = {
         name: draw_figure(name, out / f"{name}.png", inputs, seed=seed)
-        for name in ("prior_grid", "prior_top", "training_curve")
+        for name in names or ("training_curve",)
     }
-    model = load_model(inputs["model"])
     images = model.generate(100, torch.Generator().manual_seed(seed))
     figures["samples"] = plot_image_grid(images, out / "samples.png")
     return figures
