@@ -202,12 +202,7 @@ def evaluate_log_evidence(
     """
     from kaem.vae import VAE, importance_weighted_bound  # kaem.vae imports this package
 
-    if not isinstance(model, KAEM | VAE):
-        raise ValueError(
-            f"held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
-            f"(VAE); a {type(model).__name__}'s prior has an intractable normaliser and only "
-            "short-run Langevin samples, so no estimate here would be unbiased"
-        )
+    _check_estimable(model, VAE)
     g = torch.Generator(device=images.device).manual_seed(seed)
     parts: dict[str, list[EvidenceEstimate]] = {}
     skipped: dict[str, dict[str, str]] = {}
@@ -259,16 +254,27 @@ def evaluate_log_evidence(
             add("ti_corrected", ss.corrected, torch.full_like(ss.corrected, float("nan")))
     bar.close()
     pixels = images[0].numel()
-    out = {}
-    for name, estimates in parts.items():
-        est = torch.cat([e.estimate for e in estimates])
-        se = torch.cat([e.stderr for e in estimates])
-        mean = float(est.mean())
-        stderr = float(se.square().sum().sqrt() / len(se))
-        out[name] = {
-            "mean": mean,
-            "stderr": stderr if stderr == stderr else None,  # TI has no Monte Carlo error here
-            "per_pixel": mean / pixels,
-            "images": len(est),
-        }
-    return {**out, **skipped}
+    return {**{name: _average(e, pixels) for name, e in parts.items()}, **skipped}
+
+
+def _check_estimable(model: torch.nn.Module, vae: type) -> None:
+    if not isinstance(model, KAEM | vae):
+        raise ValueError(
+            f"held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
+            f"(VAE); a {type(model).__name__}'s prior has an intractable normaliser and only "
+            "short-run Langevin samples, so no estimate here would be unbiased"
+        )
+
+
+def _average(estimates: list[EvidenceEstimate], pixels: int) -> dict[str, float | None]:
+    """The mean over images of per-image estimates, its standard error, per pixel, count."""
+    est = torch.cat([e.estimate for e in estimates])
+    se = torch.cat([e.stderr for e in estimates])
+    mean = float(est.mean())
+    stderr = float(se.square().sum().sqrt() / len(se))
+    return {
+        "mean": mean,
+        "stderr": stderr if stderr == stderr else None,  # TI has no Monte Carlo error here
+        "per_pixel": mean / pixels,
+        "images": len(est),
+    }
