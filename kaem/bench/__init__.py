@@ -7,7 +7,7 @@ overhead, and generation against the VAE. The cases are in :mod:`kaem.bench.case
 measuring in :mod:`kaem.bench.harness`.
 """
 
-from kaem.bench.cases import BENCHMARKS, SUITES, Benchmark, Case, PangEnergy, langevin_prior
+from kaem.bench.cases import BENCHMARKS, SUITES, Benchmark, Case
 from kaem.bench.harness import RATIOS, BenchResult, main, measure, payload, ratios, run_benchmarks
 
 __all__ = [
@@ -17,8 +17,6 @@ __all__ = [
     "BenchResult",
     "Benchmark",
     "Case",
-    "PangEnergy",
-    "langevin_prior",
     "main",
     "measure",
     "payload",

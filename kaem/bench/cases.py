@@ -1,9 +1,9 @@
 """The benchmarks of App. A: one registry of cases, each with its suite, what it measures and
 how to build it.
 
-Pang et al. (2020)'s latent EBM prior, the peer of KAEM's inverse-transform sampling, is an MLP
-energy ``dim -> 200 -> 200 -> 1`` (LeakyReLU 0.1) on an ``N(0, I)`` base, sampled by 60 ULA
-steps.
+Pang et al. (2020)'s latent EBM prior, the peer of KAEM's inverse-transform sampling, is
+:class:`kaem.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (LeakyReLU 0.2) on
+an ``N(0, I)`` base, sampled by 60 ULA steps.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from kaem.config import TrainConfig, from_dict
+from kaem.lebm import LatentEBMPrior, energy_mlp
 from kaem.model import build_model
 from kaem.presets import preset
-from kaem.samplers import ula
 
-__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "Case", "PangEnergy", "langevin_prior"]
+__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "Case"]
 
 
 @dataclass(frozen=True)
@@ -44,39 +44,6 @@ class Benchmark:
     build: Callable[[torch.device, int, torch.Generator], Case]
 
 
-class PangEnergy(nn.Module):
-    """Latent EBM prior of Pang et al. (2020): ``log p(z) = -E(z) - ||z||^2 / 2``.
-
-    ``E`` is an MLP ``dim -> 200 -> 200 -> 1`` with LeakyReLU (slope 0.1).
-    """
-
-    def __init__(self, dim: int, hidden: int = 200) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden),
-            nn.LeakyReLU(0.1),
-            nn.Linear(hidden, hidden),
-            nn.LeakyReLU(0.1),
-            nn.Linear(hidden, 1),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return -self.net(z).squeeze(-1) - 0.5 * z.square().sum(-1)
-
-
-def langevin_prior(
-    energy: PangEnergy, n: int, *, n_steps: int = 60, step_size: float = 0.4, generator=None
-) -> torch.Tensor:
-    """Short-run ULA prior samples of a Pang et al. (2020) energy (their 60 steps)."""
-    dim = energy.net[0].in_features
-    device = energy.net[0].weight.device
-    z0 = torch.randn(n, dim, generator=generator, device=device)
-    z, _ = ula(
-        energy, z0, step_size=step_size, n_steps=n_steps, generator=generator, check_finite=False
-    )
-    return z
-
-
 def _perturb(model: nn.Module) -> Callable[[], None]:
     """A parameter change, as an optimiser step makes, so per-version caches are cold."""
 
@@ -90,8 +57,8 @@ def _perturb(model: nn.Module) -> Callable[[], None]:
 
 def _langevin(dim: int) -> Callable[[torch.device, int, torch.Generator], Case]:
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
-        energy = PangEnergy(dim).to(device)
-        return Case(lambda: langevin_prior(energy, n, generator=g), repeats_scale=0.5)
+        prior = LatentEBMPrior(energy_mlp(dim), dim).to(device)  # Pang et al.'s 60 steps
+        return Case(lambda: prior.sample(n, g), repeats_scale=0.5)
 
     return build
 
