@@ -1,6 +1,7 @@
 """The ``kaem`` command as a user meets it: one line per fault, nothing changed by a failure."""
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,21 @@ def test_a_checkpoint_that_cannot_be_written_names_its_path(tmp_path, monkeypatc
     checkpoint = Checkpoint(tmp_path / "checkpoint.pt", model, opt, torch.Generator(), None, {})
     with pytest.raises(OSError, match=r"cannot write the checkpoint .*checkpoint\.pt: Permission"):
         checkpoint.save(1, 0.0)
+
+
+def test_the_gpu_check_runs_every_check_and_writes_its_report(tmp_path) -> None:
+    """The one-call device check, shrunk (``--quick``) onto this machine's CPU."""
+    from kaem.bench.gpu_check import main as gpu_check
+
+    out = tmp_path / "report.json"
+    assert gpu_check(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["failed"] == [] and report["environment"]["device"] == "cpu"
+    expected = {f"step_{c}" for c in ("importance", "ula", "thermodynamic", "elbo", "lebm")}
+    assert expected | {"prior_paths", "resume_on_cpu", "training", "benchmarks"} <= set(
+        report["checks"]
+    )
+    assert (
+        report["checks"]["training"]["finite"] and report["checks"]["resume_on_cpu"]["steps"] == 6
+    )
+    assert report["checks"]["benchmarks"]["ratios"]["langevin_prior_81/its_prior"] > 0

@@ -203,7 +203,11 @@ def evaluate_log_evidence(
     from kaem.vae import VAE, importance_weighted_bound  # kaem.vae imports this package
 
     _check_estimable(model, VAE)
-    g = torch.Generator(device=images.device).manual_seed(seed)
+    # Images go to the model's device, and the generator lives there too (a CPU generator
+    # cannot drive draws on CUDA).
+    device = next(model.parameters()).device
+    images = images.to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     parts: dict[str, list[EvidenceEstimate]] = {}
     skipped: dict[str, dict[str, str]] = {}
     if steppingstone and not isinstance(model, VAE) and not model.prior.samples_follow_log_prob:
