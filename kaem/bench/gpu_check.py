@@ -108,7 +108,7 @@ def _check_prior(device: torch.device, n: int) -> dict[str, Any]:
         raise AssertionError(f"guide-table and search draws differ by {gap} on {device}")
     cpu = prior.to("cpu").log_prob(draws["search"][:64].cpu())
     on_device = prior.to(device).log_prob(draws["search"][:64]).cpu()
-    diff = float((cpu - on_device).abs().max() / cpu.abs().max())
+    diff = float(((cpu - on_device).abs().max() / cpu.abs().max()).detach())
     if diff > 1e-4:
         raise AssertionError(f"log_prob on {device} differs from the CPU's by {diff} (relative)")
     return {"max_draw_gap": gap, "log_prob_relative_gap": diff}
@@ -196,7 +196,11 @@ def run_checks(device: torch.device, *, quick: bool, updates: int) -> dict[str, 
     def bench() -> dict[str, Any]:
         only = ("its_prior", "langevin_prior_81") if quick else SUITES["all"]
         results = run_benchmarks(
-            device, repeats=1 if quick else 5, n_samples=200 if quick else 10_000, only=only
+            device,
+            repeats=1 if quick else 5,
+            n_samples=200 if quick else 10_000,
+            only=only,
+            isolate=not quick,  # quick: in this process, to save the interpreter starts
         )
         return {"results": [asdict(r) for r in results], "ratios": ratios(results)}
 
