@@ -71,9 +71,23 @@ class Run:
         return self.proc.stderr
 
 
+def one_seed_config(root: Path) -> Path:
+    """The tiny config with one seed a cell and no real-vs-real row: the rules are the same,
+    and each SLURM job costs about 10 s of scheduling and start-up."""
+    cfg = yaml.safe_load(TINY.read_text())
+    for cell in cfg["cells"].values():
+        cell.pop("seeds", None)
+    for table in cfg["tables"].values():
+        table.pop("real", None)
+    path = root / "tiny-one-seed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 def run_workflow(cluster: SlurmCluster, root: Path, *args: str, workdir: Path | None = None) -> Run:
-    """The workflow on the tiny config through the test profile, with ``args`` (targets first:
-    ``--configfile`` and ``--config`` take every value that follows them)."""
+    """The workflow on the tiny config (:func:`one_seed_config`) through the test profile, with
+    ``args`` (targets first: ``--configfile`` and ``--config`` take every value that follows
+    them)."""
     workdir = workdir or root / "work"
     workdir.mkdir(parents=True, exist_ok=True)
     # One CPU per job: every rule runs one thread, so two jobs share the 2-CPU node.
@@ -81,7 +95,7 @@ def run_workflow(cluster: SlurmCluster, root: Path, *args: str, workdir: Path | 
     proc = cluster.snakemake(
         *args,
         "--configfile",
-        str(TINY),
+        str(one_seed_config(root)),
         profile=profile,
         workdir=workdir,
         snakefile=SNAKEFILE,
@@ -150,7 +164,7 @@ def test_every_rule_but_the_local_ones_is_its_own_slurm_job(tiny_run):
     assert logs.keys() == tiny_run.jobs.keys()
     for rule in ("train", "sample", "features_generated", "metrics"):
         dirs = sorted(logs[j].parent.name for j, r in tiny_run.jobs.items() if r == rule)
-        assert dirs == list(CELLS), (rule, dirs)
+        assert dirs == [f"{cell}_0" for cell in CELLS], (rule, dirs)  # wildcards cell, seed
 
 
 def test_the_controller_saw_each_job_complete_with_its_rules_resources(tiny_run, slurm_cluster):
@@ -209,7 +223,7 @@ def test_the_outputs_of_the_jobs_are_complete_and_finite(tiny_run):
     bench = pd.read_csv(res / "tables" / "benchmark.csv").set_index("benchmark")
     assert (bench.loc[["its_prior", "langevin_prior_81", "is_step"], "seconds"] > 0).all()
     for cell in CELLS:
-        metrics = json.loads((res / "metrics" / f"{cell}.json").read_text())
+        metrics = json.loads((res / "metrics" / cell / "seed0.json").read_text())
         assert metrics["n_generated"] == 250 and metrics["sizes"] == [100, 150, 200, 250]
         for kind in ("samples", "training_curve", "extrapolation"):
             assert (res / "figures" / cell / f"{kind}.png").stat().st_size > 1000, (cell, kind)
@@ -232,7 +246,7 @@ def test_a_failing_training_job_is_a_failed_slurm_job_and_a_failed_run(
     data = workdir / "results" / "data" / "tiny.h5"
     data.parent.mkdir(parents=True)
     shutil.copyfile(tiny_run.workdir / "results" / "data" / "tiny.h5", data)
-    target = "results/train/tiny_is/model.pt"
+    target = "results/train/tiny_is/seed0/model.pt"
 
     failed = run_workflow(
         slurm_cluster, tmp_path, target, "--config", "device=cuda", workdir=workdir
@@ -248,10 +262,10 @@ def test_a_failing_training_job_is_a_failed_slurm_job_and_a_failed_run(
     assert done["partition"] == profile["set-resources"]["train"]["slurm_partition"]
     # The error came from inside the job, said why, and reached the driver's output.
     reason = "device 'cuda' was asked for, but this machine has no GPU"
-    assert reason in (workdir / "logs" / "train" / "tiny_is.log").read_text()
+    assert reason in (workdir / "logs" / "train" / "tiny_is" / "seed0.log").read_text()
     assert reason in failed.log
     assert slurm_logs(failed)[job_id].exists()  # a failed job's SLURM log is always kept
-    assert not (workdir / "results" / "train" / "tiny_is" / "model.pt").exists()
+    assert not (workdir / target).exists()
 
     # Rerun with the setting corrected: the one missing job runs, nothing else.
     fixed = run_workflow(slurm_cluster, tmp_path, target, workdir=workdir)
@@ -259,4 +273,4 @@ def test_a_failing_training_job_is_a_failed_slurm_job_and_a_failed_run(
     assert list(fixed.jobs.values()) == ["train"], fixed.log[-4000:]
     (fixed_id,) = fixed.jobs
     assert slurm_cluster.sacct([fixed_id])[fixed_id]["state"] == "COMPLETED"
-    assert (workdir / "results" / "train" / "tiny_is" / "model.pt").exists()
+    assert (workdir / target).exists()

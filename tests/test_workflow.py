@@ -45,6 +45,7 @@ from kaem.workflow.artifacts import cell_metrics, load_features, save_features, 
 from kaem.workflow.config import (
     WorkflowConfigError,
     cell_info,
+    cell_seeds,
     cell_sizes,
     check_models,
     load_config,
@@ -57,6 +58,7 @@ from kaem.workflow.tables import (
     PAPER_TABLES,
     benchmark_table,
     metrics_table,
+    seeds_note,
     thermodynamic_note,
     to_latex,
     to_markdown,
@@ -69,6 +71,11 @@ SCHEMA = load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")
 TINY = REPO / "tests" / "workflow_configs" / "tiny.yaml"
 PAPER = REPO / "config" / "config.yaml"
 DEMO = REPO / "config" / "demo.yaml"
+
+
+def metrics_file(cell: str, seed: int) -> str:
+    """Where the workflow writes the metrics of one seed of a cell."""
+    return f"results/metrics/{cell}/seed{seed}.json"
 
 
 def tiny_config() -> dict:
@@ -312,6 +319,31 @@ MALFORMED = [
         "cells.a/b", {"dataset": "tiny", "preset": "nist"}, r"'a/b' does not", id="cells.a/b"
     ),
     pytest.param("device", "tpu", r"device: 'tpu' is not one of", id="device"),
+    pytest.param(
+        "cells.tiny_is.seeds", [1, 1], r"cells\.tiny_is\.seeds: \[1, 1\] has non-unique", id="seeds"
+    ),
+    pytest.param(
+        "cells.tiny_is.seeds", [0, -1], r"cells\.tiny_is\.seeds\[1\]: -1 is less", id="seeds-2"
+    ),
+    pytest.param("cells.tiny_is.seeds", [], r"cells\.tiny_is\.seeds: \[\] should be", id="seeds-3"),
+    pytest.param("seeds", [0.5], r"seeds\[0\]: 0\.5 is not of type 'integer'", id="seeds-4"),
+    pytest.param(
+        "cells.tiny_is.override.train.seed",
+        3,
+        r"cells\.tiny_is: seeds \[0, 1\] and train\.seed 3 \(an override\) both set",
+        id="seeds-5",
+    ),
+    pytest.param(
+        "metrics.real_images",
+        1400,
+        r"tables\.tiny\.real: the held-out real images need metrics\.real_images \(1400\) "
+        r"plus the largest of metrics\.sizes \(250\) within the 1500 training images of "
+        r"'tiny'; set metrics\.real_images to at most 1250",
+        id="tables.tiny.real",
+    ),
+    pytest.param(
+        "metrics.real_images", None, r"tables\.tiny\.real: .*\(None\)", id="tables.tiny.real-2"
+    ),
 ]
 
 
@@ -444,16 +476,101 @@ def test_metrics_tables_put_the_papers_values_beside_ours(tmp_path):
     mle = df.set_index("model").loc["MLE"]
     assert mle["FID_inf"] == 80.0 and mle["paper FID_inf"] == 97.61
     assert mle["paper KID SE"] == PAPER_TABLES["table1"]["rows"]["MLE"]["KID SE"] == 0.00021
+    # The authors' later value and the range of their logged runs, from references.yaml.
+    assert mle["later FID_inf"] == 63.9 and mle["logs runs"] == 9
+    assert (mle["logs FID_inf min"], mle["logs FID_inf max"]) == (43.23, 273.3)
     extra = df.set_index("model").loc["Extra"]
     assert math.isnan(extra["FID_inf"]) and math.isnan(extra["paper FID_inf"])
     md = to_markdown(df, "Table 1")
-    assert "| MLE | svhn_mle | 80.00 | 0.5 | 0.900 | 0.0700 |" in md and "| Extra | x | - |" in md
+    assert "| MLE | svhn_mle | 1 | 80.00 | - | 0.5 | 0.900 | 0.0700 |" in md
+    assert "| Extra | x | 1 | - |" in md
     tex = to_latex(df, "FID_inf & KID_inf", "tab:t1")
     assert r"\caption{FID\_inf \& KID\_inf}" in tex and r"\toprule" in tex
     assert tex.count(r"\\") == 3  # header and two rows
     paths = write_table(df, tmp_path / "t1", title="Table 1")
     assert pd.read_csv(paths["csv"]).equals(df)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.csv", "t1.md", "t1.tex"]
+
+
+def _run(seed: int, fid: float, fid_r2: float = 0.99, kid_r2: float = 0.95) -> dict:
+    return {
+        "training_seed": seed,
+        "fid_inf": fid,
+        "fid_se": 0.1 * (seed + 1),
+        "fid_r2": fid_r2,
+        "kid_inf": fid / 1000,
+        "kid_se": 1e-4,
+        "kid_r2": kid_r2,
+        "kid_largest": fid / 900,
+        "kid_largest_std": 1e-3,
+        "train_seconds": 10.0 * (seed + 1),
+    }
+
+
+def test_a_metrics_table_gives_the_mean_and_spread_across_seeds_and_flags_poor_fits():
+    rows = {
+        "MLE": ("svhn_mle", [_run(0, 90.0), _run(1, 100.0, fid_r2=0.8), _run(2, 110.0)]),
+        "VAE": ("svhn_vae", [_run(0, 60.0, kid_r2=0.3)]),
+    }
+    df = metrics_table(rows, "table1", real=_run(0, 2.0)).set_index("model")
+    mle, vae, real = df.loc["MLE"], df.loc["VAE"], df.loc["Real (held-out)"]
+    assert mle["seeds"] == 3 and mle["FID_inf"] == pytest.approx(100.0)
+    assert mle["FID_inf sd"] == pytest.approx(10.0)  # n - 1 in the denominator
+    assert mle["FID SE"] == pytest.approx(0.2) and mle["FID R2"] == 0.8  # mean SE, lowest R^2
+    assert mle["KID"] == pytest.approx(100.0 / 900) and mle["KID sd"] == pytest.approx(10 / 900)
+    assert mle["train seconds"] == pytest.approx(20.0)
+    assert mle["flags"] == "FID R2 < 0.9 (seed 1)"
+    assert vae["seeds"] == 1 and math.isnan(vae["FID_inf sd"]) and math.isnan(vae["KID sd"])
+    assert vae["flags"] == "KID R2 < 0.9 (seed 0); single seed"
+    assert real["cell"] == "-" and real["FID_inf"] == 2.0 and real["flags"] == ""
+    assert math.isnan(real["seeds"])
+    real_fit = metrics_table({}, real={**_run(0, 2.0, fid_r2=0.5), "training_seed": None})
+    assert real_fit["flags"].iloc[0] == "FID R2 < 0.9"
+    assert math.isnan(real["paper FID_inf"])  # the paper has no real row
+    note = seeds_note(rows, "table1")
+    assert "A single seed, so no spread across seeds: svhn_vae." in note
+    assert "paper: Raj et al." in note and "later: the authors' later version" in note
+    assert "kaem-main, the authors' logged runs" in note and "kaem-profile" in note
+    assert "standard deviation across seeds" in note and "R^2 below 0.9" in note
+
+
+def test_every_reference_figure_names_a_described_source(tmp_path):
+    from kaem.workflow.references import load_references, reference_caption
+
+    refs = load_references()
+    assert set(refs["tables"]) == set(PAPER_TABLES)
+    for name, table in refs["tables"].items():
+        caption = reference_caption(name, table["rows"])
+        for row in table["rows"].values():
+            for source in row.get("logs", {}):
+                assert refs["sources"][source] in caption
+    assert "later" not in reference_caption("appendix_h_svhn", ["MLE", "Thermo"])
+    bad = tmp_path / "refs.yaml"
+    bad.write_text(
+        "sources: {paper: p}\ntables:\n  t:\n    title: x\n    rows:\n"
+        "      MLE: {logs: {unknown-repo: [1.0]}}\n"
+    )
+    with pytest.raises(ValueError, match=r"tables\.t\.rows\.MLE\.logs: sources \['unknown-repo'\]"):
+        load_references(str(bad))
+
+
+def test_a_cells_seeds_become_its_training_seed():
+    cfg = load_config(tiny_config(), SCHEMA)
+    assert cell_seeds(cfg, "tiny_is") == [0, 1] and cell_seeds(cfg, "tiny_vae") == [0]
+    assert resolve_cell(cfg, "tiny_is", 1)["train"]["seed"] == 1
+    assert "seed" not in resolve_cell(cfg, "tiny_is")["train"]
+    assert run_key(resolve_cell(cfg, "tiny_is", 0)) != run_key(resolve_cell(cfg, "tiny_is", 1))
+    assert cell_info(cfg, "tiny_is").seeds == (0, 1)
+    # Top-level seeds apply to every cell without its own; a configured train.seed otherwise.
+    raw = tiny_config()
+    raw["seeds"] = [3, 5]
+    raw["cells"]["tiny_vae"]["seeds"] = [7]
+    cfg = load_config(raw, SCHEMA)
+    assert cell_seeds(cfg, "tiny_is") == [0, 1] and cell_seeds(cfg, "tiny_thermo") == [3, 5]
+    assert cell_seeds(cfg, "tiny_vae") == [7]
+    raw = tiny_config()
+    raw["cells"]["tiny_vae"]["override"]["train"]["seed"] = 9
+    assert cell_seeds(load_config(raw, SCHEMA), "tiny_vae") == [9]
 
 
 def test_a_table_with_one_chain_thermodynamic_cells_says_what_that_means(tmp_path):
@@ -501,18 +618,24 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
     # Thermo, VAE, LEBM); App. H: SVHN and CelebA x (MLE, Thermo) with RBF bases; CIFAR-10 x
     # (MLE, Thermo, VAE, LEBM).
     cells = 2 * 4 + 2 * 4 + 2 * 2 + 4
-    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == cells == 24
+    # Three seeds, each its own training job and generated set, for the cells of Tables 1-2,
+    # CIFAR-10 and the LEBM; one for App. G.1 and App. H.
+    runs = 3 * (2 * 4 + 4) + 2 * 4 + 2 * 2
+    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == runs == 48
     assert int(stats["prepare_data"]) == 5 and int(stats["classifier"]) == 2
-    assert int(stats["features_real"]) == 5 and int(stats["features_generated"]) == cells
+    assert int(stats["features_real"]) == 5 and int(stats["features_generated"]) == runs
     # One job per figure and per table: three figures a cell, two more of a KAEM's prior,
     # one schedule per thermodynamic cell; the paper tables, cells, extractors, benchmark.
     kaem_cells, thermo_cells = cells - 3 - 3, 5
     assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 113
     assert int(stats["benchmark"]) == int(stats["figure_benchmark"]) == 1
     assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3
-    assert int(stats["total"]) == 234
-    planned = set(re.findall(r"rule train:.*?wildcards: cell=(\w+)", out, re.S))
-    assert planned == set(yaml.safe_load(PAPER.read_text())["cells"])
+    assert int(stats["total"]) == 330
+    planned = re.findall(r"rule train:.*?wildcards: cell=(\w+), seed=(\d+)", out, re.S)
+    assert {c for c, _ in planned} == set(yaml.safe_load(PAPER.read_text())["cells"])
+    seeds = {c: sorted(int(s) for k, s in planned if k == c) for c, _ in planned}
+    assert seeds["svhn_mle"] == seeds["cifar10_lebm"] == seeds["celeba_vae"] == [0, 1, 2]
+    assert seeds["svhn_rbf_mle"] == seeds["mnist_is_none"] == [0]
     # Colour datasets train on a GPU; the criterion of every cell is the paper's.
     cfg = load_config(yaml.safe_load(PAPER.read_text()), SCHEMA)
     criteria = {c: cell_info(cfg, c).criterion for c in cfg["cells"]}
@@ -566,20 +689,35 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.workflow
 def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
     tables = tiny_run / "results" / "tables"
-    cfg = load_config(tiny_config(), SCHEMA)
     for name in ("tiny", "cells", "extractors", "benchmark"):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0
-    ours = ["FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2"]
+    ours = ["FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2", "KID"]
     tiny = pd.read_csv(tables / "tiny.csv")
-    assert list(tiny["model"]) == ["MLE", "Thermo", "VAE"]
-    assert list(tiny["cell"]) == ["tiny_is", "tiny_thermo", "tiny_vae"]
+    assert list(tiny["model"]) == ["MLE", "Thermo", "VAE", "Real (held-out)"]
+    assert list(tiny["cell"]) == ["tiny_is", "tiny_thermo", "tiny_vae", "-"]
+    assert list(tiny["seeds"].iloc[:3]) == [2, 1, 1] and math.isnan(tiny["seeds"].iloc[3])
     assert np.isfinite(tiny[ours].to_numpy()).all()
-    assert (tiny["FID_inf"] > 0).all() and tiny[["FID R2", "KID R2"]].le(1).all().all()
-    assert list(tiny["paper FID_inf"]) == [97.61, 148.84, 62.83]
+    assert (tiny["FID_inf"].iloc[:3] > 0).all() and tiny[["FID R2", "KID R2"]].le(1).all().all()
+    # The spread across seeds: the mean and sd of tiny_is's two runs, none for one seed.
+    runs = [json.loads((tiny_run / metrics_file("tiny_is", s)).read_text()) for s in (0, 1)]
+    fids = [r["fid_inf"] for r in runs]
+    assert tiny["FID_inf"].iloc[0] == pytest.approx(np.mean(fids))
+    assert tiny["FID_inf sd"].iloc[0] == pytest.approx(np.std(fids, ddof=1))
+    assert tiny["FID_inf sd"].iloc[1:].isna().all()
+    assert "single seed" in tiny["flags"].iloc[1] and "single seed" not in str(tiny["flags"][0])
+    # Held-out real digits against the reference ones are far closer than any model's.
+    assert tiny["FID_inf"].iloc[3] < tiny["FID_inf"].iloc[:3].min() / 3
+    assert list(tiny["paper FID_inf"].iloc[:3]) == [97.61, 148.84, 62.83]
+    assert list(tiny["later FID_inf"].iloc[:3]) == [63.9, 108.7, 91.7]
+    assert tiny["logs FID_inf min"].iloc[0] == 43.23 and tiny["logs runs"].iloc[0] == 9
+    md = (tables / "tiny.md").read_text()
+    assert "A single seed, so no spread across seeds: tiny_thermo, tiny_vae." in md
+    assert "arXiv:2506.14167v9" in md and "julia-kaem at commit 2395f56" in md
     cells = pd.read_csv(tables / "cells.csv")
-    assert list(cells["cell"]) == list(cfg["cells"])
-    assert list(cells["sampler"]) == ["IS", "thermodynamic (N_t=3, S=1)", "ELBO"]
+    assert list(cells["cell"]) == ["tiny_is", "tiny_is", "tiny_thermo", "tiny_vae"]
+    assert list(cells["seed"]) == [0, 1, 0, 0]
+    assert list(cells["sampler"]) == ["IS", "IS", "thermodynamic (N_t=3, S=1)", "ELBO"]
     assert (cells["steps"] == 30).all() and np.isfinite(cells[ours].to_numpy()).all()
     extractors = pd.read_csv(tables / "extractors.csv")
     assert list(extractors["dataset"]) == ["tiny"]
@@ -593,7 +731,7 @@ def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
     assert ratio == pytest.approx(
         runs.loc["langevin_prior_81", "seconds"] / runs.loc["its_prior", "seconds"], rel=1e-6
     )
-    assert "| MLE | tiny_is |" in (tables / "tiny.md").read_text()
+    assert "| MLE | tiny_is | 2 |" in (tables / "tiny.md").read_text()
     assert r"\begin{tabular}" in (tables / "tiny.tex").read_text()
 
 
@@ -614,7 +752,7 @@ def test_tiny_run_figures_exist_and_are_not_blank(tiny_run):
 
 @pytest.mark.workflow
 def test_touching_one_cell_redraws_only_its_own_figures_and_tables(tiny_run):
-    metrics = tiny_run / "results" / "metrics" / "tiny_is.json"
+    metrics = tiny_run / metrics_file("tiny_is", 1)
     text, stat = metrics.read_text(), metrics.stat()
     # Changed content (Snakemake ignores a newer mtime whose checksum is unchanged).
     metrics.write_text(text + "\n")
@@ -641,29 +779,41 @@ def test_touching_one_cell_redraws_only_its_own_figures_and_tables(tiny_run):
 def test_tiny_run_artifacts_carry_their_settings_and_seeds(tiny_run):
     res = tiny_run / "results"
     cfg = load_config(tiny_config(), SCHEMA)
-    for cell in cfg["cells"]:
-        # The resolved settings are written next to the trained model.
-        written = yaml.safe_load((res / "train" / cell / "config.yaml").read_text())
-        assert written == resolve_cell(cfg, cell)
-        assert (res / "train" / cell / f"work-{run_key(written)}" / "checkpoint.pt").exists()
-        meta = samples_metadata(res / "samples" / f"{cell}.h5")
-        assert meta["n"] == 250 and meta["seed"] == 1 and meta["cell"] == cell
-        metrics = json.loads((res / "metrics" / f"{cell}.json").read_text())
+    runs = [(cell, seed) for cell in cfg["cells"] for seed in cell_seeds(cfg, cell)]
+    assert runs == [("tiny_is", 0), ("tiny_is", 1), ("tiny_thermo", 0), ("tiny_vae", 0)]
+    for cell, seed in runs:
+        # The resolved settings of the seed are written next to its trained model.
+        run = res / "train" / cell / f"seed{seed}"
+        written = yaml.safe_load((run / "config.yaml").read_text())
+        assert written == resolve_cell(cfg, cell, seed) and written["train"]["seed"] == seed
+        assert (run / f"work-{run_key(written)}" / "checkpoint.pt").exists()
+        meta = samples_metadata(res / "samples" / cell / f"seed{seed}.h5")
+        assert meta["n"] == 250 and meta["seed"] == 1 + seed
+        assert meta["cell"] == f"{cell}/seed{seed}"
+        metrics = json.loads((tiny_run / metrics_file(cell, seed)).read_text())
         assert metrics["sizes"] == [100, 150, 200, 250] and metrics["seed"] == 2
-        assert metrics["n_generated"] == 250 and metrics["n_real"] == 1500
-        assert metrics["extractor"] == "classifier"
-        feats, fmeta = load_features(res / "features" / "cells" / f"{cell}.npz")
+        assert metrics["n_generated"] == 250 and metrics["n_real"] == 1000
+        assert metrics["extractor"] == "classifier" and metrics["training_seed"] == seed
+        feats, fmeta = load_features(res / "features" / "cells" / cell / f"seed{seed}.npz")
         assert feats.shape == (250, 16) and fmeta["n"] == 250
+    # Two seeds are two trainings: different models, different generated sets.
+    models = [load_model(res / "train" / "tiny_is" / f"seed{s}" / "model.pt") for s in (0, 1)]
+    pairs = zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
     # The generated set is reproducible from the trained model and the recorded seed.
-    model = load_model(res / "train" / "tiny_is" / "model.pt")
-    again = model.generate(100, torch.Generator().manual_seed(1))
-    stored = read_samples(res / "samples" / "tiny_is.h5", 0, 100)
+    again = models[1].generate(100, torch.Generator().manual_seed(2))
+    stored = read_samples(res / "samples" / "tiny_is" / "seed1.h5", 0, 100)
     assert np.array_equal(stored, (again * 255).round().to(torch.uint8).numpy())
     real, rmeta = load_features(res / "features" / "tiny" / "real.npz")
-    assert real.shape == (1500, 16) and rmeta["extractor"] == "classifier"
+    assert real.shape == (1000, 16) and rmeta["extractor"] == "classifier"
+    # The real-vs-real row scores the 250 training digits after the 1,000 reference ones.
+    held, hmeta = load_features(res / "features" / "tiny" / "real_holdout.npz")
+    assert held.shape == (250, 16) and hmeta["start"] == 1000 and hmeta["n"] == 250
+    assert rmeta["start"] == 0 and rmeta["n"] == 1000  # indices 0-999: disjoint
     # Logs of every job exist (progress bars and results go there).
-    assert "trained 30 steps" in (tiny_run / "logs" / "train" / "tiny_is.log").read_text()
-    assert "FID_inf" in (tiny_run / "logs" / "metrics" / "tiny_vae.log").read_text()
+    log = tiny_run / "logs" / "train" / "tiny_is" / "seed1.log"
+    assert "trained 30 steps" in log.read_text()
+    assert "FID_inf" in (tiny_run / "logs" / "metrics" / "tiny_vae" / "seed0.log").read_text()
 
 
 @pytest.mark.workflow
@@ -671,7 +821,7 @@ def test_tiny_run_is_complete_and_a_finished_cell_is_never_retrained(tiny_run):
     proc = snakemake(tiny_run, TINY, "--dry-run")
     assert_ok(proc)
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    model = tiny_run / "results" / "train" / "tiny_thermo" / "model.pt"
+    model = tiny_run / "results" / "train" / "tiny_thermo" / "seed0" / "model.pt"
     before = hashlib.sha256(model.read_bytes()).hexdigest()
     log_before = (model.parent / "log.csv").read_text()
     # Even when Snakemake is told to rerun the job, the finished checkpoint makes it a no-op.
@@ -679,7 +829,7 @@ def test_tiny_run_is_complete_and_a_finished_cell_is_never_retrained(tiny_run):
     assert_ok(proc)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == before
     assert (model.parent / "log.csv").read_text() == log_before
-    job_log = (tiny_run / "logs" / "train" / "tiny_thermo.log").read_text()
+    job_log = (tiny_run / "logs" / "train" / "tiny_thermo" / "seed0.log").read_text()
     assert "trained 30 steps" in job_log and re.search(r"\b30/30\b", job_log)
     assert not re.search(r"\b(?:[0-9]|[12][0-9])/30\b", job_log)  # no step was computed
 
@@ -724,10 +874,11 @@ def test_a_latent_ebm_cell_runs_like_the_others(tmp_path):
     assert_ok(dry)
     figures = set(re.findall(r"results/figures/tiny_lebm/(\w+)\.png", dry.stdout))
     assert figures == {"samples", "training_curve", "extrapolation"}, figures
-    assert_ok(snakemake(tmp_path, config, "--cores", "1", "results/train/tiny_lebm/model.pt"))
-    model = load_model(tmp_path / "results" / "train" / "tiny_lebm" / "model.pt")
+    run = "results/train/tiny_lebm/seed0"
+    assert_ok(snakemake(tmp_path, config, "--cores", "1", f"{run}/model.pt"))
+    model = load_model(tmp_path / run / "model.pt")
     assert type(model).__name__ == "LEBM"
-    log = pd.read_csv(tmp_path / "results" / "train" / "tiny_lebm" / "log.csv")
+    log = pd.read_csv(tmp_path / run / "log.csv")
     assert list(log["step"]) == list(range(1, 31)) and np.isfinite(log["energy_gap"]).all()
     images = model.generate(8, torch.Generator().manual_seed(0))
     assert images.shape == (8, 1, 8, 8) and torch.isfinite(images).all()
@@ -740,7 +891,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     cfg["cells"]["tiny_thermo"]["override"]["train"].update(max_steps=100, checkpoint_every=5)
     cfg["tables"] = {}
     config = write_config(tmp_path / "resume.yaml", cfg)
-    target = "results/train/tiny_thermo/model.pt"
+    target = "results/train/tiny_thermo/seed0/model.pt"
     cmd = snakemake_command(tmp_path, config, "--cores", "1", target)
     proc = subprocess.Popen(
         cmd,
@@ -749,7 +900,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    work = tmp_path / "results" / "train" / "tiny_thermo"
+    work = tmp_path / "results" / "train" / "tiny_thermo" / "seed0"
     checkpoints: list[Path] = []
     deadline = time.monotonic() + 120
     try:
@@ -772,7 +923,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert_ok(proc)
     log = pd.read_csv(work / "log.csv")
     assert list(log["step"]) == list(range(1, 101))  # every step once, none repeated
-    job_log = (tmp_path / "logs" / "train" / "tiny_thermo.log").read_text()
+    job_log = (tmp_path / "logs" / "train" / "tiny_thermo" / "seed0.log").read_text()
     first = int(re.search(r"\b(\d+)/100\b", job_log).group(1))
     assert first >= step  # the rerun started from the checkpoint, not from step 0
 

@@ -108,22 +108,35 @@ def dataset_features(
     kind: str,
     split: str = "train",
     max_images: int | None = None,
+    start: int = 0,
     batch_size: int = 200,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Features of the first ``max_images`` images of a prepared dataset's split.
+    """Features of ``max_images`` images (all: None) of a prepared dataset's split, from
+    index ``start``.
 
     The split is a seeded random draw from its source (:func:`kaem.data.prepare_dataset`),
-    so its first images are a random subset.
+    so any run of its images is a random subset; ``start`` past the reference images gives
+    a held-out real set (a real-vs-real row of a table).
     """
     images, _ = load_images(data, split)
-    if max_images is not None:
-        images = images[:max_images]
+    stop = None if max_images is None else start + max_images
+    if start < 0 or (stop is not None and stop > len(images)):
+        raise ValueError(
+            f"{data}: images {start} to {stop} asked of a {split} split of {len(images)}"
+        )
+    images = images[start:stop]
     feats = extract_features(
         images, extractor, batch_size=batch_size, device=device, progress=progress
     )
-    meta = {"extractor": kind, "source": str(data), "split": split, "n": int(feats.shape[0])}
+    meta = {
+        "extractor": kind,
+        "source": str(data),
+        "split": split,
+        "start": start,
+        "n": int(feats.shape[0]),
+    }
     return save_features(feats, out, meta)
 
 

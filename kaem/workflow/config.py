@@ -49,12 +49,14 @@ __all__ = [
     "WorkflowConfigError",
     "build_cell_model",
     "cell_info",
+    "cell_seeds",
     "cell_sizes",
     "check_config",
     "check_models",
     "job_context",
     "load_config",
     "load_schema",
+    "real_row_errors",
     "resolve_cell",
     "resolve_device",
     "run_key",
@@ -161,9 +163,10 @@ class CellInfo(NamedTuple):
     prior: str | None  # univariate or mixture
     generator: str | None  # kan or cnn
     n_chains: int | None = None  # thermodynamic: chains per temperature
+    seeds: tuple[int, ...] = (0,)  # training seeds, one job each
 
 
-def resolve_cell(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+def resolve_cell(config: Mapping[str, Any], name: str, seed: int | None = None) -> dict[str, Any]:
     """The ``{model, train}`` settings of cell ``name``: preset, common and own overrides.
 
     Parameters
@@ -172,13 +175,33 @@ def resolve_cell(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         A validated configuration (:func:`load_config`).
     name
         A key of ``config["cells"]``.
+    seed
+        One of the cell's seeds (:func:`cell_seeds`): it becomes ``train.seed``. None: the
+        settings as configured.
     """
     cells = config["cells"]
     if name not in cells:
         raise KeyError(f"no cell {name!r}; configured cells are {sorted(cells)}")
     cell = cells[name]
     cfg = merge(PRESETS[cell["preset"]], config.get("common_override") or {})
-    return merge(cfg, cell.get("override") or {})
+    cfg = merge(cfg, cell.get("override") or {})
+    if seed is not None:
+        cfg = merge(cfg, {"train": {"seed": int(seed)}})
+    return cfg
+
+
+def _explicit_seeds(config: Mapping[str, Any], name: str) -> list[int] | None:
+    seeds = config["cells"][name].get("seeds") or config.get("seeds")
+    return [int(s) for s in seeds] if seeds else None
+
+
+def cell_seeds(config: Mapping[str, Any], name: str) -> list[int]:
+    """The training seeds of cell ``name``: its own ``seeds``, else the top-level ``seeds``,
+    else the one ``train.seed`` of its settings. Each seed is one training job."""
+    seeds = _explicit_seeds(config, name)
+    if seeds:
+        return seeds
+    return [int(resolve_cell(config, name)["train"].get("seed", TrainConfig.seed))]
 
 
 def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
@@ -186,12 +209,15 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
     cfg = resolve_cell(config, name)
     criterion = cfg["train"].get("criterion", TrainConfig.criterion)
     dataset = config["cells"][name]["dataset"]
+    seeds = tuple(cell_seeds(config, name))
     kind = kind_of(criterion)
     if kind.name != "KAEM":
         model = from_dict(kind.config, cfg["model"], "model")
         generator = model.generator.kind if hasattr(model, "generator") else None
         sampler = _CRITERION_NAMES[criterion]
-        return CellInfo(name, dataset, kind.name, None, criterion, sampler, None, None, generator)
+        return CellInfo(
+            name, dataset, kind.name, None, criterion, sampler, None, None, generator, None, seeds
+        )
     model = from_dict(ModelConfig, cfg["model"], "model")
     sampler, n_chains = _CRITERION_NAMES[criterion], None
     if criterion == "thermodynamic":
@@ -209,6 +235,7 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
         model.prior.kind,
         model.generator.kind,
         n_chains,
+        seeds,
     )
 
 
@@ -249,6 +276,13 @@ def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
     if unknown:
         yield f"{where}: unknown top-level section(s) {unknown}; use model and train"
         return
+    seeds = _explicit_seeds(config, name)
+    overrides = merge(config.get("common_override") or {}, cell.get("override") or {})
+    if seeds and "seed" in (overrides.get("train") or {}):
+        yield (
+            f"{where}: seeds {seeds} and train.seed {overrides['train']['seed']} (an override) "
+            "both set the training seed; drop one"
+        )
     preset_kind = kind_of(PRESETS[cell["preset"]]["train"]["criterion"])
     try:
         train = from_dict(TrainConfig, cfg.get("train"), "train")
@@ -274,6 +308,32 @@ def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
             f"{where}.override: train.batch_size {train.batch_size} exceeds the {n_train} "
             f"training images of {dataset!r}"
         )
+
+
+def real_row_errors(config: Mapping[str, Any], table: str) -> list[str]:
+    """Why table ``table`` cannot have a real-vs-real row, or nothing if it can.
+
+    The row scores real training images that the reference features do not use: the
+    ``metrics.real_images`` after the reference ones, as many as the largest of
+    ``metrics.sizes``. So its cells must share one dataset, and ``metrics.real_images`` plus
+    that size must fit in the dataset's training images.
+    """
+    spec = config["tables"][table]
+    where = f"tables.{table}.real"
+    cells = [c for c in spec["rows"].values() if c in config["cells"]]
+    datasets = sorted({config["cells"][c]["dataset"] for c in cells})
+    if len(datasets) != 1:
+        return [f"{where}: the rows' cells must share one dataset for a real row, not {datasets}"]
+    dataset = datasets[0]
+    n_train = config["datasets"][dataset].get("n_train") or DATASETS[dataset].n_train
+    n_ref, largest = config["metrics"]["real_images"], max(config["metrics"]["sizes"])
+    if n_ref is None or n_ref + largest > n_train:
+        return [
+            f"{where}: the held-out real images need metrics.real_images ({n_ref}) plus the "
+            f"largest of metrics.sizes ({largest}) within the {n_train} training images of "
+            f"{dataset!r}; set metrics.real_images to at most {max(n_train - largest, 0)}"
+        ]
+    return []
 
 
 def _check_benchmarks(names: list[str] | None) -> Iterator[str]:
@@ -314,6 +374,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         for label, cell in spec["rows"].items():
             if cell not in config["cells"]:
                 errors.append(f"tables.{table}.rows.{label}: {cell!r} is not a configured cell")
+        if spec.get("real"):
+            errors.extend(real_row_errors(config, table))
     if config["benchmark"]["enabled"]:
         errors.extend(_check_benchmarks(config["benchmark"]["only"]))
     if errors:

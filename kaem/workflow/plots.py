@@ -8,7 +8,9 @@ atomically.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -298,7 +300,7 @@ def figures_for_run(
 def draw_figure(
     figure: str,
     path: str | os.PathLike,
-    inputs: dict[str, str],
+    inputs: Mapping[str, str | Sequence[str]],
     *,
     cell: str = "",
     grid_images: int = 64,
@@ -314,8 +316,8 @@ def draw_figure(
         ``temperature_schedule`` or ``benchmark``.
     inputs
         The files it is drawn from, by name: ``samples`` (generated HDF5), ``log``
-        (``log.csv``), ``metrics`` (a cell's JSON), ``model`` (a checkpoint), ``config`` (the
-        cell's resolved YAML), ``bench`` (benchmark JSON).
+        (``log.csv``), ``metrics`` (a cell's JSON, or one per seed), ``model`` (a checkpoint),
+        ``config`` (the cell's resolved YAML), ``bench`` (benchmark JSON).
     cell, grid_images, prior_rows, seed
         The title of a regression plot, images in a sample grid, rows of a prior grid (None:
         all) and the seed of the prior samples.
@@ -331,7 +333,9 @@ def draw_figure(
     if figure == "training_curve":
         return plot_training_curve(inputs["log"], path)
     if figure == "extrapolation":
-        return plot_extrapolation(read_json(inputs["metrics"]), path, title=cell)
+        files = inputs["metrics"]
+        files = [files] if isinstance(files, str) else list(files)
+        return plot_extrapolation([read_json(f) for f in files], path, title=cell)
     if figure in ("prior_grid", "prior_top"):
         prior = load_model(inputs["model"]).prior
         if figure == "prior_grid":
@@ -406,45 +410,64 @@ def plot_temperature_schedule(
     return _save(fig, path)
 
 
-def plot_extrapolation(metrics: dict, path: str | os.PathLike, *, title: str = "") -> Path:
+def plot_extrapolation(
+    metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> Path:
     """FID and KID against ``1 / N`` with the least-squares line extrapolated to ``1/N = 0``.
 
     Parameters
     ----------
     metrics
         A metrics mapping (:func:`kaem.workflow.artifacts.cell_metrics`): ``sizes``, ``fid``,
-        ``kid`` and the fits' ``fid_inf``, ``fid_slope``, ``fid_se``, ``fid_r2`` (and KID's).
+        ``kid`` and the fits' ``fid_inf``, ``fid_slope``, ``fid_se``, ``fid_r2`` (and KID's);
+        or one per training seed, each drawn in its own colour.
     path
         Output image.
     title
         Figure title (e.g. the cell name).
     """
-    x = 1.0 / np.asarray(metrics["sizes"], dtype=float)
-    grid = np.linspace(0.0, x.max() * 1.05, 50)
+    runs = [metrics] if isinstance(metrics, Mapping) else list(metrics)
+    x_max = max(1.0 / min(m["sizes"]) for m in runs)
+    grid = np.linspace(0.0, x_max * 1.05, 50)
     fig = Figure(figsize=(7.0, 2.8))
     for n, name in enumerate(("fid", "kid")):
         ax = fig.add_subplot(1, 2, n + 1)
-        y = np.asarray(metrics[name], dtype=float)
-        intercept, slope = metrics[f"{name}_inf"], metrics[f"{name}_slope"]
-        ax.plot(x, y, "o", color="C0", markersize=4, label="random subsets")
-        ax.plot(grid, intercept + slope * grid, color="C1", label="least squares on 1/N")
-        ax.errorbar(
-            [0.0],
-            [intercept],
-            yerr=[metrics.get(f"{name}_se") or 0.0],
-            fmt="s",
-            color="C3",
-            capsize=3,
-            label=f"{name.upper()}_inf = {intercept:.4g}",
-        )
+        for k, run in enumerate(runs):
+            _draw_regression(ax, run, name, grid, f"C{k % 10}", len(runs) > 1)
+        r2 = ", ".join(f"{m[f'{name}_r2']:.3f}" for m in runs)
         ax.set_xlabel("1 / N")
         ax.set_ylabel(name.upper())
-        ax.set_title(f"{name.upper()}_inf, R^2 = {metrics[f'{name}_r2']:.3f}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{name.upper()}_inf, R^2 = {r2}", fontsize=9)
+        ax.legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _draw_regression(
+    ax: Any, metrics: Mapping[str, Any], name: str, grid: np.ndarray, colour: str, seeded: bool
+) -> None:
+    """One run's subsets, its least-squares line and the intercept with its standard error."""
+    x = 1.0 / np.asarray(metrics["sizes"], dtype=float)
+    y = np.asarray(metrics[name], dtype=float)
+    intercept, slope = metrics[f"{name}_inf"], metrics[f"{name}_slope"]
+    seed = metrics.get("training_seed")
+    who = f"seed {seed}: " if seeded and seed is not None else ""
+    ax.plot(x, y, "o", color=colour, markersize=4, label=f"{who}random subsets")
+    ax.plot(grid, intercept + slope * grid, color=colour, alpha=0.7, linewidth=1.0)
+    ax.errorbar(
+        [0.0],
+        [intercept],
+        yerr=[metrics.get(f"{name}_se") or 0.0],
+        fmt="s",
+        color=colour,
+        capsize=3,
+        label=f"{who}{name.upper()}_inf = {intercept:.4g}",
+    )
 
 
 def plot_benchmarks(results: list[dict], path: str | os.PathLike, *, title: str = "") -> Path:

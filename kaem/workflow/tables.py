@@ -13,28 +13,36 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kaem.bench.cases import BENCHMARKS
 from kaem.io import atomic_write_text
+from kaem.workflow.references import (
+    PAPER_COLUMNS,
+    load_references,
+    reference_caption,
+    reference_columns,
+)
 
 __all__ = [
     "METRIC_COLUMNS",
     "PAPER_BENCHMARK_CLAIMS",
     "PAPER_COLUMNS",
     "PAPER_TABLES",
+    "R2_FLAG",
     "benchmark_table",
     "cells_table",
     "extractors_table",
     "metrics_table",
+    "seeds_note",
     "thermodynamic_note",
     "to_latex",
     "to_markdown",
     "write_table",
 ]
 
-#: Our columns of a metrics table, and the keys of a metrics file
-#: (:func:`kaem.workflow.artifacts.cell_metrics`).
+#: Per-run values of a metrics file (:func:`kaem.workflow.artifacts.cell_metrics`) by column.
 METRIC_COLUMNS: dict[str, str] = {
     "FID_inf": "fid_inf",
     "FID SE": "fid_se",
@@ -45,52 +53,25 @@ METRIC_COLUMNS: dict[str, str] = {
     # KID is unbiased at any N: its value at the largest N, with the standard deviation of
     # the MMD^2 over its subsets, says as much as KID_inf without the regression.
     "KID": "kid_largest",
-    "KID std": "kid_largest_std",
+    "KID subsets sd": "kid_largest_std",
 }
 
-#: The columns the paper publishes (FID_inf and KID_inf with their regression statistics).
-PAPER_COLUMNS = ("FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2")
-
-
-def _row(fid: float, fid_se: float, fid_r2: float, kid: float, kid_se: float, kid_r2: float):
-    return dict(zip(PAPER_COLUMNS, (fid, fid_se, fid_r2, kid, kid_se, kid_r2), strict=True))
-
+#: A regression whose R^2 is below this is flagged in a metrics table.
+R2_FLAG = 0.9
 
 _NAN = math.nan
 
-#: Published FID_inf / KID_inf with standard errors and R^2, by paper table and row label.
-#: App. H reports no regression statistics (NaN here).
+#: Published FID_inf / KID_inf with standard errors and R^2, by paper table and row label
+#: (from :mod:`kaem.workflow.references`; NaN where the paper gives none).
 PAPER_TABLES: dict[str, dict[str, Any]] = {
-    "table1": {
-        "title": "Table 1: SVHN, FID_inf and KID_inf",
+    name: {
+        "title": table["title"],
         "rows": {
-            "MLE": _row(97.61, 0.105, 0.976, 0.0930, 0.00021, 0.411),
-            "Thermo": _row(148.84, 0.093, 0.971, 0.1363, 0.00016, 0.091),
-            "VAE": _row(62.83, 0.160, 0.959, 0.0532, 0.00018, 0.560),
+            label: {c: float(row.get("paper", {}).get(c, _NAN)) for c in PAPER_COLUMNS}
+            for label, row in table["rows"].items()
         },
-    },
-    "table2": {
-        "title": "Table 2: CelebA, FID_inf and KID_inf",
-        "rows": {
-            "MLE": _row(251.64, 0.176, 0.949, 0.2687, 0.00037, 0.418),
-            "Thermo": _row(165.62, 0.152, 0.962, 0.1815, 0.00021, 0.019),
-            "VAE": _row(113.33, 0.113, 0.974, 0.1152, 0.00013, 0.591),
-        },
-    },
-    "appendix_h_svhn": {
-        "title": "App. H: SVHN with RBF bases",
-        "rows": {
-            "MLE": _row(78.41, _NAN, _NAN, 0.0627, _NAN, _NAN),
-            "Thermo": _row(165.79, _NAN, _NAN, 0.1608, _NAN, _NAN),
-        },
-    },
-    "appendix_h_celeba": {
-        "title": "App. H: CelebA with RBF bases",
-        "rows": {
-            "MLE": _row(130.05, _NAN, _NAN, 0.1427, _NAN, _NAN),
-            "Thermo": _row(150.25, _NAN, _NAN, 0.1637, _NAN, _NAN),
-        },
-    },
+    }
+    for name, table in load_references()["tables"].items()
 }
 
 #: What the paper says about a benchmark or a ratio of two (App. A, section 4.2). The text
@@ -107,73 +88,162 @@ PAPER_BENCHMARK_CLAIMS: dict[str, str] = {
 # ----------------------------------------------------------------------------- tables
 
 
+Runs = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def _runs(runs: Runs) -> list[Mapping[str, Any]]:
+    return [runs] if isinstance(runs, Mapping) else list(runs)
+
+
+def _values(runs: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    return np.array([_NAN if r.get(key) is None else float(r[key]) for r in runs], dtype=float)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) and not np.isnan(values).all() else _NAN
+
+
+def _sd(values: np.ndarray) -> float:
+    """Standard deviation across seeds (n - 1 in the denominator); NaN below two seeds."""
+    return float(values.std(ddof=1)) if len(values) > 1 else _NAN
+
+
+def _flags(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Which regressions have R^2 below :data:`R2_FLAG` (naming the seeds), and a single seed."""
+    flags = []
+    for metric in ("fid", "kid"):
+        low = [r for r in runs if r.get(f"{metric}_r2") is not None and r[f"{metric}_r2"] < R2_FLAG]
+        if low:
+            seeds = [str(r["training_seed"]) for r in low if r.get("training_seed") is not None]
+            which = f" (seed {', '.join(seeds)})" if seeds else ""
+            flags.append(f"{metric.upper()} R2 < {R2_FLAG}{which}")
+    if len(runs) == 1:
+        flags.append("single seed")
+    return "; ".join(flags)
+
+
+def _score_columns(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Across a cell's seeds: means, standard deviations across seeds, regression statistics
+    (mean standard error, lowest R^2), training seconds and the flags."""
+    v = {column: _values(runs, key) for column, key in METRIC_COLUMNS.items()}
+    out: dict[str, Any] = {"seeds": len(runs)}
+    for name in ("FID_inf", "KID_inf"):
+        prefix = name.split("_")[0]
+        out[name] = _mean(v[name])
+        out[f"{name} sd"] = _sd(v[name])
+        out[f"{prefix} SE"] = _mean(v[f"{prefix} SE"])
+        r2 = v[f"{prefix} R2"]
+        out[f"{prefix} R2"] = float(np.nanmin(r2)) if not np.isnan(r2).all() else _NAN
+    out["KID"] = _mean(v["KID"])
+    out["KID sd"] = _sd(v["KID"])
+    out["KID subsets sd"] = _mean(v["KID subsets sd"])
+    out["train seconds"] = _mean(_values(runs, "train_seconds"))
+    out["flags"] = _flags(runs) if runs else ""
+    return out
+
+
+#: The label of a table's real-vs-real row.
+REAL_ROW = "Real (held-out)"
+
+
 def metrics_table(
-    rows: Mapping[str, tuple[str, Mapping[str, Any]]], paper: str | None = None
+    rows: Mapping[str, tuple[str, Runs]],
+    paper: str | None = None,
+    real: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """FID_inf and KID_inf per row, with the published values of table ``paper`` beside them.
+    """FID_inf and KID_inf per row across its seeds, with the reference values beside them.
 
     Parameters
     ----------
     rows
-        Row label -> ``(cell name, metrics)``; metrics as written by
-        :func:`kaem.workflow.artifacts.cell_metrics`.
+        Row label -> ``(cell name, runs)``: one metrics mapping per training seed (or one
+        mapping), as written by :func:`kaem.workflow.artifacts.cell_metrics`, optionally with
+        ``training_seed`` and ``train_seconds``.
     paper
-        A key of :data:`PAPER_TABLES`; rows whose label it lists get its numbers in the
-        ``paper ...`` columns (NaN elsewhere). None: no paper columns.
+        A table of :mod:`kaem.workflow.references`: rows whose label it lists get the paper's
+        values, the authors' later value and the range of their logged runs (NaN elsewhere).
+        None: no reference columns.
+    real
+        The metrics of held-out real images against the same reference features
+        (a real-vs-real row, last), or None.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``model``, ``cell``, :data:`METRIC_COLUMNS`, then ``paper <column>`` for each
-        of :data:`PAPER_COLUMNS`.
+        ``model``, ``cell``, ``seeds``; per metric the mean across seeds, its standard
+        deviation across seeds (``sd``, NaN for one seed), the mean regression standard error
+        and the lowest R^2; ``KID`` at the largest N with ``KID sd`` across seeds and ``KID
+        subsets sd`` over its subsets; ``train seconds``; ``flags`` (an R^2 below
+        :data:`R2_FLAG`, a single seed); then the reference columns.
     """
     if paper is not None and paper not in PAPER_TABLES:
         raise ValueError(f"unknown paper table {paper!r}; choose one of {sorted(PAPER_TABLES)}")
-    published = PAPER_TABLES[paper]["rows"] if paper is not None else {}
+    entries = [(label, cell, _runs(runs)) for label, (cell, runs) in rows.items()]
+    if real is not None:
+        entries.append((REAL_ROW, "-", [real]))
     records = []
-    for label, (cell, metrics) in rows.items():
-        record: dict[str, Any] = {"model": label, "cell": cell}
-        for column, key in METRIC_COLUMNS.items():
-            value = metrics.get(key)
-            record[column] = _NAN if value is None else float(value)
-        if paper is not None:
-            for column in PAPER_COLUMNS:
-                record[f"paper {column}"] = published.get(label, {}).get(column, _NAN)
-        records.append(record)
+    for label, cell, runs in entries:
+        record = {"model": label, "cell": cell, **_score_columns(runs)}
+        if label == REAL_ROW:  # real images: no training, no seeds
+            record["seeds"] = _NAN
+            record["flags"] = record["flags"].replace("single seed", "").strip("; ")
+        records.append({**record, **reference_columns(paper, label)})
     return pd.DataFrame.from_records(records)
 
 
-def cells_table(
-    cells: Sequence[Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]]
-) -> pd.DataFrame:
-    """Every cell: what it is (dataset, model, basis, sampler, reference) and its scores.
+def seeds_note(rows: Mapping[str, tuple[str, Runs]], paper: str | None = None) -> str:
+    """What a metrics table's columns mean, which cells have a single seed, and the sources."""
+    single = [cell for cell, runs in rows.values() if len(_runs(runs)) == 1]
+    parts = [
+        "Per cell: the mean over its training seeds, the standard deviation across seeds (sd), "
+        "the mean standard error of the 1/N regression (SE) and its lowest R^2; KID at the "
+        "largest N is unbiased, so a KID_inf regression with R^2 near 0 is expected and KID "
+        f"is the column to read. Flags mark an R^2 below {R2_FLAG}."
+    ]
+    if single:
+        parts.append(f"A single seed, so no spread across seeds: {', '.join(single)}.")
+    caption = reference_caption(paper, rows)
+    if caption:
+        parts.append(caption)
+    return " ".join(parts)
+
+
+def cells_table(cells: Sequence[Mapping[str, Any]], metrics: Mapping[str, Runs]) -> pd.DataFrame:
+    """Every run (cell and seed): what it is (dataset, model, basis, sampler, reference) and
+    its scores.
 
     Parameters
     ----------
     cells
         One mapping per cell with ``name``, ``dataset``, ``model``, ``basis``, ``sampler``,
-        ``reference`` (:class:`kaem.workflow.config.CellInfo` as a dict) and optionally ``steps``
-        and ``train_seconds``.
+        ``reference`` (:class:`kaem.workflow.config.CellInfo` as a dict) and optionally
+        ``runs``: per seed, ``seed``, ``steps`` and ``train_seconds``.
     metrics
-        Cell name -> metrics (:func:`kaem.workflow.artifacts.cell_metrics`).
+        Cell name -> its runs' metrics, in the order of its ``runs``.
     """
     records = []
     for cell in cells:
-        m = metrics.get(cell["name"], {})
-        records.append(
-            {
-                "cell": cell["name"],
-                "dataset": cell["dataset"],
-                "model": cell["model"],
-                "basis": cell.get("basis") or "-",
-                "sampler": cell["sampler"],
-                "reference": cell.get("reference") or "-",
-                "steps": cell.get("steps", _NAN),
-                "train seconds": cell.get("train_seconds", _NAN),
-                "extractor": m.get("extractor", "-"),
-                **{c: _NAN if m.get(k) is None else float(m[k]) for c, k in METRIC_COLUMNS.items()},
-            }
-        )
+        scores = _runs(metrics.get(cell["name"], {}))
+        runs = cell.get("runs") or [{"seed": s} for s in cell.get("seeds", (None,))]
+        for run, m in zip(runs, scores, strict=False):
+            records.append(
+                {
+                    "cell": cell["name"],
+                    "seed": run.get("seed", _NAN),
+                    "dataset": cell["dataset"],
+                    "model": cell["model"],
+                    "basis": cell.get("basis") or "-",
+                    "sampler": cell["sampler"],
+                    "reference": cell.get("reference") or "-",
+                    "steps": run.get("steps", _NAN),
+                    "train seconds": run.get("train_seconds", _NAN),
+                    "extractor": m.get("extractor", "-"),
+                    **{
+                        c: _NAN if m.get(k) is None else float(m[k])
+                        for c, k in METRIC_COLUMNS.items()
+                    },
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -273,8 +343,10 @@ def _format(column: str, value: Any) -> str:
     name = column.removeprefix("paper ")
     if name == "FID_inf":
         return f"{value:.2f}"
-    if name in ("KID_inf", "KID", "KID std"):
+    if name in ("KID_inf", "KID", "KID_inf sd", "KID sd", "KID subsets sd"):
         return f"{value:.4f}"
+    if name in ("FID_inf sd", "later FID_inf", "logs FID_inf min", "logs FID_inf max"):
+        return f"{value:.2f}"
     if name.endswith("SE"):
         return f"{value:.3g}"
     if name.endswith(("R2", "accuracy")):

@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO))
 from kaem.workflow.config import (
     WorkflowConfigError,
     cell_info,
+    cell_seeds,
     cell_sizes,
     check_models,
     load_config,
@@ -37,6 +38,8 @@ config.update(_filled)
 DATASETS = list(config["datasets"])
 CELLS = list(config["cells"])
 INFO = {cell: cell_info(config, cell) for cell in CELLS}
+#: Each cell's training seeds: one training job (and generated set, features, metrics) each.
+SEEDS = {cell: list(INFO[cell].seeds) for cell in CELLS}
 CLASSIFIER_DATASETS = [d for d in DATASETS if config["datasets"][d]["features"] == "classifier"]
 BENCHMARK = config["benchmark"]["enabled"]
 
@@ -54,6 +57,7 @@ CELL_FIGURES = (
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS),
     cell="|".join(re.escape(c) for c in CELLS),
+    seed=r"\d+",
     figure="|".join(CELL_FIGURES),
 
 
@@ -64,20 +68,27 @@ def data_file(dataset):
     return f"results/data/{dataset}.h5"
 
 
-def model_file(cell):
-    return f"results/train/{cell}/model.pt"
+# A cell's files are per seed: results/<stage>/<cell>/seed<seed>...
 
 
-def train_log_file(cell):
-    return f"results/train/{cell}/log.csv"
+def run_dir(cell, seed):
+    return f"results/train/{cell}/seed{seed}"
 
 
-def train_config_file(cell):
-    return f"results/train/{cell}/config.yaml"
+def model_file(cell, seed):
+    return f"{run_dir(cell, seed)}/model.pt"
 
 
-def samples_file(cell):
-    return f"results/samples/{cell}.h5"
+def train_log_file(cell, seed):
+    return f"{run_dir(cell, seed)}/log.csv"
+
+
+def train_config_file(cell, seed):
+    return f"{run_dir(cell, seed)}/config.yaml"
+
+
+def samples_file(cell, seed):
+    return f"results/samples/{cell}/seed{seed}.h5"
 
 
 def classifier_file(dataset):
@@ -92,12 +103,21 @@ def real_features_file(dataset):
     return f"results/features/{dataset}/real.npz"
 
 
-def generated_features_file(cell):
-    return f"results/features/cells/{cell}.npz"
+def real_holdout_features_file(dataset):
+    """Features of real training images the reference set leaves out (a real-vs-real row)."""
+    return f"results/features/{dataset}/real_holdout.npz"
 
 
-def metrics_file(cell):
-    return f"results/metrics/{cell}.json"
+def generated_features_file(cell, seed):
+    return f"results/features/cells/{cell}/seed{seed}.npz"
+
+
+def metrics_file(cell, seed):
+    return f"results/metrics/{cell}/seed{seed}.json"
+
+
+def real_metrics_file(dataset):
+    return f"results/metrics/real/{dataset}.json"
 
 
 BENCHMARK_FILE = "results/benchmark/benchmark.json"
@@ -125,15 +145,21 @@ def cell_data(wildcards):
 
 
 def cell_settings(wildcards):
-    """The resolved {model, train} settings: a parameter, so changing them retrains."""
-    return resolve_cell(config, wildcards.cell)
+    """The resolved {model, train} settings of one seed: a parameter, so changing them
+    retrains."""
+    return resolve_cell(config, wildcards.cell, int(wildcards.seed))
 
 
 def cell_workdir(wildcards):
     """Checkpoints live outside the job's outputs, which Snakemake deletes before a rerun;
     the folder is named by the settings, so only a run with the same settings resumes."""
-    key = run_key(resolve_cell(config, wildcards.cell))
-    return f"results/train/{wildcards.cell}/work-{key}"
+    key = run_key(cell_settings(wildcards))
+    return f"{run_dir(wildcards.cell, wildcards.seed)}/work-{key}"
+
+
+def sampling_seed(wildcards):
+    """Each training seed draws its generated set with its own seed."""
+    return config["sampling"]["seed"] + int(wildcards.seed)
 
 
 def cell_gpu(wildcards):
@@ -162,7 +188,7 @@ def real_features_inputs(wildcards):
 
 def generated_features_inputs(wildcards):
     dataset = cell_dataset(wildcards.cell)
-    return {"samples": samples_file(wildcards.cell), **extractor_inputs(dataset)}
+    return {"samples": samples_file(wildcards.cell, wildcards.seed), **extractor_inputs(dataset)}
 
 
 def dataset_extractor(wildcards):
@@ -179,6 +205,12 @@ def cell_real_features(wildcards):
 
 def cell_sizes_param(wildcards):
     return cell_sizes(config, wildcards.cell)
+
+
+def real_holdout_range(wildcards):
+    """The held-out real images: after the reference ones, as many as the largest size."""
+    start = config["metrics"]["real_images"]
+    return {"start": start, "max_images": max(config["metrics"]["sizes"])}
 
 
 # ----------------------------------------------------------------------------- figures
@@ -202,22 +234,29 @@ def cell_figures(cell):
 
 
 def figure_inputs(wildcards):
-    """What one figure is drawn from: only its own cell's files."""
+    """What one figure is drawn from: only its own cell's files, of its first seed (the
+    regressions: of every seed)."""
     cell, figure = wildcards.cell, wildcards.figure
     if figure not in cell_figures(cell):
         raise WorkflowError(f"cell {cell} has no figure {figure!r}")
+    seed = SEEDS[cell][0]
     if figure == "samples":
-        return {"samples": samples_file(cell)}
+        return {"samples": samples_file(cell, seed)}
     if figure == "training_curve":
-        return {"log": train_log_file(cell)}
+        return {"log": train_log_file(cell, seed)}
     if figure == "extrapolation":
-        return {"metrics": metrics_file(cell)}
+        return {"metrics": [metrics_file(cell, s) for s in SEEDS[cell]]}
     if figure == "temperature_schedule":
-        return {"config": train_config_file(cell), "log": train_log_file(cell)}
-    return {"model": model_file(cell)}
+        return {"config": train_config_file(cell, seed), "log": train_log_file(cell, seed)}
+    return {"model": model_file(cell, seed)}
 
 
 # ----------------------------------------------------------------------------- tables
+
+
+def table_dataset(spec):
+    """The one dataset of a table's cells (a real-vs-real row needs it)."""
+    return cell_dataset(next(iter(spec["rows"].values())))
 
 
 def table_plan():
@@ -229,6 +268,7 @@ def table_plan():
             "title": spec["title"],
             "paper": spec["paper"],
             "rows": dict(spec["rows"]),
+            "real": table_dataset(spec) if spec["real"] else None,
         }
     plan["cells"] = {"kind": "cells", "title": "Every cell and its scores"}
     if CLASSIFIER_DATASETS:
@@ -259,11 +299,19 @@ def table_cells(name):
     return CELLS if table["kind"] == "cells" else []
 
 
+def seed_files(cells, file):
+    """``file(cell, seed)`` of every seed of every cell in ``cells``, by cell."""
+    return {c: [file(c, s) for s in SEEDS[c]] for c in cells}
+
+
 def table_inputs(wildcards):
     table, cells = TABLES[wildcards.table], table_cells(wildcards.table)
-    inputs = {"metrics": [metrics_file(c) for c in cells]}
-    if table["kind"] == "cells":
-        inputs["logs"] = [train_log_file(c) for c in cells]
+    inputs = {
+        "metrics": [f for fs in seed_files(cells, metrics_file).values() for f in fs],
+        "logs": [f for fs in seed_files(cells, train_log_file).values() for f in fs],
+    }
+    if table.get("real"):
+        inputs["real"] = real_metrics_file(table["real"])
     if table["kind"] == "extractors":
         inputs["classifiers"] = [classifier_summary_file(d) for d in CLASSIFIER_DATASETS]
     if table["kind"] == "benchmark":
@@ -278,8 +326,11 @@ def table_params(wildcards):
         "name": wildcards.table,
         **TABLES[wildcards.table],
         "cells": [dict(INFO[c]._asdict()) for c in cells],
-        "metrics": {c: metrics_file(c) for c in cells},
-        "logs": {c: train_log_file(c) for c in cells},
+        "metrics": seed_files(cells, metrics_file),
+        "logs": seed_files(cells, train_log_file),
+        "real_metrics": real_metrics_file(TABLES[wildcards.table]["real"])
+        if TABLES[wildcards.table].get("real")
+        else None,
         "classifiers": {d: classifier_summary_file(d) for d in CLASSIFIER_DATASETS},
     }
 

@@ -1,21 +1,21 @@
-# 3. The generated set of each cell: as many images as the largest regression size, in
+# 3. The generated set of each cell and seed (sampled with sampling.seed + seed): as many images as the largest regression size, in
 # batches, into one HDF5 file.
 
 
 rule sample:
     input:
-        model=model_file("{cell}"),
+        model=model_file("{cell}", "{seed}"),
     output:
-        samples_file("{cell}"),
+        samples_file("{cell}", "{seed}"),
     params:
         n=sample_count,
         batch_size=config["sampling"]["batch_size"],
-        seed=config["sampling"]["seed"],
+        seed=sampling_seed,
         device=config["device"],
     log:
-        "logs/sample/{cell}.log",
+        "logs/sample/{cell}/seed{seed}.log",
     benchmark:
-        "benchmarks/sample/{cell}.tsv"
+        "benchmarks/sample/{cell}/seed{seed}.tsv"
     threads: 1
     resources:
         gpu=cell_gpu,

@@ -1,4 +1,5 @@
-# 2. Training per cell: KAEM with IS, ULA-MLE or thermodynamic training, or the VAE.
+# 2. Training per cell and seed: KAEM with IS, ULA-MLE or thermodynamic training, the VAE or
+#    the latent EBM; each of a cell's seeds is its own job.
 #
 # A killed job resumes from the checkpoint in the cell's work folder when it runs again
 # (--rerun-incomplete); a finished cell is not retrained, and if Snakemake reruns it anyway
@@ -9,17 +10,17 @@ rule train:
     input:
         data=cell_data,
     output:
-        model=model_file("{cell}"),
-        log=train_log_file("{cell}"),
-        config=train_config_file("{cell}"),
+        model=model_file("{cell}", "{seed}"),
+        log=train_log_file("{cell}", "{seed}"),
+        config=train_config_file("{cell}", "{seed}"),
     params:
         settings=cell_settings,
         workdir=cell_workdir,
         device=config["device"],
     log:
-        "logs/train/{cell}.log",
+        "logs/train/{cell}/seed{seed}.log",
     benchmark:
-        "benchmarks/train/{cell}.tsv"
+        "benchmarks/train/{cell}/seed{seed}.tsv"
     threads: 1
     resources:
         gpu=cell_gpu,

@@ -21,15 +21,17 @@ def main(
     classifier: str | None = None,
     weights: str | None = None,
     max_images: int | None = None,
+    start: int = 0,
     batch_size: int = 200,
     device: str = "auto",
 ) -> Path:
-    """Features of ``data`` (its training split) or of ``samples``, by extractor ``kind``."""
+    """Features of ``data`` (its training split, ``max_images`` images from index ``start``)
+    or of ``samples``, by extractor ``kind``."""
     dev = resolve_device(device)
     extractor = build_extractor(kind, classifier=classifier, inception_weights=weights, device=dev)
     common = {"kind": kind, "batch_size": batch_size, "device": dev}
     if data is not None:
-        return dataset_features(data, out, extractor, max_images=max_images, **common)
+        return dataset_features(data, out, extractor, max_images=max_images, start=start, **common)
     if samples is None:
         raise ValueError("give data (real images) or samples (a generated set)")
     return sample_features(samples, out, extractor, **common)
@@ -45,7 +47,7 @@ if "snakemake" in globals():
             samples=job.input.get("samples"),
             classifier=job.input.get("classifier"),
             weights=job.params.weights,
-            max_images=job.params.get("max_images"),
+            **(job.params.get("range") or {"max_images": job.params.get("max_images")}),
             batch_size=job.params.batch_size,
             device=job.params.device,
         )

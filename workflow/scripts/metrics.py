@@ -21,6 +21,7 @@ def main(
     kid_subsets: int,
     kid_subset_size: int,
     cell: str = "",
+    training_seed: int | None = None,
 ) -> dict:
     """Score ``generated`` against ``real`` features and write the metrics JSON to ``out``."""
     result = cell_metrics(
@@ -31,7 +32,7 @@ def main(
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,
     )
-    result = {"cell": cell, **result}
+    result = {"cell": cell, "training_seed": training_seed, **result}
     write_json(result, out)
     print(f"FID_inf {result['fid_inf']:.4f} (R^2 {result['fid_r2']:.3f})")
     print(f"KID_inf {result['kid_inf']:.5f} (R^2 {result['kid_r2']:.3f})")
@@ -49,5 +50,6 @@ if "snakemake" in globals():
             seed=job.params.seed,
             kid_subsets=job.params.kid_subsets,
             kid_subset_size=job.params.kid_subset_size,
-            cell=job.wildcards.cell,
+            cell=job.wildcards.get("cell", f"real/{job.wildcards.get('dataset')}"),
+            training_seed=int(job.wildcards["seed"]) if "seed" in job.wildcards.keys() else None,
         )

@@ -45,5 +45,5 @@ if "snakemake" in globals():
             batch_size=job.params.batch_size,
             seed=job.params.seed,
             device=job.params.device,
-            cell=job.wildcards.cell,
+            cell=f"{job.wildcards.cell}/seed{job.wildcards.seed}",
         )

@@ -16,6 +16,7 @@ from kaem.workflow.tables import (
     cells_table,
     extractors_table,
     metrics_table,
+    seeds_note,
     thermodynamic_note,
     write_table,
 )
@@ -26,16 +27,35 @@ def _training(log: str) -> dict:
     return {"steps": int(df["step"].max()), "train_seconds": float(df["seconds"].sum())}
 
 
+def _runs(table: dict, cell: str) -> list[dict]:
+    """Per seed of ``cell``: its metrics with the training steps and seconds of its log."""
+    return [
+        {**read_json(metrics), **_training(log)}
+        for metrics, log in zip(table["metrics"][cell], table["logs"][cell], strict=True)
+    ]
+
+
 def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
     """Write ``table`` (its spec, cell records and file maps) to ``stem``.csv/.md/.tex."""
-    scores = {cell: read_json(path) for cell, path in table["metrics"].items()}
+    scores = {cell: _runs(table, cell) for cell in table["metrics"]}
     kind, note = table["kind"], None
     if kind == "metrics":
         rows = {label: (cell, scores[cell]) for label, cell in table["rows"].items()}
-        df = metrics_table(rows, table.get("paper"))
-        note = thermodynamic_note(table["cells"])
+        real = read_json(table["real_metrics"]) if table.get("real_metrics") else None
+        df = metrics_table(rows, table.get("paper"), real=real)
+        notes = (seeds_note(rows, table.get("paper")), thermodynamic_note(table["cells"]))
+        note = " ".join(n for n in notes if n)
     elif kind == "cells":
-        records = [{**c, **_training(table["logs"][c["name"]])} for c in table["cells"]]
+        records = [
+            {
+                **c,
+                "runs": [
+                    {"seed": run["training_seed"], **_training(log)}
+                    for run, log in zip(scores[c["name"]], table["logs"][c["name"]], strict=True)
+                ],
+            }
+            for c in table["cells"]
+        ]
         df = cells_table(records, scores)
     elif kind == "extractors":
         df = extractors_table({d: read_json(p) for d, p in table["classifiers"].items()})
