@@ -72,13 +72,14 @@ class Run:
 
 
 def one_seed_config(root: Path) -> Path:
-    """The tiny config with one seed a cell and no real-vs-real row: the rules are the same,
-    and each SLURM job costs about 10 s of scheduling and start-up."""
+    """The tiny config with one seed a cell, no real-vs-real row and no sweeps: the rules are
+    the same, and each SLURM job costs about 10 s of scheduling and start-up."""
     cfg = yaml.safe_load(TINY.read_text())
     for cell in cfg["cells"].values():
         cell.pop("seeds", None)
     for table in cfg["tables"].values():
         table.pop("real", None)
+    cfg["benchmark"]["sweeps"] = {"enabled": False}
     path = root / "tiny-one-seed.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

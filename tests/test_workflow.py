@@ -320,6 +320,18 @@ MALFORMED = [
     ),
     pytest.param("device", "tpu", r"device: 'tpu' is not one of", id="device"),
     pytest.param(
+        "benchmark.sweeps.only",
+        ["prior_samples", "nz"],
+        r"benchmark\.sweeps\.only: 'nz' is not a sweep of kaem\.bench\.sweeps",
+        id="benchmark.sweeps.only",
+    ),
+    pytest.param(
+        "benchmark.sweeps.values",
+        {"thermo_nt": [0, 2]},
+        r"benchmark\.sweeps\.values\.thermo_nt\[0\]: 0 is less than the minimum of 1",
+        id="benchmark.sweeps.values",
+    ),
+    pytest.param(
         "cells.tiny_is.seeds", [1, 1], r"cells\.tiny_is\.seeds: \[1, 1\] has non-unique", id="seeds"
     ),
     pytest.param(
@@ -629,8 +641,10 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
     kaem_cells, thermo_cells = cells - 3 - 3, 5
     assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 113
     assert int(stats["benchmark"]) == int(stats["figure_benchmark"]) == 1
-    assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3
-    assert int(stats["total"]) == 330
+    assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3 + 4
+    # App. A's four cost curves: a job, a figure and a table each.
+    assert int(stats["benchmark_sweep"]) == int(stats["figure_sweep"]) == 4
+    assert int(stats["total"]) == 342
     planned = re.findall(r"rule train:.*?wildcards: cell=(\w+), seed=(\d+)", out, re.S)
     assert {c for c, _ in planned} == set(yaml.safe_load(PAPER.read_text())["cells"])
     seeds = {c: sorted(int(s) for k, s in planned if k == c) for c, _ in planned}
@@ -689,9 +703,17 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.workflow
 def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
     tables = tiny_run / "results" / "tables"
-    for name in ("tiny", "cells", "extractors", "benchmark"):
+    for name in ("tiny", "cells", "extractors", "benchmark", "sweep_prior_samples"):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0
+    # App. A's cost curve of prior sampling: every series at 1, 10 and 100 samples, and the
+    # speed-up of Langevin over ITS at each.
+    sweep = pd.read_csv(tables / "sweep_prior_samples.csv")
+    points = sweep[sweep["seconds"].notna()]
+    assert len(points) == 4 * 3 and (points["seconds"] > 0).all()
+    ratio = sweep.set_index(["series", "value"])["speed-up"]
+    assert np.isfinite(ratio["Langevin, 60 steps (81) / ITS, NIST prior (3,240)"]).all()
+    assert set(pd.read_csv(tables / "sweep_is_step_nz.csv")["value"]) == {10, 20}
     ours = ["FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2", "KID"]
     tiny = pd.read_csv(tables / "tiny.csv")
     assert list(tiny["model"]) == ["MLE", "Thermo", "VAE", "Real (held-out)"]
@@ -744,6 +766,7 @@ def test_tiny_run_figures_exist_and_are_not_blank(tiny_run):
     for cell in ("tiny_is", "tiny_thermo"):  # KAEM cells: the learned priors (Fig. 3)
         expected += [f"{cell}/prior_grid.png", f"{cell}/prior_top.png"]
     expected.append("tiny_thermo/temperature_schedule.png")  # Figs. 10-11
+    expected += ["benchmark/prior_samples.png", "benchmark/is_step_nz.png"]  # App. A's curves
     found = sorted(str(p.relative_to(figures)) for p in figures.rglob("*.png"))
     assert found == sorted(expected)
     for name in expected:
@@ -844,6 +867,7 @@ def test_tiny_run_builds_an_html_report_with_every_figure_and_table(tiny_run):
         "temperature_schedule.png",
         "prior_top.png",
         "benchmark.png",
+        "prior_samples.png",
         "tiny.csv",
         "extractors.csv",
         "Fig. 3",

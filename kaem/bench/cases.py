@@ -72,15 +72,16 @@ def _its(name: str, warm: bool) -> Callable[[torch.device, int, torch.Generator]
 
 
 def _training_step(
-    name: str, **train: object
+    name: str, model_settings: dict | None = None, **train: object
 ) -> Callable[[torch.device, int, torch.Generator], Case]:
-    """One update of preset ``name``'s criterion (loss and gradient), on random images."""
+    """One update of preset ``name``'s criterion (loss and gradient), on random images; its
+    ``model`` settings merged with ``model_settings``, its ``train`` keys replaced by ``train``."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
         from kaem.kinds import build as build_kind
         from kaem.training import Progress, build_step
 
-        cfg = preset(name)
+        cfg = preset(name, {"model": model_settings or {}})
         tc = from_dict(TrainConfig, {**cfg["train"], **train})
         model = build_kind(cfg["model"], tc.criterion).to(device)
         x = torch.rand(tc.batch_size, *model.image_shape, generator=g, device=device)

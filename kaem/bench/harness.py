@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from kaem.bench.cases import BENCHMARKS, SUITES
+from kaem.bench.sweeps import SWEEPS, run_sweep
 from kaem.cli import positive_int
 
 __all__ = ["RATIOS", "BenchResult", "main", "measure", "payload", "ratios", "run_benchmarks"]
@@ -27,13 +28,15 @@ __all__ = ["RATIOS", "BenchResult", "main", "measure", "payload", "ratios", "run
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Median wall time and peak memory of one benchmark."""
+    """Median wall time (with the fastest and slowest repeat) and peak memory of one benchmark."""
 
     name: str
     seconds: float
     peak_mib: float
     repeats: int
     device: str
+    seconds_min: float | None = None
+    seconds_max: float | None = None
 
 
 def _read_status(key: str) -> float | None:
@@ -118,7 +121,9 @@ def measure(
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return BenchResult(name, statistics.median(times), peak, repeats, str(device))
+    return BenchResult(
+        name, statistics.median(times), peak, repeats, str(device), min(times), max(times)
+    )
 
 
 def _benchmark(name: str, device: torch.device, repeats: int, n_samples: int) -> BenchResult:
@@ -221,6 +226,22 @@ def payload(results: Sequence[BenchResult], device: str | torch.device, n_sample
     }
 
 
+def _sweep_main(args: argparse.Namespace) -> dict:
+    """Run ``args.sweep``, print a line per point and write the JSON if asked."""
+    out = run_sweep(args.sweep, args.device, repeats=args.repeats, values=args.values)
+    print(f"# {out['title']} on {out['device_name']}; median [min, max] seconds, peak MiB")
+    for p in [*out["points"], *([out["reference"]] if out["reference"] else [])]:
+        where = f"{p['series']} @ {p['value']}" if "value" in p else p["series"]
+        print(
+            f"{where:<40s} {p['seconds']:10.4f} [{p['seconds_min']:.4f}, "
+            f"{p['seconds_max']:.4f}] s {p['peak_mib']:10.1f} MiB"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -255,11 +276,25 @@ def main(
     parser.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)"
     )
+    parser.add_argument(
+        "--sweep",
+        choices=list(SWEEPS),
+        help="measure one of App. A's cost curves instead of the benchmarks: "
+        + "; ".join(f"{n}: {s.title}" for n, s in SWEEPS.items()),
+    )
+    parser.add_argument(
+        "--values", nargs="+", type=positive_int, help="the sweep's values (default: its own)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.values and not args.sweep:
+        parser.error("--values needs --sweep")
+    if args.sweep:
+        _sweep_main(args)
+        return []
     if args.worker:  # one isolated benchmark: print its result as JSON
         result = _benchmark(args.worker, torch.device(args.device), args.repeats, args.samples)
         print(json.dumps(asdict(result)))

@@ -47,6 +47,7 @@ __all__ = [
     "RESERVED_TABLES",
     "CellInfo",
     "WorkflowConfigError",
+    "benchmark_sweeps",
     "build_cell_model",
     "cell_info",
     "cell_seeds",
@@ -336,13 +337,29 @@ def real_row_errors(config: Mapping[str, Any], table: str) -> list[str]:
     return []
 
 
-def _check_benchmarks(names: list[str] | None) -> Iterator[str]:
-    if not names:
-        return
+def _check_benchmarks(bench: Mapping[str, Any]) -> Iterator[str]:
     from kaem.bench import BENCHMARKS
+    from kaem.bench.sweeps import SWEEPS
 
-    for bad in sorted(set(names) - set(BENCHMARKS)):
+    for bad in sorted(set(bench["only"] or ()) - set(BENCHMARKS)):
         yield f"benchmark.only: {bad!r} is not a benchmark of kaem.bench ({', '.join(BENCHMARKS)})"
+    sweeps = bench["sweeps"]
+    for key in ("only", "values"):
+        for bad in sorted(set(sweeps[key] or ()) - set(SWEEPS)):
+            yield (
+                f"benchmark.sweeps.{key}: {bad!r} is not a sweep of kaem.bench.sweeps "
+                f"({', '.join(SWEEPS)})"
+            )
+
+
+def benchmark_sweeps(config: Mapping[str, Any]) -> list[str]:
+    """The sweeps a configuration runs: none when benchmarks or sweeps are off."""
+    from kaem.bench.sweeps import SWEEPS
+
+    bench = config["benchmark"]
+    if not (bench["enabled"] and bench["sweeps"]["enabled"]):
+        return []
+    return list(bench["sweeps"]["only"] or SWEEPS)
 
 
 def check_config(config: Mapping[str, Any]) -> None:
@@ -377,7 +394,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         if spec.get("real"):
             errors.extend(real_row_errors(config, table))
     if config["benchmark"]["enabled"]:
-        errors.extend(_check_benchmarks(config["benchmark"]["only"]))
+        errors.extend(_check_benchmarks(config["benchmark"]))
     if errors:
         raise WorkflowConfigError(
             "invalid workflow configuration:\n" + "\n".join(f"  - {x}" for x in errors)

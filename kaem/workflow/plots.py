@@ -313,11 +313,12 @@ def draw_figure(
     ----------
     figure
         ``samples``, ``training_curve``, ``extrapolation``, ``prior_grid``, ``prior_top``,
-        ``temperature_schedule`` or ``benchmark``.
+        ``temperature_schedule``, ``benchmark`` or ``sweep`` (a cost curve of App. A).
     inputs
         The files it is drawn from, by name: ``samples`` (generated HDF5), ``log``
         (``log.csv``), ``metrics`` (a cell's JSON, or one per seed), ``model`` (a checkpoint),
-        ``config`` (the cell's resolved YAML), ``bench`` (benchmark JSON).
+        ``config`` (the cell's resolved YAML), ``bench`` (benchmark JSON), ``sweep`` (a sweep's
+        JSON).
     cell, grid_images, prior_rows, seed
         The title of a regression plot, images in a sample grid, rows of a prior grid (None:
         all) and the seed of the prior samples.
@@ -344,6 +345,10 @@ def draw_figure(
         return plot_prior_top(prior, path, samples=samples)
     if figure == "temperature_schedule":
         return _schedule_of_cell(inputs["config"], inputs["log"], path)
+    if figure == "sweep":
+        from kaem.workflow.costs import plot_sweep
+
+        return plot_sweep(read_json(inputs["sweep"]), path)
     if figure == "benchmark":
         bench = read_json(inputs["bench"])
         title = f"kaem.bench on {bench.get('device_name', bench.get('device', ''))}"

@@ -1,12 +1,14 @@
 # 6. App. A on the machine that runs it: training-step time and peak memory per criterion,
-#    and prior-sampling / generation time (python -m kaem.bench, one process per benchmark).
+#    and prior-sampling / generation time (python -m kaem.bench, one process per benchmark);
+#    and its cost curves, one job per sweep (python -m kaem.bench --sweep).
 
 
 rule benchmark:
     output:
         BENCHMARK_FILE,
     params:
-        settings=config["benchmark"],
+        # Not the sweeps' settings: changing those reruns the sweeps alone.
+        settings={k: v for k, v in config["benchmark"].items() if k != "sweeps"},
     log:
         "logs/benchmark.log",
     benchmark:
@@ -18,3 +20,22 @@ rule benchmark:
         "../envs/kaem.yaml"
     script:
         "../scripts/benchmark.py"
+
+
+rule benchmark_sweep:
+    output:
+        sweep_file("{sweep}"),
+    params:
+        repeats=config["benchmark"]["sweeps"]["repeats"],
+        values=sweep_values,
+        device=config["benchmark"]["device"],
+    log:
+        "logs/benchmark/sweeps/{sweep}.log",
+    benchmark:
+        "benchmarks/benchmark/sweeps/{sweep}.tsv"
+    # Every core, as the benchmark rule: timings taken with the machine to themselves.
+    threads: workflow.cores
+    conda:
+        "../envs/kaem.yaml"
+    script:
+        "../scripts/sweep.py"

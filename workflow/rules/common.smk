@@ -11,6 +11,7 @@ sys.path.insert(0, str(REPO))
 
 from kaem.workflow.config import (
     WorkflowConfigError,
+    benchmark_sweeps,
     cell_info,
     cell_seeds,
     cell_sizes,
@@ -42,6 +43,8 @@ INFO = {cell: cell_info(config, cell) for cell in CELLS}
 SEEDS = {cell: list(INFO[cell].seeds) for cell in CELLS}
 CLASSIFIER_DATASETS = [d for d in DATASETS if config["datasets"][d]["features"] == "classifier"]
 BENCHMARK = config["benchmark"]["enabled"]
+#: App. A's cost curves: one job, figure and table each.
+SWEEPS = benchmark_sweeps(config)
 
 #: Figures of a cell: ``results/figures/{cell}/{figure}.png``, each drawn by its own job.
 CELL_FIGURES = (
@@ -59,6 +62,7 @@ wildcard_constraints:
     cell="|".join(re.escape(c) for c in CELLS),
     seed=r"\d+",
     figure="|".join(CELL_FIGURES),
+    sweep="|".join(re.escape(s) for s in SWEEPS) or "(?!)",
 
 
 # ----------------------------------------------------------------------------- file names
@@ -121,6 +125,19 @@ def real_metrics_file(dataset):
 
 
 BENCHMARK_FILE = "results/benchmark/benchmark.json"
+
+
+def sweep_file(sweep):
+    return f"results/benchmark/sweeps/{sweep}.json"
+
+
+def sweep_figure_file(sweep):
+    return f"results/figures/benchmark/{sweep}.png"
+
+
+def sweep_values(wildcards):
+    """The sweep's configured values, or None for its own."""
+    return config["benchmark"]["sweeps"]["values"].get(wildcards.sweep)
 
 
 # ----------------------------------------------------------------------------- input functions
@@ -281,6 +298,14 @@ def table_plan():
             "kind": "benchmark",
             "title": "App. A: training-step and sampling time and peak memory",
         }
+    from kaem.bench.sweeps import SWEEPS as SWEEP_SPECS
+
+    for sweep in SWEEPS:
+        plan[f"sweep_{sweep}"] = {
+            "kind": "sweep",
+            "sweep": sweep,
+            "title": f"App. A: {SWEEP_SPECS[sweep].title}",
+        }
     return plan
 
 
@@ -316,6 +341,8 @@ def table_inputs(wildcards):
         inputs["classifiers"] = [classifier_summary_file(d) for d in CLASSIFIER_DATASETS]
     if table["kind"] == "benchmark":
         inputs["bench"] = BENCHMARK_FILE
+    if table["kind"] == "sweep":
+        inputs["bench"] = sweep_file(table["sweep"])
     return inputs
 
 
@@ -345,4 +372,5 @@ def table_labels(wildcards):
 def all_targets():
     figures = [figure_file(c, f) for c in CELLS for f in cell_figures(c)]
     tables = [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
-    return figures + ([BENCHMARK_FIGURE] if BENCHMARK else []) + tables
+    sweeps = [sweep_figure_file(s) for s in SWEEPS]
+    return figures + ([BENCHMARK_FIGURE] if BENCHMARK else []) + sweeps + tables

@@ -46,3 +46,23 @@ rule figure_benchmark:
         "../envs/kaem.yaml"
     script:
         "../scripts/figures.py"
+
+
+rule figure_sweep:
+    input:
+        sweep=sweep_file("{sweep}"),
+    output:
+        report(
+            sweep_figure_file("{sweep}"),
+            caption="../report/sweep.rst",
+            category="Figures",
+            subcategory="Benchmarks",
+            labels={"cell": "-", "figure": "{sweep}"},
+        ),
+    log:
+        "logs/figures/benchmark/{sweep}.log",
+    localrule: True
+    conda:
+        "../envs/kaem.yaml"
+    script:
+        "../scripts/figures.py"

@@ -13,7 +13,9 @@ from kaem.workflow.plots import draw_figure
 if "snakemake" in globals():
     job = globals()["snakemake"]  # defined by the preamble Snakemake puts before this file
     with job_context(job.log[0], job.threads):
-        figure = job.wildcards.get("figure", "benchmark")
+        figure = job.wildcards.get(
+            "figure", "sweep" if "sweep" in job.wildcards.keys() else "benchmark"
+        )
         # A named input is one file or, like a cell's metrics of every seed, a list of them.
         inputs = {
             name: str(files) if isinstance(files, str) else [str(f) for f in files]

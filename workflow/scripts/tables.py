@@ -11,6 +11,7 @@ import pandas as pd
 
 from kaem.workflow.artifacts import read_json
 from kaem.workflow.config import job_context
+from kaem.workflow.costs import sweep_table
 from kaem.workflow.tables import (
     benchmark_table,
     cells_table,
@@ -63,6 +64,16 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
         if bench is None:
             raise ValueError("the benchmark table needs the benchmark results")
         df = benchmark_table(read_json(bench))
+    elif kind == "sweep":
+        if bench is None:
+            raise ValueError("a sweep table needs the sweep's results")
+        sweep = read_json(bench)
+        df = sweep_table(sweep)
+        note = (
+            f"{sweep['x_label']} in the value column; median seconds over the repeats with the "
+            f"fastest and slowest, peak MiB of the first call, on {sweep['device_name']} "
+            f"({sweep['threads']} threads). {sweep.get('notes') or ''}"
+        ).strip()
     else:
         raise ValueError(f"unknown table kind {kind!r}")
     print(f"{table['name']}:\n{df.to_string(index=False)}\n")

@@ -1,0 +1,111 @@
+"""App. A's cost curves: sweeps measured, tabulated and drawn, and their bad input refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from kaem.bench.harness import main as bench_main
+from kaem.bench.sweeps import SWEEPS, run_sweep
+from kaem.workflow.costs import plot_sweep, sweep_table
+
+
+def test_a_sweep_measures_every_series_at_every_value_with_its_spread():
+    out = run_sweep("prior_samples", "cpu", repeats=2, values=[4, 1], progress=False)
+    series = list(SWEEPS["prior_samples"].series)
+    assert [(p["series"], p["value"]) for p in out["points"]] == [
+        (s, v) for s in series for v in (1, 4)
+    ]
+    for p in out["points"]:
+        assert 0 < p["seconds_min"] <= p["seconds"] <= p["seconds_max"], p
+        assert p["peak_mib"] >= 0 and p["repeats"] >= 1
+    assert out["reference"] is None and out["device"] == "cpu" and out["log_x"]
+    assert ["Langevin, 60 steps (81)", "ITS, SVHN mixture prior (81)"] in out["ratios"]
+
+
+def test_a_sweep_of_the_latent_width_changes_the_models_width(monkeypatch):
+    from kaem.bench import sweeps
+
+    built = []
+    real = sweeps._training_step
+
+    def spy(name, model_settings=None, **train):
+        built.append(model_settings)
+        return real(name, model_settings=model_settings, **train)
+
+    monkeypatch.setattr(sweeps, "_training_step", spy)
+    out = run_sweep("is_step_nz", "cpu", repeats=1, values=[6, 3], progress=False)
+    assert [p["value"] for p in out["points"]] == [3, 6]
+    assert [m["prior"]["widths"][1] for m in built] == [3, 6]
+    assert [m["generator"]["hidden_widths"] for m in built] == [[6], [12]]
+
+
+def _payload() -> dict:
+    def point(series, value, seconds):
+        return {
+            "series": series,
+            "value": value,
+            "seconds": seconds,
+            "seconds_min": seconds * 0.9,
+            "seconds_max": seconds * 1.2,
+            "peak_mib": 10.0 * value,
+            "repeats": 3,
+        }
+
+    return {
+        "sweep": "thermo_nt",
+        "title": "a sweep",
+        "x_label": "temperatures N_t",
+        "log_x": False,
+        "notes": "",
+        "ratios": [["slow", "fast"]],
+        "points": [point("fast", 2, 1.0), point("fast", 4, 2.0), point("slow", 2, 5.0)],
+        "reference": {"series": "VAE step", **point("VAE step", 0, 0.5)},
+        "device_name": "cpu",
+        "threads": 2,
+    }
+
+
+def test_a_sweep_table_lists_the_points_then_the_speed_ups_and_the_reference_ratios():
+    df = sweep_table(_payload())
+    points = df[df["seconds"].notna() & (df["series"] != "VAE step")]
+    assert list(zip(points["series"], points["value"], strict=True)) == [
+        ("fast", 2),
+        ("fast", 4),
+        ("slow", 2),
+    ]
+    speed = df.set_index("series")["speed-up"]
+    assert speed["slow / fast"] == pytest.approx(5.0)  # only where both were measured
+    assert (df["series"] == "slow / fast").sum() == 1
+    ref = df[df["series"].str.endswith("/ VAE step")]
+    assert list(ref["speed-up"]) == pytest.approx([2.0, 4.0, 10.0])
+    assert df.set_index("series").loc["VAE step", "seconds"] == 0.5
+
+
+def test_a_sweep_figure_is_drawn(tmp_path):
+    path = plot_sweep(_payload(), tmp_path / "sweep.png")
+    image = imread(path)[..., :3]
+    assert image.shape[0] > 200 and np.std(image) > 0.05
+
+
+def test_the_sweep_command_writes_its_json_and_refuses_bad_input(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    bench_main(
+        ["--sweep", "is_step_nz", "--values", "2", "3", "--repeats", "1", "--json", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert data["sweep"] == "is_step_nz" and [p["value"] for p in data["points"]] == [2, 3]
+    assert "IS step @ 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_main(["--values", "2", "3"])
+    assert "--values needs --sweep" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["--sweep", "nosuch"])
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown sweep 'nosuch'"):
+        run_sweep("nosuch")
+    assert math.isfinite(data["points"][0]["seconds"])
