@@ -74,9 +74,11 @@ def _its(name: str, warm: bool) -> Callable[[torch.device, int, torch.Generator]
 def _training_step(
     name: str, **train: object
 ) -> Callable[[torch.device, int, torch.Generator], Case]:
-    """One update of preset ``name``'s criterion (loss and gradient), on random images."""
+    """One update of preset ``name``'s criterion (loss and gradient), on random images; its
+    checks are judged once, after the backward pass, as the training loop judges them."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        from kaem.checks import deferred_checks, first_failure
         from kaem.kinds import build as build_kind
         from kaem.training import Progress, build_step
 
@@ -87,9 +89,13 @@ def _training_step(
         step_fn = build_step(tc)
 
         def step() -> None:
-            loss, _ = step_fn(model, x, g, Progress(1, 40_000))
+            with deferred_checks() as checks:
+                loss, _ = step_fn(model, x, g, Progress(1, 40_000))
             model.zero_grad(set_to_none=True)
             loss.backward()
+            error = first_failure(checks)
+            if error is not None:
+                raise error
 
         return Case(step, _perturb(model))
 
