@@ -106,6 +106,7 @@ class LatentEBMPrior(nn.Module):
             step_size=self.step_size,
             n_steps=self.n_steps,
             generator=generator,
+            grad_norm=False,
         )
         return z
 
@@ -159,6 +160,7 @@ class LEBM(nn.Module):
             step_size=step_size,
             n_steps=n_steps,
             generator=generator,
+            grad_norm=False,
         )
         return z
 

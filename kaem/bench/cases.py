@@ -75,9 +75,11 @@ def _training_step(
     name: str, model_settings: dict | None = None, **train: object
 ) -> Callable[[torch.device, int, torch.Generator], Case]:
     """One update of preset ``name``'s criterion (loss and gradient), on random images; its
-    ``model`` settings merged with ``model_settings``, its ``train`` keys replaced by ``train``."""
+    ``model`` settings merged with ``model_settings``, its ``train`` keys replaced by ``train``;
+    its checks are judged once, after the backward pass, as the training loop judges them."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        from kaem.checks import deferred_checks, first_failure
         from kaem.kinds import build as build_kind
         from kaem.training import Progress, build_step
 
@@ -88,9 +90,13 @@ def _training_step(
         step_fn = build_step(tc)
 
         def step() -> None:
-            loss, _ = step_fn(model, x, g, Progress(1, 40_000))
+            with deferred_checks() as checks:
+                loss, _ = step_fn(model, x, g, Progress(1, 40_000))
             model.zero_grad(set_to_none=True)
             loss.backward()
+            error = first_failure(checks)
+            if error is not None:
+                raise error
 
         return Case(step, _perturb(model))
 

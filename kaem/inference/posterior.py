@@ -11,13 +11,15 @@ the step size and retry).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from kaem.checks import check_later
 from kaem.model import KAEM
 from kaem.samplers import NonFiniteError, mala, tempered, ula
+from kaem.samplers.base import nonfinite_error
 
 __all__ = [
     "NonFinitePolicy",
@@ -88,38 +90,61 @@ class PosteriorSample(NamedTuple):
     retries
         How many times the step size was halved.
     acceptance
-        Mean MALA acceptance rate (NaN for ULA).
+        Mean MALA acceptance rate, shape ``()`` (NaN for ULA).
     """
 
     z: Tensor
     step_size: float
     retries: int
-    acceptance: float
+    acceptance: Tensor
+
+
+def _failure(
+    err: NonFiniteError, describe: Callable[[NonFiniteError], str], step_size: float, retries: int
+) -> FloatingPointError:
+    extra = f" after {retries} halvings of the step size" if retries else ""
+    failure = FloatingPointError(
+        f"{describe(err)} (step size {step_size:g}){extra}; lower "
+        "train.langevin.step_size or set train.langevin.nonfinite: halve_and_retry"
+    )
+    failure.__cause__ = err
+    return failure
 
 
 def _retrying(
-    run: Callable[[float], tuple],
+    run: Callable[[float], tuple[tuple, Tensor]],
     step_size: float,
     policy: NonFinitePolicy,
     max_retries: int,
     describe: Callable[[NonFiniteError], str],
+    quantity: str = "log density or gradient",
 ) -> tuple[tuple, float, int]:
-    """``run(step_size)``, halving the step and running again on :class:`NonFiniteError`."""
+    """``run(step_size)``, halving the step and running again while a chain is not finite.
+
+    ``run`` returns its result and the record of its chains' first non-finite steps
+    (:attr:`~kaem.samplers.NonFiniteRecord.first`). With ``raise`` nothing waits for the
+    device: the record becomes a :func:`~kaem.checks.check_later` check. Halving needs the
+    verdict, so each run of ``halve_and_retry`` costs one synchronisation.
+    """
     if policy not in ("raise", "halve_and_retry"):
         raise ValueError(f"nonfinite policy must be 'raise' or 'halve_and_retry', got {policy!r}")
+    if policy == "raise":
+        result, first = run(step_size)
+        check_later(
+            first.amax() >= 0,
+            lambda: _failure(nonfinite_error(first, quantity), describe, step_size, 0),
+        )
+        return result, step_size, 0
     retries = 0
     while True:
-        try:
-            return run(step_size), step_size, retries
-        except NonFiniteError as err:
-            if policy == "raise" or retries >= max_retries:
-                extra = f" after {retries} halvings of the step size" if retries else ""
-                raise FloatingPointError(
-                    f"{describe(err)} (step size {step_size:g}){extra}; lower "
-                    "train.langevin.step_size or set train.langevin.nonfinite: halve_and_retry"
-                ) from err
-            step_size /= 2.0
-            retries += 1
+        result, first = run(step_size)
+        err = nonfinite_error(first, quantity)
+        if err is None:
+            return result, step_size, retries
+        if retries >= max_retries:
+            raise _failure(err, describe, step_size, retries)
+        step_size /= 2.0
+        retries += 1
 
 
 def sample_posterior(
@@ -150,8 +175,10 @@ def sample_posterior(
         ``ula`` (the paper) or ``mala`` (Metropolis-adjusted, the paper's future work).
     nonfinite
         ``raise``: a non-finite log density or gradient stops with an error naming the step
-        and chain; ``halve_and_retry``: the whole short run is redone from the same start with
-        half the step size, at most ``max_retries`` times.
+        and chain (inside :func:`kaem.checks.deferred_checks`, when its checks are judged, so
+        the run never waits for the device); ``halve_and_retry``: the whole short run is
+        redone from the same start with half the step size, at most ``max_retries`` times
+        (one synchronisation per run, to decide).
     generator
         Randomness for the start and the Langevin noise.
     """
@@ -168,15 +195,16 @@ def sample_posterior(
     z0 = prior.sample(x.shape[0], generator)
     state = generator.get_state() if generator is not None else None
     kw = {"n_steps": n_steps, "generator": generator, "bounds": prior.domain}
+    kw["check_finite"] = False  # judged by _retrying
 
-    def run(eta: float) -> tuple:
+    def run(eta: float) -> tuple[tuple, Tensor]:
         if state is not None:  # a retry replays the same noise at the smaller step
             generator.set_state(state)
         if sampler == "mala":
             z, info = mala(log_density, z0, step_size=eta, **kw)
-            return z, float(info.acceptance_rate.mean())
-        z, _ = ula(log_density, z0, step_size=eta, **kw)
-        return z, float("nan")
+            return (z, info.acceptance_rate.mean()), info.first_nonfinite
+        z, info = ula(log_density, z0, step_size=eta, grad_norm=False, **kw)
+        return (z, torch.full((), torch.nan, dtype=z.dtype, device=z.device)), info.first_nonfinite
 
     def describe(err: NonFiniteError) -> str:
         return (
@@ -287,6 +315,51 @@ def _prepend_level(levels: list[Tensor], exact: tuple[Tensor, ...]) -> list[Tens
     return moments + [torch.cat([nan, rate]) for rate in levels[4:]]
 
 
+def _population_runner(
+    model: KAEM,
+    log_lik: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    chained: Tensor,
+    generator: torch.Generator | None,
+    settings: dict[str, Any],
+    on_step: Callable[[], None] | None,
+) -> Callable[[float], tuple[tuple, Tensor]]:
+    """``run(eta)`` for :func:`_retrying`: the tempered chains from ``z0`` at the temperatures
+    ``chained`` (every run replays the same noise), with the trace moments of the second half
+    of each chain, and the record of non-finite chains."""
+    state = generator.get_state() if generator is not None else None
+    burn_in = settings["n_steps"] // 2
+
+    def run(eta: float) -> tuple[tuple, Tensor]:
+        if state is not None:
+            generator.set_state(state)
+        trace = _TraceMoments()
+
+        def accumulate(step: int, ll: Tensor) -> None:
+            if step > burn_in:
+                trace.add(ll)
+            if on_step is not None:
+                on_step()
+
+        z, info = tempered(
+            settings["sampler"],
+            model.prior.frozen_log_prob(),
+            log_lik,
+            z0,
+            chained,
+            step_size=eta,
+            generator=generator,
+            callback=accumulate,
+            bounds=model.prior.domain,
+            check_finite=False,
+            n_steps=settings["n_steps"],
+            swap_every=settings["swap_every"],
+        )
+        return (z, info, *trace.moments()), info.first_nonfinite
+
+    return run
+
+
 def sample_power_posteriors(
     model: KAEM,
     x: Tensor,
@@ -301,6 +374,7 @@ def sample_power_posteriors(
     max_retries: int = 3,
     generator: torch.Generator | None = None,
     on_step: Callable[[], None] | None = None,
+    exact_prior: bool | None = None,
 ) -> PopulationSample:
     """Population Langevin on ``p_t(z | x) ∝ p(x | z)^t pi(z)`` with replica swaps (eqs. 12, 25).
 
@@ -326,6 +400,10 @@ def sample_power_posteriors(
         As in :func:`sample_posterior`; a non-finite value is reported with its temperature.
     on_step
         Called after every step of the population (a progress bar's update); host-side only.
+    exact_prior
+        Whether ``temperatures[0]`` is exactly 0 (so that level is drawn exactly), as it is
+        for :func:`~kaem.samplers.power_temperatures`; read from the tensor if not given, which
+        costs a synchronisation when it lives on an accelerator.
     """
     check_langevin_prior(model, "power-posterior sampling")
     if sampler not in ("ula", "mala"):
@@ -334,44 +412,18 @@ def sample_power_posteriors(
     batch = x.shape[0]
     if n_chains < 1:
         raise ValueError(f"n_chains must be at least 1, got {n_chains}")
-    prior = model.prior
     log_lik = log_likelihood_fn(model, x)
     # p_0 is the prior itself: its samples come exactly from the inverse transform, so only
     # the temperatures t > 0 need Langevin chains (and the population costs N_t chains, not
     # N_t + 1).
-    exact_prior = bool(temperatures[0] == 0)
+    if exact_prior is None:
+        exact_prior = bool(temperatures[0] == 0)
     chained = temperatures[1:] if exact_prior else temperatures
     n_chained = chained.shape[0]
-    z0 = prior.sample(n_chained * n_chains * batch, generator)
+    z0 = model.prior.sample(n_chained * n_chains * batch, generator)
     z0 = z0.reshape(n_chained, n_chains * batch, *z0.shape[1:])
-    state = generator.get_state() if generator is not None else None
-    burn_in = n_steps // 2
-
-    def run(eta: float) -> tuple:
-        if state is not None:
-            generator.set_state(state)
-        trace = _TraceMoments()
-
-        def accumulate(step: int, ll: Tensor) -> None:
-            if step > burn_in:
-                trace.add(ll)
-            if on_step is not None:
-                on_step()
-
-        z, info = tempered(
-            sampler,
-            prior.frozen_log_prob(),
-            log_lik,
-            z0,
-            chained,
-            step_size=eta,
-            n_steps=n_steps,
-            generator=generator,
-            swap_every=swap_every,
-            callback=accumulate,
-            bounds=prior.domain,
-        )
-        return z, info, *trace.moments()
+    settings = {"sampler": sampler, "n_steps": n_steps, "swap_every": swap_every}
+    run = _population_runner(model, log_lik, z0, chained, generator, settings, on_step)
 
     def describe(err: NonFiniteError) -> str:
         where = [(float(chained[k]), b % batch) for k, b in err.chains[:10]]
@@ -380,14 +432,17 @@ def sample_power_posteriors(
             f"{err.step} in chain(s) (temperature, data point) {where}"
         )
 
-    (z, info, mean, var), eta, retries = _retrying(run, step_size, nonfinite, max_retries, describe)
+    quantity = "log prior, log-likelihood or gradient"
+    (z, info, mean, var), eta, retries = _retrying(
+        run, step_size, nonfinite, max_retries, describe, quantity
+    )
     shape = (n_chained, n_chains, batch)
     z = z.reshape(*shape, *z.shape[2:])
     ll = info.log_lik.reshape(shape)
     mean, var = mean.reshape(shape).mean(1), var.reshape(shape).mean(1)
     levels = [z, ll, mean, var, info.swap_acceptance_rate, info.acceptance_rate]
     if exact_prior:
-        exact = _exact_prior_level(model, x, n_chains, max(n_steps - burn_in, 2), generator)
-        levels = _prepend_level(levels, exact)
+        draws = max(n_steps - n_steps // 2, 2)
+        levels = _prepend_level(levels, _exact_prior_level(model, x, n_chains, draws, generator))
     z, ll, mean, var, swap_rate, acceptance = levels
     return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries, acceptance)

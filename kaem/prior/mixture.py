@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -109,6 +110,24 @@ class MixtureEnergyPrior(EnergyPrior):
     def log_prob(self, z: Tensor, log_normaliser: Tensor | None = None) -> Tensor:
         """Normalised mixture log density (eq. 18), shape ``(n,)`` for ``z`` of shape ``(n, Q)``."""
         return torch.logsumexp(self.component_log_prob(z, log_normaliser), dim=-1).sum(dim=-1)
+
+    def frozen_log_prob(self) -> Callable[[Tensor], Tensor]:
+        """:meth:`log_prob` with ``log Z_qp - log alpha_qp`` computed once, without gradient.
+
+        Both terms are independent of ``z``, so a sampler's chains see the same density (to
+        rounding) and gradient in ``z`` as with :meth:`log_prob`, for one evaluation of the
+        quadrature and of the proportions per run instead of one per step (see
+        :meth:`~kaem.prior.base.EnergyPrior.frozen_log_prob`).
+        """
+        with torch.no_grad():
+            offset = self.log_normaliser() - torch.log_softmax(self.logits, dim=-1)  # (Q, P)
+
+        def log_prob(z: Tensor) -> Tensor:
+            self._check_z(z)
+            lp = self.kan.edges(z) + self.reference.log_density(z)[..., None] - offset
+            return torch.logsumexp(self._on_support(z[..., None], lp), dim=-1).sum(dim=-1)
+
+        return log_prob
 
     def prior_term(
         self,

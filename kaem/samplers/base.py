@@ -22,9 +22,16 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from kaem.checks import check_count
+from kaem.checks import check_count, check_later
 
-__all__ = ["Bounds", "LogDensityFn", "NonFiniteError", "NonFiniteRecord", "reflect"]
+__all__ = [
+    "Bounds",
+    "LogDensityFn",
+    "NonFiniteError",
+    "NonFiniteRecord",
+    "nonfinite_error",
+    "reflect",
+]
 
 LogDensityFn = Callable[[Tensor], Tensor]
 #: ``(low, high)``: the interval every coordinate of a chain lives on.
@@ -72,8 +79,9 @@ class NonFiniteError(FloatingPointError):
 class NonFiniteRecord:
     """The first step at which each chain met a non-finite value, kept on the device.
 
-    Updating it costs two element-wise operations and no host synchronisation; the one
-    synchronisation happens in :meth:`raise_if_any`, after the run.
+    Updating it costs a few element-wise operations and no host synchronisation; the one
+    synchronisation happens in :meth:`raise_if_any` after the run, or never inside
+    :func:`kaem.checks.deferred_checks` (then :meth:`check` hands the verdict to its caller).
 
     Parameters
     ----------
@@ -93,11 +101,32 @@ class NonFiniteRecord:
 
     def raise_if_any(self, quantity: str = "log density or gradient") -> None:
         """Raise :class:`NonFiniteError` naming the earliest bad step and its chains."""
-        bad = self.first >= 0
-        if not bool(bad.any()):
-            return
-        step = int(self.first[bad].min())
-        raise NonFiniteError(chain_indices(self.first == step), step, quantity)
+        err = nonfinite_error(self.first, quantity)
+        if err is not None:
+            raise err
+
+    def check(self, quantity: str = "log density or gradient") -> None:
+        """:meth:`raise_if_any`, deferred inside :func:`kaem.checks.deferred_checks`."""
+        first = self.first
+        check_later(self.count > 0, lambda: nonfinite_error(first, quantity))
+
+
+def nonfinite_error(first: Tensor, quantity: str = "log density or gradient") -> Exception | None:
+    """The :class:`NonFiniteError` of a record's ``first`` steps, or None if every chain was
+    finite (one synchronisation).
+
+    Parameters
+    ----------
+    first : Tensor, batch shape, int64
+        :attr:`NonFiniteRecord.first`: each chain's first non-finite step, -1 if none.
+    quantity : str
+        What was non-finite, for the message.
+    """
+    bad = first >= 0
+    if not bool(bad.any()):
+        return None
+    step = int(first[bad].min())
+    return NonFiniteError(chain_indices(first == step), step, quantity)
 
 
 def check_steps(n_steps: int, name: str = "n_steps") -> None:
@@ -170,12 +199,18 @@ def max_reflected_step(bounds: Bounds) -> float:
     return (bounds[1] - bounds[0]) ** 2 / 16.0
 
 
-def check_reflected_step(step: Tensor, bounds: Bounds | None) -> None:
-    """MALA's folded proposal density sums :data:`_IMAGES` images: refuse larger steps."""
-    if bounds is not None and float(step.max()) > max_reflected_step(bounds):
+def check_reflected_step(step_size: float | Tensor, bounds: Bounds | None) -> None:
+    """MALA's folded proposal density sums :data:`_IMAGES` images: refuse larger steps.
+
+    A Python number is checked on the host; a tensor costs one synchronisation.
+    """
+    if bounds is None:
+        return
+    largest = float(step_size.max()) if isinstance(step_size, Tensor) else float(step_size)
+    if largest > max_reflected_step(bounds):
         raise ValueError(
             f"with bounds {bounds} MALA's step size must be at most (high - low)^2 / 16 = "
-            f"{max_reflected_step(bounds):g}, got {float(step.max()):g}"
+            f"{max_reflected_step(bounds):g}, got {largest:g}"
         )
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kaem.checks import check_later
 from kaem.samplers.resampling import Resampler, get_resampler
 
 __all__ = [
@@ -32,14 +33,17 @@ def _shifted(log_w: Tensor, dim: int) -> Tensor:
     logsumexp's internal one) matters in float32: log weights near -1e4 are only resolved to
     about 1e-3, and ``log_w - logsumexp(log_w)`` would inherit that error, whereas the
     difference to a nearby maximum is exact.
+
+    The checks are made on the device (:func:`kaem.checks.check_later`): they raise at once,
+    or inside :func:`kaem.checks.deferred_checks` when its checks are judged.
     """
-    if bool(torch.isnan(log_w).any()):
-        raise ValueError("log weights contain NaN")
-    if bool((log_w == math.inf).any()):
-        raise ValueError("log weights contain +inf")
     top = log_w.detach().amax(dim=dim, keepdim=True)
-    if not bool(torch.isfinite(top).all()):
-        raise ValueError("log weights are all -inf along the normalised dimension for some row")
+    check_later(torch.isnan(top).any(), lambda: ValueError("log weights contain NaN"))
+    check_later((top == math.inf).any(), lambda: ValueError("log weights contain +inf"))
+    check_later(
+        (top == -math.inf).any(),
+        lambda: ValueError("log weights are all -inf along the normalised dimension for some row"),
+    )
     return log_w - top
 
 
@@ -116,6 +120,10 @@ def resample_if_needed(
         the importance weights otherwise.
     resampled : Tensor, shape (B,), bool
         Which rows were resampled.
+
+    Every row is resampled and the rows that need it are selected on the device, so the call
+    never waits for the device; rows whose weights are not finite (reported by the checks of
+    :func:`normalized_log_weights`) are resampled from uniform weights.
     """
     if log_w.ndim != 2:
         raise ValueError(f"log_w must have shape (B, S), got shape {tuple(log_w.shape)}")
@@ -127,14 +135,12 @@ def resample_if_needed(
 
     weights = normalized_log_weights(log_w, dim=-1).exp()
     resampled = effective_sample_size(log_w, dim=-1) < threshold * n_samples
+    uniform = torch.full_like(weights, 1.0 / n_samples)
+    valid = torch.isfinite(weights).all(-1, keepdim=True)
+    drawn = resampler(torch.where(valid, weights, uniform), generator)  # (B, S)
     identity = torch.arange(n_samples, device=log_w.device).expand(n_rows, n_samples)
-    ancestors = identity.clone()
-    if bool(resampled.any()):
-        # Only the degenerate rows consume random numbers; the others keep their weights.
-        ancestors[resampled] = resampler(weights[resampled], generator)
-    weights = torch.where(
-        resampled.unsqueeze(-1), torch.full_like(weights, 1.0 / n_samples), weights
-    )
+    ancestors = torch.where(resampled.unsqueeze(-1), drawn, identity)
+    weights = torch.where(resampled.unsqueeze(-1), uniform, weights)
     return ancestors, weights, resampled
 
 

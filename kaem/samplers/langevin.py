@@ -14,7 +14,8 @@ Conventions shared by every function here:
   once, at the new position.
 - Every kernel returns ``(state, info)``; ``info.nonfinite`` marks the chains whose new log
   density or gradient is not finite. The runners record the first such step of every chain
-  on the device and check once, after the last step (no host synchronisation per step).
+  on the device and check once, after the last step (no host synchronisation per step; none
+  at all inside :func:`kaem.checks.deferred_checks`, whose caller judges the check).
 - ``bounds=(low, high)`` confines every coordinate to ``[low, high]`` (a KAEM prior's domain):
   proposals are reflected at both ends, so chains never leave the support. Reflection is the
   boundary condition of the Langevin diffusion whose stationary law is the target restricted
@@ -132,7 +133,8 @@ class LangevinInfo(NamedTuple):
     log_density : Tensor, shape (n_chains,)
         Log density at the returned positions.
     grad_norm : Tensor, shape (n_steps,)
-        Mean over chains of ``||grad log p||_2`` at the start of each step.
+        Mean over chains of ``||grad log p||_2`` at the start of each step; shape ``(0,)``
+        unless asked for.
     n_nonfinite : Tensor, shape (), int64
         Number of (chain, evaluation) pairs with a non-finite log density or gradient.
     first_nonfinite : Tensor, shape (n_chains,), int64
@@ -326,8 +328,8 @@ def mala_step(
     info : MALAStepInfo
     """
     bounds = check_bounds(bounds)
+    check_reflected_step(step_size, bounds)
     step = broadcast_step(step_size, state.position)
-    check_reflected_step(step, bounds)
     return mala_kernel(_evaluator(log_density_fn), state, step, generator, bounds)
 
 
@@ -340,6 +342,7 @@ def ula(
     generator: torch.Generator | None,
     check_finite: bool = True,
     bounds: Bounds | None = None,
+    grad_norm: bool = True,
 ) -> tuple[Tensor, LangevinInfo]:
     """Run the unadjusted Langevin algorithm (eq. 11) on all chains at once.
 
@@ -362,10 +365,14 @@ def ula(
         Source of randomness, on the device of ``z0``.
     check_finite : bool
         After the run, raise :class:`NonFiniteError` naming the first step at which a log
-        density or gradient was not finite and the chains it happened in. Off, the record is
+        density or gradient was not finite and the chains it happened in (inside
+        :func:`kaem.checks.deferred_checks`, when its checks are judged). Off, the record is
         only returned in the info.
     bounds : (float, float) or None
         Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends.
+    grad_norm : bool
+        Record the mean gradient norm of every step (``info.grad_norm``); off, it is empty
+        and costs nothing.
 
     Returns
     -------
@@ -382,13 +389,14 @@ def ula(
     record.update(nonfinite_chains(state.log_density, state.grad), 0)
     grad_norms = []
     for i in range(n_steps):
-        grad_norms.append(state.grad.reshape(len(z0), -1).norm(dim=-1).mean())
+        if grad_norm:
+            grad_norms.append(state.grad.reshape(len(z0), -1).norm(dim=-1).mean())
         state, info = ula_kernel(evaluate, state, step, generator, bounds)
         record.update(info.nonfinite, i + 1)
     if check_finite:
-        record.raise_if_any()
-    grad_norm = torch.stack(grad_norms) if grad_norms else z0.new_zeros(0)
-    return state.position, LangevinInfo(state.log_density, grad_norm, record.count, record.first)
+        record.check()
+    norms = torch.stack(grad_norms) if grad_norms else z0.new_zeros(0)
+    return state.position, LangevinInfo(state.log_density, norms, record.count, record.first)
 
 
 def mala(
@@ -430,7 +438,8 @@ def mala(
         Target acceptance probability in (0, 1).
     check_finite : bool
         After the run, raise :class:`NonFiniteError` naming the first step with a non-finite
-        value (non-finite proposals are rejected either way).
+        value (non-finite proposals are rejected either way); inside
+        :func:`kaem.checks.deferred_checks`, when its checks are judged.
     bounds : (float, float) or None
         Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends
         (see :func:`mala_step`); adaptation keeps the steps within the limit there.
@@ -447,8 +456,8 @@ def mala(
         raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
     n_chains = len(z0)
     bounds = check_bounds(bounds)
+    check_reflected_step(step_size, bounds)
     step = broadcast_step(step_size, z0).reshape(-1).expand(n_chains).clone()  # (n_chains,)
-    check_reflected_step(step, bounds)
     max_log_step = math.inf if bounds is None else math.log(max_reflected_step(bounds))
     event_ones = [1] * (z0.ndim - 1)
     evaluate = _evaluator(log_density_fn)
@@ -474,7 +483,7 @@ def mala(
         record.update(info.nonfinite, n_warmup + i + 1)
         n_accepted = n_accepted + info.accepted.to(step.dtype)
     if check_finite:
-        record.raise_if_any()
+        record.check()
     acceptance_rate = n_accepted / n_steps if n_steps > 0 else torch.full_like(step, math.nan)
     return state.position, MALAInfo(
         acceptance_rate, step, state.log_density, record.count, record.first

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kaem.checks import check_count
+from kaem.checks import check_count, check_later
 
 __all__ = [
     "RESAMPLERS",
@@ -46,6 +46,9 @@ def _work_dtype(device: torch.device) -> torch.dtype:
 def _prepare(weights: Tensor, num_samples: int | None) -> tuple[Tensor, int, torch.Size]:
     """Validate ``weights`` and flatten them to ``(R, N)`` rows that sum to exactly one.
 
+    Their values are checked on the device (:func:`kaem.checks.check_later`: at once, or
+    when the checks of :func:`kaem.checks.deferred_checks` are judged).
+
     Returns
     -------
     rows : Tensor, shape (R, N)
@@ -68,27 +71,43 @@ def _prepare(weights: Tensor, num_samples: int | None) -> tuple[Tensor, int, tor
         num_samples = n
     check_count("num_samples", num_samples)
 
-    finite = torch.isfinite(weights)
-    if not bool(finite.all()):
-        bad = weights[~finite][0].item()
-        raise ValueError(f"weights must be finite, found {bad}")
-    if bool((weights < 0).any()):
-        raise ValueError(f"weights must be non-negative, found {weights.min().item():.6g}")
-
     rows = weights.reshape(-1, n).to(_work_dtype(weights.device))
     sums = rows.sum(-1)
+    if rows.shape[0] > 0:
+        _check_weights(weights, rows, sums)
+    # Invalid weights were reported above; they are made harmless here, so that nothing
+    # downstream fails on the device before the report is read.
+    rows = rows.nan_to_num(0.0, 0.0, 0.0).clamp_(min=0.0)
+    sums = rows.sum(-1, keepdim=True)
+    return rows / torch.where(sums > 0, sums, 1.0), num_samples, weights.shape[:-1]
+
+
+def _check_weights(weights: Tensor, rows: Tensor, sums: Tensor) -> None:
+    """Finite, non-negative weights whose rows ``(R, N)`` sum to one (with their ``sums``),
+    checked on the device (:func:`kaem.checks.check_later`), in that order."""
+    check_later(
+        ~torch.isfinite(rows).all(),
+        lambda: ValueError(
+            f"weights must be finite, found {weights[~torch.isfinite(weights)][0].item()}"
+        ),
+    )
+    check_later(
+        rows.amin() < 0,
+        lambda: ValueError(f"weights must be non-negative, found {weights.min().item():.6g}"),
+    )
     # sqrt(eps) of the caller's dtype: loose enough for a float32 softmax over many particles,
     # tight enough to catch unnormalised weights.
     tol = math.sqrt(torch.finfo(weights.dtype).eps)
-    if rows.shape[0] > 0:
-        err = (sums - 1).abs()
+    err = (sums - 1).abs()
+
+    def unnormalised() -> ValueError:
         worst = int(err.argmax())
-        if err[worst].item() > tol:
-            raise ValueError(
-                f"weights must sum to 1 along the last dimension (tolerance {tol:.2g}); "
-                f"row {worst} sums to {sums[worst].item():.6g}"
-            )
-    return rows / sums.unsqueeze(-1), num_samples, weights.shape[:-1]
+        return ValueError(
+            f"weights must sum to 1 along the last dimension (tolerance {tol:.2g}); "
+            f"row {worst} sums to {sums[worst].item():.6g}"
+        )
+
+    check_later(err.amax() > tol, unnormalised)
 
 
 def _inverse_cdf(rows: Tensor, positions: Tensor) -> Tensor:
@@ -114,7 +133,8 @@ def _inverse_cdf(rows: Tensor, positions: Tensor) -> Tensor:
         torch.ones((), dtype=cdf.dtype, device=cdf.device), cdf.new_zeros(())
     )
     positions = positions.clamp(max=below_one)
-    return torch.searchsorted(cdf.contiguous(), positions.contiguous(), right=True)
+    found = torch.searchsorted(cdf.contiguous(), positions.contiguous(), right=True)
+    return found.clamp_(max=rows.shape[-1] - 1)  # in range even for invalid weights
 
 
 _SHARED_DOC = """

@@ -124,7 +124,11 @@ class TemperedState(NamedTuple):
 
 
 def power_temperatures(
-    n_temps: int, exponent: float, *, dtype: torch.dtype = torch.float32
+    n_temps: int,
+    exponent: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Power-law temperature ladder ``t_k = (k / N_t)^p``, ``k = 0..N_t`` (eqs. 22, 40).
 
@@ -138,6 +142,9 @@ def power_temperatures(
         ``p > 0``.
     dtype : torch.dtype
         Floating dtype of the result.
+    device : torch.device, optional
+        Where to compute them (the CPU if not given): built there, they need no copy from
+        the host.
 
     Returns
     -------
@@ -147,7 +154,9 @@ def power_temperatures(
     check_count("n_temps", n_temps)
     if not (math.isfinite(exponent) and exponent > 0):
         raise ValueError(f"exponent must be finite and > 0, got {exponent!r}")
-    k = torch.arange(n_temps + 1, dtype=torch.float64)
+    device = torch.device("cpu" if device is None else device)
+    work = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    k = torch.arange(n_temps + 1, dtype=work, device=device)
     return ((k / n_temps) ** exponent).to(dtype)
 
 
@@ -357,7 +366,9 @@ def tempered(
         Attempt a swap after every ``swap_every`` steps (the paper: 1). Ignored when ``K = 1``.
     check_finite : bool
         After the run, raise :class:`~kaem.samplers.base.NonFiniteError` naming the first step
-        with a non-finite value or gradient and its ``(k, b)`` chains; off, only record them.
+        with a non-finite value or gradient and its ``(k, b)`` chains (inside
+        :func:`kaem.checks.deferred_checks`, when its checks are judged); off, only record
+        them.
     callback : callable, optional
         Called as ``callback(step, log_lik)`` after every step (and its swap) with the
         population's log-likelihoods ``(K, B)``, e.g. to accumulate per-temperature averages
@@ -381,9 +392,9 @@ def tempered(
     temperatures = torch.as_tensor(temperatures, dtype=z0.dtype, device=z0.device)
     _check_population(z0, None, temperatures)
     n_temps = len(temperatures)
-    step = broadcast_step(step_size, z0, batch_dims=2)
     if move is mala_kernel:
-        check_reflected_step(step, bounds)
+        check_reflected_step(step_size, bounds)
+    step = broadcast_step(step_size, z0, batch_dims=2)
     evaluate = _tempered_evaluator(log_prior_fn, log_lik_fn, temperatures)
     state = evaluate(z0)
     record = NonFiniteRecord(state.log_density.shape, z0.device)
@@ -412,7 +423,7 @@ def tempered(
         if callback is not None:
             callback(i + 1, state.log_lik)
     if check_finite:
-        record.raise_if_any("log prior, log-likelihood or gradient")
+        record.check("log prior, log-likelihood or gradient")
     rate = torch.where(attempts > 0, swapped / attempts.clamp(min=1), math.nan)
     moves = accepted / n_steps if adjusted else torch.full_like(accepted, math.nan)
     return state.position, TemperingInfo(

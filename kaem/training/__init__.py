@@ -3,14 +3,7 @@
 from kaem.training.checkpoint import Checkpoint, ResumeError, check_resume
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
-from kaem.training.loop import (
-    EpochBatches,
-    NonFiniteLossError,
-    TrainResult,
-    check_setup,
-    resolve_device,
-    train,
-)
+from kaem.training.loop import EpochBatches, TrainResult, check_setup, resolve_device, train
 from kaem.training.steps import (
     CRITERIA,
     Progress,
@@ -22,6 +15,7 @@ from kaem.training.steps import (
     lebm_step,
     thermodynamic_step,
 )
+from kaem.training.updates import NonFiniteLossError, Updates
 
 __all__ = [
     "CRITERIA",
@@ -34,6 +28,7 @@ __all__ = [
     "ResumeError",
     "StepFn",
     "TrainResult",
+    "Updates",
     "build_step",
     "check_resume",
     "check_setup",

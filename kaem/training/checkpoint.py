@@ -99,15 +99,16 @@ class Checkpoint:
         """Load the saved state if there is one; returns ``(step, elapsed seconds)``.
 
         Tensors are read onto the CPU: the model and Adam copy theirs to the parameters'
-        device, while Adam's step counters stay on the host, where foreach Adam reads them
-        without a device synchronisation.
+        device. The optimiser keeps its own implementation (fused or foreach), not the saved
+        one: fused Adam then moves its step counters to the parameters' device, while foreach
+        Adam keeps them on the host; either reads them without a device synchronisation.
         """
         if not self.path.exists():
             return 0, 0.0
         state = read_checkpoint(self.path, map_location="cpu")
         _refuse_changes(self.path, state, self.train_config, _model_config(self.model))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(_same_implementation(state["optimizer"], self.optimizer))
         saved_device = state.get("device_type", "cpu")
         if saved_device == self.rng.device.type:
             self.rng.set_state(state["rng"])
@@ -147,6 +148,19 @@ class Checkpoint:
             "model_config": _model_config(self.model),
             "kaem_version": __version__,
         }
+
+
+def _same_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``saved`` (an optimiser's state dict) with ``optimizer``'s implementation flags, which
+    ``load_state_dict`` would otherwise take from the checkpoint."""
+    current = optimizer.param_groups
+    groups = [
+        {**old, **{k: current[i][k] for k in ("fused", "foreach") if k in current[i]}}
+        if i < len(current)
+        else old  # load_state_dict refuses a different number of groups
+        for i, old in enumerate(saved["param_groups"])
+    ]
+    return {**saved, "param_groups": groups}
 
 
 def _model_config(model: nn.Module) -> dict[str, Any] | None:

@@ -79,9 +79,13 @@ class GridUpdates:
             posterior=posterior,
         )
 
+    def is_due(self, step: int) -> bool:
+        """Whether ``step`` updates the grids; the schedule stays where it is."""
+        return step >= self.next_step
+
     def due(self, step: int) -> bool:
         """Whether ``step`` updates the grids (advancing the schedule if so)."""
-        if step < self.next_step:
+        if not self.is_due(step):
             return False
         self.next_step = step + max(1, round(self.interval))
         self.interval /= self.decay

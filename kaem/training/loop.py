@@ -8,6 +8,12 @@ A run writes two files into its folder:
 * ``log.csv``: one row per logged step (loss, criterion diagnostics, seconds, grid updates;
   :class:`~kaem.training.log.CSVLog`).
 
+The loop does not wait for the device between those writes: losses, metrics and the checks
+for non-finite values stay on the device until a log row, a checkpoint or a grid update
+needs them (:class:`~kaem.training.updates.Updates`), and a failed update is skipped on the
+device and reported then, naming its step. The ``seconds`` of a row are the host's time for
+its step.
+
 A run killed at any moment restarts from its last checkpoint when called again with the same
 folder; rows logged after that checkpoint are dropped and recomputed, so the log and the
 parameters of a resumed run match those of an uninterrupted run with the same seed (on a CPU,
@@ -34,7 +40,8 @@ from kaem.kinds import MODEL_KINDS, kind_of
 from kaem.training.checkpoint import Checkpoint
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
-from kaem.training.steps import Progress, StepFn, build_step
+from kaem.training.steps import Progress, build_step
+from kaem.training.updates import NonFiniteLossError, Updates, adam
 
 __all__ = [
     "EpochBatches",
@@ -74,10 +81,6 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(name)!r} was asked for, but MPS is not available here")
     return device
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or a gradient became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -191,33 +194,6 @@ def _total_steps(cfg: TrainConfig, per_epoch: int) -> int:
     return total
 
 
-def _update(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    step_fn: StepFn,
-    x: Tensor,
-    rng: torch.Generator,
-    progress: Progress,
-    where: str,
-) -> tuple[float, dict[str, float]]:
-    """One optimiser step; the loss and every gradient are checked with one synchronisation."""
-    try:
-        loss, metrics = step_fn(model, x, rng, progress)
-    except FloatingPointError as exc:
-        raise NonFiniteLossError(f"training failed {where}: {exc}") from exc
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    finite = torch.stack([torch.isfinite(loss), *(torch.isfinite(g).all() for g in grads.values())])
-    if not bool(finite.all()):
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {float(loss)} {where}")
-        name = next(n for n, g in grads.items() if not torch.isfinite(g).all())
-        raise NonFiniteLossError(f"gradient of {name} became non-finite {where}")
-    optimizer.step()
-    return loss.item(), metrics
-
-
 def train(
     model: nn.Module,
     images: Tensor | np.ndarray,
@@ -258,13 +234,12 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
-    optimizer = torch.optim.Adam(
-        _parameter_groups(model, cfg), lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps
-    )
+    optimizer = adam(_parameter_groups(model, cfg), cfg, device)
     rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
     checkpoint = Checkpoint(out_dir / "checkpoint.pt", model, optimizer, rng, grids, to_dict(cfg))
     step, elapsed = checkpoint.restore()
     model.train()
+    update = Updates(model, optimizer, step_fn)
     bar = tqdm(
         total=total, initial=step, disable=not progress, desc=f"train[{cfg.criterion}]", unit="step"
     )
@@ -274,17 +249,22 @@ def train(
             t0 = time.perf_counter()
             step += 1
             where = f"at step {step} (epoch {epoch}); the last good checkpoint is {checkpoint.path}"
+            if grids is not None and grids.is_due(step):
+                update.settle()  # the grids follow only parameters known to be good
             grid_updated = grids is not None and grids(model, x, step, rng)
-            loss, metrics = _update(model, optimizer, step_fn, x, rng, Progress(step, total), where)
+            update(x, rng, Progress(step, total), where)
             seconds = time.perf_counter() - t0
             elapsed += seconds
-            if step % cfg.log_every == 0 or step == total:
-                row = {"step": step, "epoch": epoch, "loss": loss, **metrics}
-                log.write({**row, "seconds": seconds, "grid_updated": int(grid_updated)})
+            logged = step % cfg.log_every == 0 or step == total
+            if logged or step % cfg.checkpoint_every == 0:
+                row = update.settle()  # raises for a failed update before anything is written
+            if logged:
+                extra = {"seconds": seconds, "grid_updated": int(grid_updated)}
+                log.write({"step": step, "epoch": epoch, **row, **extra})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[1:4]}, refresh=False)
             if step % cfg.checkpoint_every == 0 or step == total:
                 checkpoint.save(step, elapsed)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]}, refresh=False)
     if not checkpoint.path.exists():  # resumed a finished run: nothing new was computed
         checkpoint.save(step, elapsed)
     model.eval()

@@ -4,17 +4,26 @@ A step function maps ``(model, x, generator, progress)`` to ``(loss, metrics)``:
 whose gradient is the criterion's learning gradient, and the diagnostics to log. The
 factories below take exactly the arguments of the functions they call, so a config section
 feeds them unchanged (:func:`build_step`); the benchmarks call the same step functions.
+
+A step never waits for the device. Its metrics are detached 0-d tensors on the model's
+device (or Python numbers the host knows already, such as a step size), read by the caller
+when it logs; its checks of non-finite values go through :func:`kaem.checks.check_later`,
+so inside :func:`kaem.checks.deferred_checks` (as :func:`kaem.training.train` runs them) they
+are judged by the caller too. The parameters are fixed during a step
+(:func:`kaem.cache.fixed_parameters`), so cached prior tables are verified once per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from kaem.cache import fixed_parameters
 from kaem.config import TrainConfig
 from kaem.inference.posterior import NonFinitePolicy, sample_posterior, sample_power_posteriors
 from kaem.lebm import lebm_loss
@@ -24,6 +33,7 @@ from kaem.vae import elbo_loss
 
 __all__ = [
     "CRITERIA",
+    "Metrics",
     "Progress",
     "StepFn",
     "build_step",
@@ -42,7 +52,23 @@ class Progress(NamedTuple):
     total: int  # number of updates of the whole run
 
 
-StepFn = Callable[[nn.Module, Tensor, torch.Generator, Progress], tuple[Tensor, dict[str, float]]]
+#: A metric: a detached 0-d tensor on the model's device, or a number the host knows.
+Metric = Tensor | float
+Metrics = dict[str, Metric]
+StepFn = Callable[[nn.Module, Tensor, torch.Generator, Progress], tuple[Tensor, Metrics]]
+
+
+def _with_fixed_parameters(step: StepFn) -> StepFn:
+    """``step`` run inside :func:`kaem.cache.fixed_parameters`."""
+
+    @functools.wraps(step)
+    def fixed(
+        model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress
+    ) -> tuple[Tensor, Metrics]:
+        with fixed_parameters():
+            return step(model, x, generator, progress)
+
+    return fixed
 
 
 def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> StepFn:
@@ -58,13 +84,13 @@ def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> 
             generator=generator,
         )
         return loss, {
-            "nll": -float(info.log_evidence.mean()),
-            "ess": float(info.ess.mean()),
-            "resampled": float(info.resampled.float().mean()),
-            "mse": float(info.mse),
+            "nll": -info.log_evidence.mean(),
+            "ess": info.ess.mean(),
+            "resampled": info.resampled.float().mean(),
+            "mse": info.mse,
         }
 
-    return step
+    return _with_fixed_parameters(step)
 
 
 def elbo_step() -> StepFn:
@@ -72,13 +98,9 @@ def elbo_step() -> StepFn:
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = elbo_loss(model, x, generator=generator)
-        return loss, {
-            "elbo": float(info.elbo.mean()),
-            "kl": float(info.kl.mean()),
-            "mse": float(info.mse),
-        }
+        return loss, {"elbo": info.elbo.mean(), "kl": info.kl.mean(), "mse": info.mse}
 
-    return step
+    return _with_fixed_parameters(step)
 
 
 def langevin_step(
@@ -103,9 +125,9 @@ def langevin_step(
             generator=generator,
         )
         loss, info = mle_loss(model, x, post.z, generator=generator)
-        metrics = {
-            "log_lik": float(info.log_lik.mean()),
-            "mse": float(info.mse),
+        metrics: Metrics = {
+            "log_lik": info.log_lik.mean(),
+            "mse": info.mse,
             "step_size": post.step_size,
             "retries": post.retries,
         }
@@ -113,7 +135,7 @@ def langevin_step(
             metrics["acceptance"] = post.acceptance
         return loss, metrics
 
-    return step
+    return _with_fixed_parameters(step)
 
 
 def thermodynamic_step(
@@ -138,7 +160,7 @@ def thermodynamic_step(
         exponent = cosine_exponent_schedule(
             progress.step - 1, progress.total, p_start, p_end, n_cycles
         )
-        temperatures = power_temperatures(n_temps, exponent, dtype=x.dtype).to(x.device)
+        temperatures = power_temperatures(n_temps, exponent, dtype=x.dtype, device=x.device)
         population = sample_power_posteriors(
             model,
             x,
@@ -146,28 +168,30 @@ def thermodynamic_step(
             n_chains=n_chains,
             swap_every=swap_every,
             generator=generator,
+            exact_prior=True,  # power_temperatures starts at exactly 0
             **langevin,
         )
         loss, info = thermodynamic_loss(model, x, population.z, temperatures, generator=generator)
         trapezium, corrected = thermodynamic_integration(
             temperatures, population.trace_mean, population.trace_var
         )
-        metrics = {
-            "steppingstone": float(info.steppingstone.mean()),
-            "ti_trapezium": float(trapezium.mean()),
-            "ti_corrected": float(corrected.mean()),
+        metrics: Metrics = {
+            "steppingstone": info.steppingstone.mean(),
+            "ti_trapezium": trapezium.mean(),
+            "ti_corrected": corrected.mean(),
             "exponent": exponent,
             "step_size": population.step_size,
             "retries": population.retries,
         }
         if langevin.get("sampler") == "mala":
-            metrics["acceptance"] = float(population.acceptance.nanmean())
-        for k, rate in enumerate(population.swap_rate.tolist()):
-            if rate == rate:  # the exact t = 0 level takes no swaps (NaN)
-                metrics[f"swap_{k}_{k + 1}"] = rate
+            metrics["acceptance"] = population.acceptance.nanmean()
+        # The exact t = 0 level takes no swaps: pairs from (1, 2) on. A pair that no swap
+        # was proposed to in this step logs NaN.
+        for k in range(1, n_temps):
+            metrics[f"swap_{k}_{k + 1}"] = population.swap_rate[k]
         return loss, metrics
 
-    return step
+    return _with_fixed_parameters(step)
 
 
 def lebm_step(
@@ -193,12 +217,12 @@ def lebm_step(
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = lebm_loss(model, x, n_steps=n_steps, step_size=step_size, generator=generator)
         return loss, {
-            "log_lik": float(info.log_lik.mean()),
-            "energy_gap": float(info.energy_gap),
-            "mse": float(info.mse),
+            "log_lik": info.log_lik.mean(),
+            "energy_gap": info.energy_gap,
+            "mse": info.mse,
         }
 
-    return step
+    return _with_fixed_parameters(step)
 
 
 #: Criterion name -> its step function, built from a :class:`~kaem.config.TrainConfig`.
