@@ -201,3 +201,24 @@ def test_a_failed_update_is_skipped_and_reported_with_its_step(
     assert not (tmp_path / "failed" / "checkpoint.pt").exists()
     for key, value in clean.model.state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_training_images_are_kept_on_the_device_and_cut_there(monkeypatch):
+    from kaem.training import loop
+
+    images = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+    meta = torch.device("meta")
+    assert loop._images_for(images, torch.device("cpu")) is images
+    on_device = loop._images_for(images, meta)
+    assert on_device.device == meta and on_device.dtype == torch.uint8
+    batches = loop.EpochBatches(on_device, 3, seed=0)
+    epoch, x = batches.batch(4, meta)  # a batch of the second epoch
+    assert epoch == 1 and x.device == meta and x.shape == (3, 1, 2, 2) and x.dtype == torch.float32
+    assert batches.order(epoch).device == meta  # one host-to-device copy an epoch, not a batch
+    # The permutation is drawn on the host, so every device trains on the same batches.
+    host = loop.EpochBatches(images, 3, seed=0)
+    g = torch.Generator().manual_seed(loop._seed(0, 1, 1))
+    assert torch.equal(host.order(1), torch.randperm(10, generator=g))
+    # A set too large for the device stays on the host.
+    monkeypatch.setattr(loop, "DEVICE_DATA_BYTES", 8)
+    assert loop._images_for(images, meta).device.type == "cpu"
