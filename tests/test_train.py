@@ -219,3 +219,21 @@ def test_resume_on_another_device_type_warns_and_continues(tmp_path: Path) -> No
         result = train(build_model(MODEL), _images(), _cfg(max_steps=8), tmp_path, progress=False)
     assert result.steps == 8
     assert list(pd.read_csv(result.log)["step"]) == list(range(1, 9))
+
+
+def test_compiling_the_generator_keeps_its_results_and_its_state_dict(tmp_path, monkeypatch):
+    from kaem.training import compile_model, loop
+
+    model = build_model(MODEL)
+    keys = list(model.state_dict())
+    z = model.prior.sample(8, torch.Generator().manual_seed(0))
+    eager = model.generator(model.prior.generator_input(z))
+    assert compile_model(model, backend="eager") == ["generator"]
+    assert list(model.state_dict()) == keys  # checkpoints load into an uncompiled model
+    torch.testing.assert_close(model.generator(model.prior.generator_input(z)), eager)
+    # train.compile: true compiles the model it trains, once; a resumed run may switch it.
+    seen = []
+    monkeypatch.setattr(loop, "compile_model", lambda m: seen.append(m) or ["generator"])
+    first = train(build_model(MODEL), _images(), _cfg(max_steps=2), tmp_path, progress=False)
+    again = train(first.model, _images(), _cfg(max_steps=3, compile=True), tmp_path, progress=False)
+    assert seen == [again.model] and again.steps == 3

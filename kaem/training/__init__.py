@@ -3,7 +3,14 @@
 from kaem.training.checkpoint import Checkpoint, ResumeError, check_resume
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
-from kaem.training.loop import EpochBatches, TrainResult, check_setup, resolve_device, train
+from kaem.training.loop import (
+    EpochBatches,
+    TrainResult,
+    check_setup,
+    compile_model,
+    resolve_device,
+    train,
+)
 from kaem.training.steps import (
     CRITERIA,
     Progress,
@@ -32,6 +39,7 @@ __all__ = [
     "build_step",
     "check_resume",
     "check_setup",
+    "compile_model",
     "elbo_step",
     "importance_step",
     "langevin_step",
