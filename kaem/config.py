@@ -282,6 +282,9 @@ class TrainConfig:
     ``prior_learning_rate``, if set, is the learning rate of the prior's parameters (the rest
     keep ``learning_rate``): Pang et al. train their energy at 2e-5 and the generator at 1e-4.
 
+    ``lr_decay`` multiplies every learning rate by itself once an epoch (in epoch ``e``, from
+    0, the rate is ``learning_rate * lr_decay ** e``), as Pang et al.'s scripts do with 0.998.
+
     ``compile`` runs the generator (the VAE's decoder) through ``torch.compile`` for the run;
     it changes no result beyond rounding and may change while a run resumes. It is off by
     default: on two CPU cores it made the SVHN ULA-MLE step slower (1.63 s against 1.06 s
@@ -296,6 +299,7 @@ class TrainConfig:
     prior_learning_rate: PositiveFloat | None = None
     betas: tuple[_Beta, _Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
+    lr_decay: Annotated[float, Bound(0.0, 1.0, open_low=True)] = 1.0
     seed: NonNegativeInt = 0
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     langevin: LangevinConfig = field(default_factory=LangevinConfig)

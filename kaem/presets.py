@@ -127,8 +127,9 @@ def _vae(image_shape: list[int], encoder: list[int], decoder: list[int]) -> dict
 def _lebm(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
     """Pang et al.'s (2020) latent EBM (``train_svhn.py``: 60 prior steps of s = 0.4, 20
     posterior steps of s = 0.1, i.e. eta = s^2 / 2; energy MLP 200-200 with LeakyReLU 0.2;
-    Adam at 2e-5 for the energy and 1e-4 for the generator, betas 0.5 and 0.999) on the
-    KAEM cells' CNN generator and likelihood, with their latent width and epochs."""
+    Adam at 2e-5 for the energy and 1e-4 for the generator, betas 0.5 and 0.999, both rates
+    decayed by 0.998 an epoch) on the KAEM cells' CNN generator and likelihood, with their
+    latent width and epochs."""
     return {
         "model": {
             "image_shape": image_shape,
@@ -147,6 +148,7 @@ def _lebm(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
             "learning_rate": 1e-4,
             "prior_learning_rate": 2e-5,
             "betas": [0.5, 0.999],
+            "lr_decay": 0.998,
             "langevin": {"n_steps": 20, "step_size": 0.005},
             "grid_update": {"enabled": False},
         },

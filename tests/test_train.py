@@ -237,3 +237,33 @@ def test_compiling_the_generator_keeps_its_results_and_its_state_dict(tmp_path, 
     first = train(build_model(MODEL), _images(), _cfg(max_steps=2), tmp_path, progress=False)
     again = train(first.model, _images(), _cfg(max_steps=3, compile=True), tmp_path, progress=False)
     assert seen == [again.model] and again.steps == 3
+
+
+def test_learning_rates_decay_once_an_epoch_and_a_resume_keeps_the_schedule(tmp_path) -> None:
+    # 64 images in batches of 16: epochs 0, 1 and 2 of four updates each.
+    cfg = _cfg(lr_decay=0.5)
+    seen = []
+    model = build_model(MODEL)
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Adam, "step", step)
+        full = train(model, _images(), cfg, tmp_path / "a", progress=False)
+    assert seen == pytest.approx([1e-3] * 4 + [5e-4] * 4 + [2.5e-4] * 4)
+    # The rate is a function of the epoch: a run resumed mid-way ends where this one did.
+    train(
+        build_model(MODEL),
+        _images(),
+        _cfg(lr_decay=0.5, max_steps=6),
+        tmp_path / "b",
+        progress=False,
+    )
+    resumed = train(build_model(MODEL), _images(), cfg, tmp_path / "b", progress=False)
+    for key, value in _state(full.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match=r"lr_decay"):
+        from_dict(TrainConfig, {"lr_decay": 1.5})

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,19 @@ def compile_model(model: nn.Module, **options: Any) -> list[str]:
     return names
 
 
+def _lr_schedule(optimizer: torch.optim.Optimizer, decay: float) -> Callable[[int], None]:
+    """Pang et al.'s schedule: in epoch ``e`` (from 0) every group learns at its configured
+    rate times ``decay ** e``. It is a function of the epoch alone, so a resumed run needs no
+    state for it; call this before a checkpoint restores the optimiser's decayed rates."""
+    base = [group["lr"] for group in optimizer.param_groups]
+
+    def set_epoch(epoch: int) -> None:
+        for group, lr in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = lr * decay**epoch
+
+    return set_epoch
+
+
 def _parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """One Adam group, or the prior's parameters at ``cfg.prior_learning_rate`` and the rest."""
     if cfg.prior_learning_rate is None:
@@ -271,6 +285,7 @@ def train(
     if cfg.compile:
         compile_model(model)
     optimizer = adam(_parameter_groups(model, cfg), cfg, device)
+    schedule = _lr_schedule(optimizer, cfg.lr_decay)
     rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
     checkpoint = Checkpoint(out_dir / "checkpoint.pt", model, optimizer, rng, grids, to_dict(cfg))
     step, elapsed = checkpoint.restore()
@@ -282,6 +297,7 @@ def train(
     with bar, CSVLog(out_dir / "log.csv", keep_upto=step) as log:
         while step < total:
             epoch, x = batches.batch(step, device)
+            schedule(epoch)
             t0 = time.perf_counter()
             step += 1
             where = f"at step {step} (epoch {epoch}); the last good checkpoint is {checkpoint.path}"
