@@ -76,6 +76,29 @@ def test_every_path_skips_empty_cells() -> None:
         assert not bool(((z > 1.0) & (z < 2.0)).any())
 
 
+def test_a_cell_of_denormal_mass_gives_a_finite_draw() -> None:
+    # 100 nats below the mode, the first cell with mass holds about 1e-45 of it in float32:
+    # its slope would overflow and u = 0, which lands in it, would become 0 * inf = NaN.
+    edges = torch.linspace(-1.0, 1.0, 11)
+    log_density = torch.tensor([-200.0, -100.5, -50.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    table = quad.build_cdf(log_density, edges.diff().log(), edges)
+    first = int((table.cdf[1:] > 0).nonzero()[0])
+    assert 0 < float(table.cdf[first + 1]) < 1e-40  # a denormal mass: the case in point
+    u = torch.tensor([0.0, float(table.cdf[first + 1]) / 2, 0.5])
+    guide = quad.guide_table(quad.CDFTable(table.cdf[None], edges, table.slope[None]), 64)
+    index = quad.cell_index(table)
+    for z in (
+        quad.inverse_cdf(u, table),
+        quad.inverse_cdf(u, table, index),
+        quad.inverse_cdf_rows(torch.zeros(3, dtype=torch.int64), u, table),
+        quad.guided_inverse_cdf(
+            u[None], quad.CDFTable(table.cdf[None], edges, table.slope[None]), guide
+        )[0],
+    ):
+        assert bool(z.isfinite().all()), z
+        assert edges[first] <= z[0] <= edges[first + 1] and edges[first] <= z[1] <= edges[first + 1]
+
+
 def test_guide_position_brackets_every_value() -> None:
     grid = quad.guide_points(384)
     assert float(grid[0]) == 0.0 and float(grid[-1]) == 1.0 and bool((grid.diff() > 0).all())
@@ -164,6 +187,53 @@ def test_shared_and_row_guided_inversion_equal_search(dtype) -> None:
     torch.testing.assert_close(by_rows, one_by_one, rtol=0, atol=0)
     guided = quad.guided_inverse_cdf_rows(rows, ur, table, quad.guide_table(table, 64))
     _assert_exact(guided[:, None], ur[:, None], chosen)
+
+
+def test_uniform_buckets_are_monotone_as_computed() -> None:
+    # Dense runs of consecutive floats where rounding could break the order: at the ends,
+    # around 1/2 and at random places, in both dtypes.
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(6)
+        u = torch.rand(200_000, generator=g, dtype=dtype)
+        for x in (0.0, 0.5, 1.0, *torch.rand(20, generator=g).tolist()):
+            run = torch.full((400,), x, dtype=dtype)
+            for _ in range(1, 200):
+                run[200 + _] = run[199 + _].nextafter(torch.tensor(2.0, dtype=dtype))
+                run[200 - _] = run[201 - _].nextafter(torch.tensor(-1.0, dtype=dtype))
+            u = torch.cat([u, run.clamp(0.0, 1.0)])
+        u = u.sort().values
+        for m in (2, 10, 400):
+            b = quad.uniform_bucket(u, m)
+            assert int(b.min()) == 0 and int(b.max()) == m - 1
+            assert bool((b.diff() >= 0).all()), f"buckets not monotone for M = {m}"
+    with pytest.raises(ValueError, match="even number of buckets, got n_buckets=3"):
+        quad.cell_index(_table([0.5, 0.5], [0.0, 1.0, 2.0]), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_buckets", [2, 8, None])
+def test_indexed_search_finds_the_cells_searchsorted_finds(dtype, n_buckets) -> None:
+    # Two buckets crowd every edge into one (every draw is bisected), eight crowd many, the
+    # default 2N few; the cells, and so the samples, must be those of the plain search.
+    _, weights = quad.nodes_and_weights(200, -1.5, 1.5, dtype=dtype)
+    log_density = _rough_log_density(12, 200, seed=7, dtype=dtype).view(3, 4, 200)
+    table = quad.build_cdf(log_density, weights.log(), quad.cell_edges(weights, -1.5))
+    index = quad.cell_index(table, n_buckets)
+    g = torch.Generator().manual_seed(8)
+    u = torch.rand(3, 4, 3000, generator=g, dtype=dtype)
+    # Draws on the edges themselves and one float below them, where a cell changes (those in
+    # [0, 1): the float32 CDF reaches 1 a few cells before the end).
+    below = table.cdf.nextafter(torch.zeros((), dtype=dtype))
+    u = torch.cat([u, table.cdf, below], dim=-1)
+    u = torch.where(u < 1.0, u, 0.5)
+    torch.testing.assert_close(
+        quad.inverse_cdf(u, table, index), quad.inverse_cdf(u, table), rtol=0, atol=0
+    )
+    # Draws shared across the first dimension, as an expanded view.
+    shared = torch.rand(1, 4, 500, generator=g, dtype=dtype).expand(3, 4, 500)
+    torch.testing.assert_close(
+        quad.inverse_cdf(shared, table, index), quad.inverse_cdf(shared, table), rtol=0, atol=0
+    )
 
 
 def test_gap_between_modes_gets_its_exact_mass() -> None:

@@ -226,11 +226,11 @@ class MixtureEnergyPrior(EnergyPrior):
         u = self._uniform((self.latent_dim, n), generator)
         state = self._state()
         guided = self._guided(n, state, "marginal")
-        tables = self._tables(state, "marginal", self._build_marginal_cdf, guided)
+        tables = self._tables(state, "marginal", self._build_marginal_cdf, guided, n)
         if guided:
             z = quad.guided_inverse_cdf(u, tables.cdf, tables.guide)
         else:
-            z = quad.inverse_cdf(u, tables.cdf)
+            z = quad.inverse_cdf(u, tables.cdf, tables.index)
         return z.T.contiguous()
 
     @torch.no_grad()

@@ -163,9 +163,9 @@ class UnivariateEnergyPrior(EnergyPrior):
         """CDFs of every ``pi_qp`` (and their guide table) for the current parameters."""
         return self._component_tables(self._state(), guide)
 
-    def _component_tables(self, state: dict[str, Any], guide: bool) -> PriorTables:
+    def _component_tables(self, state: dict[str, Any], guide: bool, n: int = 0) -> PriorTables:
         if not (guide and self.shared_uniforms):
-            return self._tables(state, "components", self._build_cdf, guide)
+            return self._tables(state, "components", self._build_cdf, guide, n)
         # Draws shared across q read the guide in its interleaved layout only.
         cdf = self._tables(state, "components", self._build_cdf, False).cdf
         if "components.shared" not in state:
@@ -196,13 +196,14 @@ class UnivariateEnergyPrior(EnergyPrior):
         q, p = self.event_shape
         state = self._state()
         guided = self._guided(n, state, "components")
-        tables = self._component_tables(state, guided)
+        tables = self._component_tables(state, guided, n)
         if self.shared_uniforms:
             u = self._uniform((n, p), generator)  # u_p, shared across q
             if guided:
                 z = quad.guided_inverse_cdf_shared(u, tables.cdf, tables.shared)
                 return z.permute(1, 2, 0)  # (P, n, Q) -> (n, Q, P)
-            return quad.inverse_cdf(u.T[None].expand(q, p, n), tables.cdf).permute(2, 0, 1)
+            u = u.T[None].expand(q, p, n)
+            return quad.inverse_cdf(u, tables.cdf, tables.index).permute(2, 0, 1)
         u = self._uniform((q, p, n), generator)
         if guided:
             out = u.new_empty(n, q, p)  # written through its (Q P, n) view
@@ -210,7 +211,7 @@ class UnivariateEnergyPrior(EnergyPrior):
                 u.view(q * p, n), tables.cdf, tables.guide, out=out.view(n, -1).T
             )
             return out
-        return quad.inverse_cdf(u, tables.cdf).permute(2, 0, 1)
+        return quad.inverse_cdf(u, tables.cdf, tables.index).permute(2, 0, 1)
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:
