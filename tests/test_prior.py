@@ -217,15 +217,19 @@ def test_both_sampling_paths_return_the_same_samples(kind, shared) -> None:
     else:
         prior = _mixture(ref).float()
     draws = {}
-    for sampling in ("search", "table"):
-        prior.sampling = sampling
+    for sampling in ("search", "table", "plain search"):
+        prior.sampling = sampling.split()[-1]
+        if sampling == "plain search":  # as on an accelerator: no cell index
+            prior._indexed = lambda n: False
         draws[sampling] = prior.sample(3000, torch.Generator().manual_seed(8))
         if kind == "mixture":
             draws[sampling + "_components"] = prior.sample_with_components(
                 3000, torch.Generator().manual_seed(9)
             )[0]
-    # The same uniforms in, the same samples out, to float32 rounding of the domain.
+    # The same uniforms in, the same samples out, to float32 rounding of the domain; the
+    # search through a cell index finds the very cells of the plain search.
     torch.testing.assert_close(draws["table"], draws["search"], rtol=0, atol=2e-6)
+    torch.testing.assert_close(draws["plain search"], draws["search"], rtol=0, atol=0)
     if kind == "mixture":
         torch.testing.assert_close(
             draws["table_components"], draws["search_components"], rtol=0, atol=2e-6
