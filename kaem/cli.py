@@ -389,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()
         args, rest = parser.parse_known_args(argv)
+        from kaem.memory import keep_freed_memory
+
+        keep_freed_memory()  # repeated steps reuse their memory instead of faulting it in
         if args.command == "bench":
             args.func(args, rest)
         elif rest:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kaem import memory
+
 QuadratureRule = Literal["gauss_legendre", "trapezium"]
 
 __all__ = [
@@ -163,10 +165,10 @@ class CDFTable(NamedTuple):
 def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTable:
     """CDF at the cell edges from log densities at the nodes (eq. 20).
 
-    The cell masses ``m_n = softmax_n(log p~(z_n) + log w_n)`` are accumulated in float64 so
-    that the last value is 1 to rounding, then pinned to exactly 0 and 1 at the ends. The
-    slopes are computed from the stored (rounded) CDF values, so the distribution that is
-    sampled is exactly the piecewise-linear CDF through them.
+    The cell masses ``m_n = w_n p~(z_n)`` (relative to the largest) are accumulated in
+    float64 and divided by their sum, so the CDF starts at exactly 0, ends at exactly 1 and
+    rounds once, when it is stored. The slopes are computed from the stored CDF values, so
+    the distribution that is sampled is the piecewise-linear CDF through them.
 
     Parameters
     ----------
@@ -180,19 +182,21 @@ def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTab
     CDFTable
     """
     dtype = log_density.dtype
-    mass = torch.softmax((log_density + log_weights).double(), dim=-1)
+    mass = log_density + log_weights
+    mass = mass.sub_(mass.amax(dim=-1, keepdim=True)).exp_()  # the largest cell's is 1
+    accumulated = mass.cumsum(dim=-1, dtype=torch.float64)
     cdf = log_density.new_empty(*mass.shape[:-1], mass.shape[-1] + 1)
     cdf[..., 0] = 0.0
-    cdf[..., 1:] = mass.cumsum_(dim=-1).clamp_(max=1.0)  # rounding must not pass 1
-    cdf[..., -1] = 1.0
-    # Differences of float32 values are exact in float64: one rounding, in the division. A
-    # cell of denormal mass would overflow to an infinite slope, and a draw in it (u = 0 can
-    # land there) to 0 * inf: such slopes are capped at the largest float, so every draw stays
+    torch.div(accumulated, accumulated[..., -1:], out=cdf[..., 1:])  # at most 1, then 1
+    # A difference of stored values is exact wherever the CDF at most doubles from one edge to
+    # the next (Sterbenz), so everywhere but the first cells of the lower tail. A cell of
+    # denormal mass would overflow to an infinite slope, and a draw in it (u = 0 can land
+    # there) to 0 * inf: such slopes are capped at the largest float, so every draw stays
     # finite and inside its cell (its offset u - cdf_c is at most the cell's mass).
-    cell_mass = cdf.double().diff(dim=-1)
-    slope = edges.double().diff() / cell_mass
-    slope = slope.clamp_(max=torch.finfo(dtype).max).masked_fill_(cell_mass == 0, math.inf)
-    return CDFTable(cdf, edges, slope.to(dtype))
+    cell_mass = cdf.diff(dim=-1)
+    width = edges.double().diff().to(dtype)
+    slope = torch.div(width, cell_mass).clamp_(max=torch.finfo(dtype).max)
+    return CDFTable(cdf, edges, slope.masked_fill_(cell_mass == 0, math.inf))
 
 
 class CellIndex(NamedTuple):
@@ -259,6 +263,11 @@ def cell_index(table: CDFTable, n_buckets: int | None = None) -> CellIndex:
     bucket = uniform_bucket(cdf[..., 1:], m).add_(1).long()  # j counts for buckets above
     counts.scatter_add_(-1, bucket, one.expand(bucket.shape))
     return CellIndex(counts[..., :m].cumsum_(-1), upper)
+
+
+def _like(t: Tensor) -> dict:
+    """``dtype`` and ``device`` of ``t``, for :func:`kaem.memory.empty`."""
+    return {"dtype": t.dtype, "device": t.device}
 
 
 def _unexpanded(t: Tensor) -> Tensor:
@@ -518,7 +527,7 @@ def guide_table(table: CDFTable, n_points: int) -> GuideTable:
         Fields of shape ``(..., M)``.
     """
     cdf = table.cdf
-    fields = cdf.new_empty(4, math.prod(cdf.shape[:-1]), n_points)
+    fields = memory.empty((4, math.prod(cdf.shape[:-1]), n_points), **_like(cdf))
     for start, stop, sub in _row_chunks(table, _GUIDE_ROWS):
         for field, entry in zip(fields, _guide_entries(sub, n_points)[0], strict=True):
             field[start:stop] = entry
@@ -540,7 +549,7 @@ def shared_guide_table(table: CDFTable, n_points: int) -> SharedGuide:
     q, p = cdf.shape[:2]
     # Rows (p, q) with p outermost, so each block of p's fills a contiguous block of the layout.
     by_p = CDFTable(cdf.transpose(0, 1).contiguous(), edges, table.slope.transpose(0, 1))
-    rows = cdf.new_empty(p, n_points, 4, q)
+    rows = memory.empty((p, n_points, 4, q), **_like(cdf))
     near_end = torch.zeros(p, n_points, dtype=torch.bool, device=cdf.device)
     low, high = float(edges[0]), float(edges[-1])
     tol = 1e-4 * (high - low)  # far beyond the rounding of any sample
@@ -627,7 +636,7 @@ def guided_inverse_cdf(
     n_rows = u.shape[0]
     fields = [f.reshape(n_rows, -1) for f in (guide.base, guide.slope, guide.kink, guide.jump)]
     searched = bool(torch.isnan(guide.jump).any())  # some interval holds several edges
-    out = torch.empty_like(u) if out is None else out
+    out = memory.empty(u.shape, **_like(u)) if out is None else out
     low, high = float(table.edges[0]), float(table.edges[-1])
     step = max(1, chunk // n_rows)
     for s in range(0, u.shape[1], step):
@@ -664,7 +673,7 @@ def guided_inverse_cdf_rows(
     m = guide.grid.shape[0] - 1
     fields = [f.reshape(-1) for f in (guide.base, guide.slope, guide.kink, guide.jump)]
     searched = bool(torch.isnan(guide.jump).any())
-    out = torch.empty_like(u)
+    out = memory.empty(u.shape, **_like(u))
     low, high = float(table.edges[0]), float(table.edges[-1])
     for s in range(0, u.shape[0], chunk):
         rb, ub, o = rows[s : s + chunk], u[s : s + chunk], out[s : s + chunk]
@@ -707,7 +716,7 @@ def guided_inverse_cdf_shared(
     n = u.shape[0]
     k, d = guide_position(u.T, guide.grid)  # (P, n)
     d = d[..., None]  # (P, n, 1)
-    out = torch.empty(p, n, q, dtype=guide.rows.dtype, device=guide.rows.device)
+    out = memory.empty((p, n, q), **_like(guide.rows))
     step = min(n, max(1, chunk // q))
     most = guide.rows.new_empty(step, q)
     for rows, kp, dp, op in zip(guide.rows, k, d, out, strict=True):  # one p at a time

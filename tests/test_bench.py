@@ -7,8 +7,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.image import imread
 
+from kaem.bench.harness import RATIOS
 from kaem.bench.harness import main as bench_main
 from kaem.bench.sweeps import SWEEPS, run_sweep
 from kaem.workflow.costs import plot_sweep, sweep_table
@@ -109,3 +111,13 @@ def test_the_sweep_command_writes_its_json_and_refuses_bad_input(tmp_path, capsy
     with pytest.raises(ValueError, match="unknown sweep 'nosuch'"):
         run_sweep("nosuch")
     assert math.isfinite(data["points"][0]["seconds"])
+
+
+def test_the_small_batch_pair_draws_its_own_batch_whatever_samples_asks():
+    from kaem.bench.cases import BENCHMARKS, SMALL_BATCH
+
+    g = torch.Generator().manual_seed(0)
+    case = BENCHMARKS[f"its_prior_{SMALL_BATCH}"].build(torch.device("cpu"), 7, g)
+    assert case.setup is not None  # a parameter change before every call: tables are cold
+    assert tuple(case.call().shape) == (SMALL_BATCH, 81, 40)
+    assert (f"langevin_prior_81_{SMALL_BATCH}", f"its_prior_{SMALL_BATCH}") in RATIOS

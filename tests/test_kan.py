@@ -35,6 +35,23 @@ def test_edges_at_matches_edges() -> None:
         layer.edges_at(torch.randn(5, 3, 4))
 
 
+@pytest.mark.parametrize("act", ["relu", "none"])
+def test_edges_on_grid_are_the_edges_input_last_with_their_gradients(act: str) -> None:
+    layer = _layer(act=act).double()
+    x = torch.randn(9, 3, dtype=torch.float64)
+    grid = layer.edges_on_grid(x)  # (out, in, n)
+    assert grid.shape == (4, 3, 9) and grid.stride()[-1] == 1
+    torch.testing.assert_close(grid, layer.edges(x).permute(2, 1, 0))
+    weights = torch.randn(4, 3, 9, dtype=torch.float64)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    got = torch.autograd.grad((grid * weights).sum(), params)
+    want = torch.autograd.grad((layer.edges(x).permute(2, 1, 0) * weights).sum(), params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"\(n, in\) inputs"):
+        layer.edges_on_grid(torch.randn(2, 9, 3))
+
+
 def test_layer_norm_normalises_outputs() -> None:
     layer = _layer(layer_norm=True, d_out=16)
     y = layer(torch.randn(8, 3))

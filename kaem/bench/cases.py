@@ -19,7 +19,7 @@ from kaem.lebm import LatentEBMPrior, energy_mlp
 from kaem.model import build_model
 from kaem.presets import preset
 
-__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "Case"]
+__all__ = ["BENCHMARKS", "SMALL_BATCH", "SUITES", "Benchmark", "Case"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,15 @@ def _its(name: str, warm: bool) -> Callable[[torch.device, int, torch.Generator]
         return Case(lambda: prior.sample(n, g), None if warm else _perturb(prior))
 
     return build
+
+
+def _at(n_fixed: int, build: Callable[[torch.device, int, torch.Generator], Case]):
+    """``build`` for ``n_fixed`` samples, whatever ``--samples`` asks (the small-batch pair)."""
+    return lambda device, n, g: build(device, n_fixed, g)
+
+
+#: Samples of the small-batch pair: a few images, or the starts of a posterior chain.
+SMALL_BATCH = 200
 
 
 def _training_step(
@@ -154,6 +163,19 @@ BENCHMARKS: dict[str, Benchmark] = {
             "core",
             "60 ULA steps of a Pang et al. prior on 81 coordinates",
             _langevin(81),
+        ),
+        Benchmark(
+            f"its_prior_{SMALL_BATCH}",
+            "core",
+            f"inverse-transform sampling of {SMALL_BATCH} draws after a parameter change "
+            "(NIST prior)",
+            _at(SMALL_BATCH, _its("nist", warm=False)),
+        ),
+        Benchmark(
+            f"langevin_prior_81_{SMALL_BATCH}",
+            "core",
+            f"60 ULA steps of a Pang et al. prior on 81 coordinates, {SMALL_BATCH} chains",
+            _at(SMALL_BATCH, _langevin(81)),
         ),
         Benchmark(
             "its_mixture_svhn",

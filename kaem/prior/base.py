@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kaem import memory
 from kaem import quadrature as quad
 from kaem.cache import ParameterCache
 from kaem.checks import check_count
@@ -119,7 +120,11 @@ class EnergyPrior(nn.Module):
         raise NotImplementedError
 
     def node_log_density(self) -> Tensor:
-        """Unnormalised log densities ``f_qp(z_n) + log pi_0(z_n)``, shape ``(Q, P, N)``."""
+        """Unnormalised log densities ``f_qp(z_n) + log pi_0(z_n)``, shape ``(Q, P, N)``.
+
+        The nodes are contiguous (:meth:`kaem.kan.KANLayer.edges_on_grid`): the normaliser,
+        the CDFs and their indexes all reduce or scan along them.
+        """
         return self._node_energies() + self.log_reference_nodes
 
     def log_normaliser(self) -> Tensor:
@@ -201,6 +206,5 @@ class EnergyPrior(nn.Module):
         check_count("the number of samples (a positive integer)", n)
 
     def _uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-        return torch.rand(
-            shape, generator=generator, device=self.nodes.device, dtype=self.nodes.dtype
-        )
+        out = memory.empty(shape, dtype=self.nodes.dtype, device=self.nodes.device)
+        return torch.rand(shape, generator=generator, out=out)

@@ -87,7 +87,7 @@ class MixtureEnergyPrior(EnergyPrior):
 
     def _node_energies(self) -> Tensor:
         x = self.nodes[:, None].expand(-1, self.latent_dim)  # (N, Q)
-        return self.kan.edges(x).permute(1, 2, 0)  # (N, Q, P) -> (Q, P, N)
+        return self.kan.edges_on_grid(x).transpose(0, 1)  # (Q, P, N), the nodes contiguous
 
     def _check_z(self, z: Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:

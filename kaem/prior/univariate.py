@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kaem import memory
 from kaem import quadrature as quad
 from kaem.kan import KANLayer
 from kaem.prior.base import EnergyPrior, PriorTables
@@ -64,7 +65,7 @@ class UnivariateEnergyPrior(EnergyPrior):
 
     def _node_energies(self) -> Tensor:
         x = self.nodes[:, None].expand(-1, self.num_inputs)  # (N, P)
-        return self.kan.edges(x).permute(2, 1, 0)  # (N, P, Q) -> (Q, P, N)
+        return self.kan.edges_on_grid(x)  # (Q, P, N), the nodes contiguous
 
     def _check_z(self, z: Tensor) -> None:
         if z.ndim != 3 or tuple(z.shape[1:]) != self.event_shape:
@@ -206,7 +207,7 @@ class UnivariateEnergyPrior(EnergyPrior):
             return quad.inverse_cdf(u, tables.cdf, tables.index).permute(2, 0, 1)
         u = self._uniform((q, p, n), generator)
         if guided:
-            out = u.new_empty(n, q, p)  # written through its (Q P, n) view
+            out = memory.empty((n, q, p), dtype=u.dtype, device=u.device)  # via (Q P, n)
             quad.guided_inverse_cdf(
                 u.view(q * p, n), tables.cdf, tables.guide, out=out.view(n, -1).T
             )
