@@ -1,359 +1,34 @@
-"""Quadrature on a bounded interval and inverse-transform sampling from it.
-
-Every univariate density of the prior is known up to its normaliser on a bounded domain
-``[a, b]``. A quadrature rule with nodes ``z_n`` and weights ``w_n`` gives the partition
-function (eq. 20),
-
-    Z = sum_n w_n exp(f(z_n)) pi_0(z_n),
-
-and the same numbers define a distribution we can sample *exactly*: node ``n`` owns the cell
-``[e_{n-1}, e_n]`` with ``e_n = a + w_1 + ... + w_n`` (the cells tile ``[a, b]`` because the
-weights sum to ``b - a``; for Gauss-Legendre each node lies inside its own cell by the
-Markov-Stieltjes separation theorem), and carries the mass ``m_n = w_n p(z_n) / Z``. The
-density is constant inside a cell, so the CDF is piecewise linear and its inverse is found by a
-search over cell edges plus linear interpolation inside the cell (eq. 13).
-
-Two paths invert it, and both are exact: :func:`inverse_cdf` searches the cell of every draw;
-:func:`guided_inverse_cdf` looks the draw up in a guide table (indexed search, Devroye 1986,
-ch. II.2.4) that holds, for each interval of a fixed grid of uniforms, the same cells and
-slopes in closed form, so a draw costs one lookup and a few multiply-adds. For the same
-uniforms the two return the same samples to float rounding. All functions here are pure
-tensor functions, batched over leading "row" dimensions (one row per univariate density),
-with no Python loops over rows or samples.
-"""
+"""The exact inverse CDF through a guide table: one lookup and a few multiply-adds a draw."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from kaem import memory
-
-QuadratureRule = Literal["gauss_legendre", "trapezium"]
+from kaem.quadrature.rules import CDFTable
+from kaem.quadrature.search import inverse_cdf_rows
 
 __all__ = [
-    "CDFTable",
-    "CellIndex",
+    "MAX_SLOPE_RATIO",
     "GuideTable",
-    "QuadratureRule",
     "SharedGuide",
-    "build_cdf",
-    "cell_edges",
-    "cell_index",
     "guide_points",
     "guide_position",
     "guide_table",
     "guided_inverse_cdf",
     "guided_inverse_cdf_rows",
     "guided_inverse_cdf_shared",
-    "inverse_cdf",
-    "inverse_cdf_rows",
-    "log_normaliser",
-    "nodes_and_weights",
     "shared_guide_table",
-    "uniform_bucket",
 ]
-
-
-def nodes_and_weights(
-    n_nodes: int,
-    low: float,
-    high: float,
-    rule: QuadratureRule = "gauss_legendre",
-    *,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor]:
-    """Quadrature nodes and weights on ``[low, high]`` (eq. 20).
-
-    Parameters
-    ----------
-    n_nodes
-        Number of nodes ``N`` (at least 2).
-    low, high
-        The domain; it need not be symmetric. Gauss-Legendre nodes on ``[-1, 1]`` are mapped by
-        the affine map ``(low + high) / 2 + (high - low) / 2 * x``.
-    rule
-        ``"gauss_legendre"`` or ``"trapezium"`` (equally spaced nodes including both ends).
-
-    Returns
-    -------
-    nodes, weights
-        Shapes ``(N,)`` and ``(N,)``; nodes increase and the weights sum to ``high - low``.
-    """
-    if n_nodes < 2:
-        raise ValueError(f"n_nodes must be at least 2, got {n_nodes}")
-    if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise ValueError(f"quadrature domain must be finite with high > low, got [{low}, {high}]")
-    if rule == "gauss_legendre":
-        x, w = np.polynomial.legendre.leggauss(n_nodes)
-        half = 0.5 * (high - low)
-        nodes = 0.5 * (low + high) + half * x
-        weights = half * w
-    elif rule == "trapezium":
-        nodes = np.linspace(low, high, n_nodes)
-        h = (high - low) / (n_nodes - 1)
-        weights = np.full(n_nodes, h)
-        weights[[0, -1]] = 0.5 * h
-    else:
-        raise ValueError(f"unknown quadrature rule {rule!r}; use 'gauss_legendre' or 'trapezium'")
-    return torch.as_tensor(nodes, dtype=dtype), torch.as_tensor(weights, dtype=dtype)
-
-
-def cell_edges(weights: Tensor, low: float) -> Tensor:
-    """Edges of the cells owned by each node: ``e_0 = low``, ``e_n = low + sum_{j<=n} w_j``.
-
-    Parameters
-    ----------
-    weights
-        Quadrature weights, shape ``(N,)``.
-    low
-        Left end of the domain.
-
-    Returns
-    -------
-    Tensor
-        Shape ``(N + 1,)``, computed in float64 then cast back so the last edge is ``high`` to
-        rounding.
-    """
-    w = weights.double()
-    edges = torch.cat([w.new_zeros(1), torch.cumsum(w, 0)]) + low
-    return edges.to(weights.dtype)
-
-
-def log_normaliser(log_density: Tensor, log_weights: Tensor) -> Tensor:
-    """Log partition function ``log Z = log sum_n w_n exp(log p~(z_n))`` (eq. 20).
-
-    Parameters
-    ----------
-    log_density
-        Unnormalised log density at the nodes, shape ``(..., N)``.
-    log_weights
-        Log quadrature weights, shape ``(N,)``.
-
-    Returns
-    -------
-    Tensor
-        Shape ``(...)``; differentiable.
-    """
-    return torch.logsumexp(log_density + log_weights, dim=-1)
-
-
-class CDFTable(NamedTuple):
-    """Piecewise-linear CDFs of a batch of cell densities.
-
-    Attributes
-    ----------
-    cdf
-        CDF at the cell edges, shape ``(..., N + 1)``: starts at exactly 0, ends at exactly 1.
-    edges
-        Cell edges, shape ``(N + 1,)`` (shared by every row).
-    slope
-        ``dz/du`` inside each cell, ``(e_{n+1} - e_n) / (cdf_{n+1} - cdf_n)``, shape
-        ``(..., N)``; infinite for a cell whose mass is zero (never drawn), and at most the
-        largest float for any other.
-    """
-
-    cdf: Tensor
-    edges: Tensor
-    slope: Tensor
-
-
-def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTable:
-    """CDF at the cell edges from log densities at the nodes (eq. 20).
-
-    The cell masses ``m_n = w_n p~(z_n)`` (relative to the largest) are accumulated in
-    float64 and divided by their sum, so the CDF starts at exactly 0, ends at exactly 1 and
-    rounds once, when it is stored. The slopes are computed from the stored CDF values, so
-    the distribution that is sampled is the piecewise-linear CDF through them.
-
-    Parameters
-    ----------
-    log_density, log_weights
-        As for :func:`log_normaliser`: shapes ``(..., N)`` and ``(N,)``.
-    edges
-        Cell edges from :func:`cell_edges`, shape ``(N + 1,)``.
-
-    Returns
-    -------
-    CDFTable
-    """
-    dtype = log_density.dtype
-    mass = log_density + log_weights
-    mass = mass.sub_(mass.amax(dim=-1, keepdim=True)).exp_()  # the largest cell's is 1
-    accumulated = mass.cumsum(dim=-1, dtype=torch.float64)
-    cdf = log_density.new_empty(*mass.shape[:-1], mass.shape[-1] + 1)
-    cdf[..., 0] = 0.0
-    torch.div(accumulated, accumulated[..., -1:], out=cdf[..., 1:])  # at most 1, then 1
-    # A difference of stored values is exact wherever the CDF at most doubles from one edge to
-    # the next (Sterbenz), so everywhere but the first cells of the lower tail. A cell of
-    # denormal mass would overflow to an infinite slope, and a draw in it (u = 0 can land
-    # there) to 0 * inf: such slopes are capped at the largest float, so every draw stays
-    # finite and inside its cell (its offset u - cdf_c is at most the cell's mass).
-    cell_mass = cdf.diff(dim=-1)
-    width = edges.double().diff().to(dtype)
-    slope = torch.div(width, cell_mass).clamp_(max=torch.finfo(dtype).max)
-    return CDFTable(cdf, edges, slope.masked_fill_(cell_mass == 0, math.inf))
-
-
-class CellIndex(NamedTuple):
-    """Where the search for a uniform's cell starts: a guide table of counts over buckets of u.
-
-    The uniforms are cut into ``M`` buckets (:func:`uniform_bucket`, fine near 0 and 1,
-    where the Gauss-Legendre cells are small and carry little mass), and the edges ``cdf_j``
-    (``j >= 1``) are put into the same buckets by the same monotone function. For ``u`` in
-    bucket ``k``, ``start[k]``, the number of edges in lower buckets (all ``<= u``), is at most
-    its cell, and the cell is reached by stepping over the edges of bucket ``k`` that are
-    ``<= u``: with ``M = 2 N`` buckets there is rarely more than one (guide tables, Chen and
-    Asau 1974; Devroye 1986, ch. III.2.4).
-
-    Attributes
-    ----------
-    start
-        Shape ``(..., M)``, int32, non-decreasing.
-    upper
-        The CDF at the upper edge of every cell, ``cdf_1 .. cdf_N``, then ``+inf`` so that
-        a step never passes the last cell: shape ``(..., N + 1)``.
-    """
-
-    start: Tensor
-    upper: Tensor
-
-
-def uniform_bucket(u: Tensor, n_buckets: int) -> Tensor:
-    """The bucket of every ``u`` in ``[0, 1]`` among ``M = n_buckets`` (even).
-
-    ``k = floor(M/2 sqrt(2u))`` on ``[0, 1/2)`` and its mirror image ``M - 1 - k(1 - u)``
-    on ``[1/2, 1]`` (int32): buckets of width ``1 / (2 (M/2)^2)`` at the ends and ``2 / M`` in the
-    middle. Every step (``1 - u``, doubling, the square root, the product, the clamp) is a
-    correctly rounded, monotone floating-point operation, so the buckets are non-decreasing
-    in ``u`` as computed, not only in exact arithmetic: what :class:`CellIndex` relies on.
-    """
-    half = n_buckets // 2
-    k = torch.rsub(u, 1.0)
-    k = torch.minimum(u, k, out=k)  # u below 1/2, the exact 1 - u above
-    k.mul_(2.0 * half * half).sqrt_().clamp_(0, half - 1).floor_()
-    return torch.where(u < 0.5, k, torch.rsub(k, 2 * half - 1)).to(torch.int32)
-
-
-def cell_index(table: CDFTable, n_buckets: int | None = None) -> CellIndex:
-    """The :class:`CellIndex` of CDFs: a histogram of their edges' buckets, accumulated.
-
-    Parameters
-    ----------
-    table
-        CDFs with ``cdf`` of shape ``(..., N + 1)``.
-    n_buckets
-        ``M``, even; ``2 N`` by default.
-
-    Returns
-    -------
-    CellIndex
-    """
-    cdf = table.cdf
-    m = 2 * (cdf.shape[-1] - 1) if n_buckets is None else n_buckets
-    if m < 2 or m % 2:
-        raise ValueError(f"a cell index needs an even number of buckets, got n_buckets={m}")
-    upper = torch.cat([cdf[..., 1:], cdf.new_full((*cdf.shape[:-1], 1), math.inf)], dim=-1)
-    counts = torch.zeros(*cdf.shape[:-1], m + 1, dtype=torch.int32, device=cdf.device)
-    one = torch.ones((), dtype=torch.int32, device=cdf.device)
-    bucket = uniform_bucket(cdf[..., 1:], m).add_(1).long()  # j counts for buckets above
-    counts.scatter_add_(-1, bucket, one.expand(bucket.shape))
-    return CellIndex(counts[..., :m].cumsum_(-1), upper)
 
 
 def _like(t: Tensor) -> dict:
     """``dtype`` and ``device`` of ``t``, for :func:`kaem.memory.empty`."""
     return {"dtype": t.dtype, "device": t.device}
-
-
-def _unexpanded(t: Tensor) -> Tensor:
-    """``t`` with every broadcast (stride-0) dimension cut to size 1."""
-    return t[tuple(slice(0, 1) if st == 0 else slice(None) for st in t.stride())]
-
-
-def _cells(u: Tensor, table: CDFTable, index: CellIndex | None) -> Tensor:
-    """The cell ``c`` with ``cdf_c <= u < cdf_{c+1}`` of every draw, shape of ``u`` (integer).
-
-    Without ``index`` by ``searchsorted``; with it, from the start of ``u``'s bucket: one step
-    of linear search, then bisection for the few draws whose bucket holds more edges. Both
-    give ``searchsorted(cdf, u, right=True) - 1`` clamped to a cell, so empty cells (zero
-    mass) are skipped.
-    """
-    cdf = table.cdf
-    n_cells = cdf.shape[-1] - 1
-    if index is None:
-        idx = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True) - 1
-        return idx.clamp_(0, n_cells - 1)
-    start, upper = index
-    bucket = uniform_bucket(_unexpanded(u), start.shape[-1]).expand(u.shape)
-    cell = start.gather(-1, bucket)  # no edge above it is <= u ...
-    cell += upper.gather(-1, cell) <= u  # ... but the next edge, in u's bucket, may be
-    more = upper.gather(-1, cell) <= u
-    if bool(more.any()):  # a bucket holding several edges (rare; a host synchronisation)
-        where = more.nonzero(as_tuple=True)
-        rows = torch.zeros_like(where[-1])
-        for i, size in zip(where[:-1], cdf.shape[:-1], strict=True):
-            rows = rows * size + i
-        found = _bisect(rows, u[where], cdf, cell[where], torch.full_like(rows, n_cells))
-        cell[where] = found.to(cell.dtype)
-    return cell.clamp_(max=n_cells - 1)
-
-
-def _bisect(rows: Tensor, u: Tensor, cdf: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """The number of edges ``j >= 1`` with ``cdf_j <= u`` in row ``rows`` of ``cdf``, known
-    to lie in ``[lo, hi]``, by bisection.
-
-    Parameters
-    ----------
-    rows, u, lo, hi
-        Shape ``(K,)``: each draw's row in the flattened batch of ``cdf``, the draw, and the
-        bracket (any integer dtype).
-    cdf
-        CDFs, shape ``(..., N + 1)``.
-    """
-    n_edges = cdf.shape[-1]
-    flat = cdf.reshape(-1)
-    base = rows * n_edges
-    # Invariant: cdf[lo] <= u < cdf[hi] (cdf[N + 1] = +inf, never read: lo < mid < hi).
-    lo, hi = lo.long(), hi.long() + 1
-    for _ in range(max(1, math.ceil(math.log2(n_edges)))):
-        mid = (lo + hi) // 2
-        right = (flat.take(base + mid) <= u).long()
-        lo += right * (mid - lo)
-        hi = mid + right * (hi - mid)
-    return lo
-
-
-def inverse_cdf(u: Tensor, table: CDFTable, index: CellIndex | None = None) -> Tensor:
-    """Exact inverse of the piecewise-linear CDF (eq. 13).
-
-    The cell ``c`` with ``cdf_c <= u < cdf_{c+1}`` is found by ``searchsorted``, or through
-    a :func:`cell_index` (a faster search on a CPU; the same cells); inside it
-    ``z = e_c + (u - cdf_c) * slope_c``. Empty cells (zero mass) are never returned.
-
-    Parameters
-    ----------
-    u, table
-        Uniform draws in ``[0, 1)``, shape ``(..., S)``, one row of draws per density of the
-        CDFs ``table`` (``cdf`` of shape ``(..., N + 1)``). ``u`` may be an expanded view.
-    index
-        The :func:`cell_index` of ``table``, or None to search.
-
-    Returns
-    -------
-    Tensor
-        Samples, shape ``(..., S)``, inside ``[edges[0], edges[-1]]``.
-    """
-    cdf, edges, slope = table
-    idx = _cells(u, table, index)
-    start = torch.gather(edges.expand(*cdf.shape), -1, idx)  # gather on an expanded view
-    offset = u - torch.gather(cdf, -1, idx)
-    z = torch.addcmul(start, offset, torch.gather(slope, -1, idx))
-    return z.clamp_(edges[0], edges[-1])
 
 
 class GuideTable(NamedTuple):
@@ -565,35 +240,6 @@ def shared_guide_table(table: CDFTable, n_points: int) -> SharedGuide:
     search = torch.isnan(rows[:, :, 3])  # (P, M, Q)
     grid = guide_points(n_points, dtype=cdf.dtype, device=cdf.device)
     return SharedGuide(grid, rows.view(p, n_points, 4 * q), search, search.any(2) | near_end)
-
-
-def inverse_cdf_rows(rows: Tensor, u: Tensor, table: CDFTable) -> Tensor:
-    """:func:`inverse_cdf` for draws that each have their own row, by bisection.
-
-    The same cell as ``searchsorted(cdf[row], u, right=True) - 1`` (empty cells are never
-    returned) and the same inversion inside it, without copying any row.
-
-    Parameters
-    ----------
-    rows
-        Row of each draw in the flattened batch of ``table``, shape ``(K,)`` (int64).
-    u
-        Draws, shape ``(K,)``.
-    table
-        CDFs with ``cdf`` of shape ``(..., N + 1)``.
-
-    Returns
-    -------
-    Tensor
-        Shape ``(K,)``.
-    """
-    cdf, edges, slope = table
-    n_cells = slope.shape[-1]
-    flat = cdf.reshape(-1)
-    lo = _bisect(rows, u, cdf, torch.zeros_like(rows), torch.full_like(rows, n_cells - 1))
-    offset = u - flat.take(rows * (n_cells + 1) + lo)
-    z = torch.addcmul(edges.take(lo), offset, slope.reshape(-1).take(rows * n_cells + lo))
-    return z.clamp_(edges[0], edges[-1])
 
 
 def _evaluate(

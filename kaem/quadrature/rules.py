@@ -1,0 +1,161 @@
+"""Quadrature rules on a bounded interval, the normaliser, and the piecewise-linear CDF."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CDFTable",
+    "QuadratureRule",
+    "build_cdf",
+    "cell_edges",
+    "log_normaliser",
+    "nodes_and_weights",
+]
+
+QuadratureRule = Literal["gauss_legendre", "trapezium"]
+
+
+def nodes_and_weights(
+    n_nodes: int,
+    low: float,
+    high: float,
+    rule: QuadratureRule = "gauss_legendre",
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Quadrature nodes and weights on ``[low, high]`` (eq. 20).
+
+    Parameters
+    ----------
+    n_nodes
+        Number of nodes ``N`` (at least 2).
+    low, high
+        The domain; it need not be symmetric. Gauss-Legendre nodes on ``[-1, 1]`` are mapped by
+        the affine map ``(low + high) / 2 + (high - low) / 2 * x``.
+    rule
+        ``"gauss_legendre"`` or ``"trapezium"`` (equally spaced nodes including both ends).
+
+    Returns
+    -------
+    nodes, weights
+        Shapes ``(N,)`` and ``(N,)``; nodes increase and the weights sum to ``high - low``.
+    """
+    if n_nodes < 2:
+        raise ValueError(f"n_nodes must be at least 2, got {n_nodes}")
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ValueError(f"quadrature domain must be finite with high > low, got [{low}, {high}]")
+    if rule == "gauss_legendre":
+        x, w = np.polynomial.legendre.leggauss(n_nodes)
+        half = 0.5 * (high - low)
+        nodes = 0.5 * (low + high) + half * x
+        weights = half * w
+    elif rule == "trapezium":
+        nodes = np.linspace(low, high, n_nodes)
+        h = (high - low) / (n_nodes - 1)
+        weights = np.full(n_nodes, h)
+        weights[[0, -1]] = 0.5 * h
+    else:
+        raise ValueError(f"unknown quadrature rule {rule!r}; use 'gauss_legendre' or 'trapezium'")
+    return torch.as_tensor(nodes, dtype=dtype), torch.as_tensor(weights, dtype=dtype)
+
+
+def cell_edges(weights: Tensor, low: float) -> Tensor:
+    """Edges of the cells owned by each node: ``e_0 = low``, ``e_n = low + sum_{j<=n} w_j``.
+
+    Parameters
+    ----------
+    weights
+        Quadrature weights, shape ``(N,)``.
+    low
+        Left end of the domain.
+
+    Returns
+    -------
+    Tensor
+        Shape ``(N + 1,)``, computed in float64 then cast back so the last edge is ``high`` to
+        rounding.
+    """
+    w = weights.double()
+    edges = torch.cat([w.new_zeros(1), torch.cumsum(w, 0)]) + low
+    return edges.to(weights.dtype)
+
+
+def log_normaliser(log_density: Tensor, log_weights: Tensor) -> Tensor:
+    """Log partition function ``log Z = log sum_n w_n exp(log p~(z_n))`` (eq. 20).
+
+    Parameters
+    ----------
+    log_density
+        Unnormalised log density at the nodes, shape ``(..., N)``.
+    log_weights
+        Log quadrature weights, shape ``(N,)``.
+
+    Returns
+    -------
+    Tensor
+        Shape ``(...)``; differentiable.
+    """
+    return torch.logsumexp(log_density + log_weights, dim=-1)
+
+
+class CDFTable(NamedTuple):
+    """Piecewise-linear CDFs of a batch of cell densities.
+
+    Attributes
+    ----------
+    cdf
+        CDF at the cell edges, shape ``(..., N + 1)``: starts at exactly 0, ends at exactly 1.
+    edges
+        Cell edges, shape ``(N + 1,)`` (shared by every row).
+    slope
+        ``dz/du`` inside each cell, ``(e_{n+1} - e_n) / (cdf_{n+1} - cdf_n)``, shape
+        ``(..., N)``; infinite for a cell whose mass is zero (never drawn), and at most the
+        largest float for any other.
+    """
+
+    cdf: Tensor
+    edges: Tensor
+    slope: Tensor
+
+
+def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTable:
+    """CDF at the cell edges from log densities at the nodes (eq. 20).
+
+    The cell masses ``m_n = w_n p~(z_n)`` (relative to the largest) are accumulated in
+    float64 and divided by their sum, so the CDF starts at exactly 0, ends at exactly 1 and
+    rounds once, when it is stored. The slopes are computed from the stored CDF values, so
+    the distribution that is sampled is the piecewise-linear CDF through them.
+
+    Parameters
+    ----------
+    log_density, log_weights
+        As for :func:`log_normaliser`: shapes ``(..., N)`` and ``(N,)``.
+    edges
+        Cell edges from :func:`cell_edges`, shape ``(N + 1,)``.
+
+    Returns
+    -------
+    CDFTable
+    """
+    dtype = log_density.dtype
+    mass = log_density + log_weights
+    mass = mass.sub_(mass.amax(dim=-1, keepdim=True)).exp_()  # the largest cell's is 1
+    accumulated = mass.cumsum(dim=-1, dtype=torch.float64)
+    cdf = log_density.new_empty(*mass.shape[:-1], mass.shape[-1] + 1)
+    cdf[..., 0] = 0.0
+    torch.div(accumulated, accumulated[..., -1:], out=cdf[..., 1:])  # at most 1, then 1
+    # A difference of stored values is exact wherever the CDF at most doubles from one edge to
+    # the next (Sterbenz), so everywhere but the first cells of the lower tail. A cell of
+    # denormal mass would overflow to an infinite slope, and a draw in it (u = 0 can land
+    # there) to 0 * inf: such slopes are capped at the largest float, so every draw stays
+    # finite and inside its cell (its offset u - cdf_c is at most the cell's mass).
+    cell_mass = cdf.diff(dim=-1)
+    width = edges.double().diff().to(dtype)
+    slope = torch.div(width, cell_mass).clamp_(max=torch.finfo(dtype).max)
+    return CDFTable(cdf, edges, slope.masked_fill_(cell_mass == 0, math.inf))
