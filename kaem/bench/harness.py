@@ -64,6 +64,7 @@ def measure(
     *,
     repeats: int = 5,
     warmup: int = 1,
+    warmup_seconds: float = 0.25,
     device: torch.device | str = "cpu",
     setup: Callable[[], object] | None = None,
 ) -> BenchResult:
@@ -79,8 +80,11 @@ def measure(
         Label printed with the result.
     fn
         The measured call.
-    repeats, warmup
-        Timed calls and untimed warm-up calls.
+    repeats, warmup, warmup_seconds
+        Timed calls, and untimed warm-up calls: at least ``warmup``, and more (up to 20)
+        until ``warmup_seconds`` have passed, so a call of milliseconds is timed once the
+        allocator and caches have settled (its first calls take several times as long),
+        while a call of seconds is warmed up once.
     device
         CUDA calls are synchronised and their memory read from the caching allocator.
     setup
@@ -109,10 +113,12 @@ def measure(
         peak = torch.cuda.max_memory_allocated(device) / 2**20 - base
     else:
         peak = max(0.0, (_read_status("VmHWM") or base) - base)
-    for _ in range(warmup):
+    started, calls = time.perf_counter(), 0
+    while calls < warmup or (time.perf_counter() - started < warmup_seconds and calls < 20):
         if setup is not None:
             setup()
         fn()
+        calls += 1
     times = []
     for _ in range(repeats):
         if setup is not None:
