@@ -121,3 +121,23 @@ def test_the_small_batch_pair_draws_its_own_batch_whatever_samples_asks():
     assert case.setup is not None  # a parameter change before every call: tables are cold
     assert tuple(case.call().shape) == (SMALL_BATCH, 81, 40)
     assert (f"langevin_prior_81_{SMALL_BATCH}", f"its_prior_{SMALL_BATCH}") in RATIOS
+
+
+def test_a_quick_call_is_warmed_up_longer_than_a_slow_one():
+    import time
+
+    from kaem.bench.harness import measure
+
+    calls = {"quick": 0, "slow": 0}
+
+    def quick():
+        calls["quick"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.3)
+
+    measure("quick", quick, repeats=3)
+    measure("slow", slow, repeats=1)
+    # The memory call, the warm-up (20 for the quick call, 1 for the slow), the timed repeats.
+    assert calls == {"quick": 1 + 20 + 3, "slow": 1 + 1 + 1}
