@@ -334,13 +334,14 @@ def _param_grads(prior, value: torch.Tensor) -> torch.Tensor:
 
 def test_univariate_prior_term_is_the_gradient_of_the_weighted_log_density() -> None:
     # Eq. 16: grad [sum_s w_s f(z_s) - E_prior f] = sum_s w_s grad log pi(z_s), because
-    # grad log Z = E_prior[grad f]. E_prior is estimated from 400,000 exact draws here.
+    # grad log Z = E_prior[grad f]. E_prior is estimated from 1.6 million exact draws here: at
+    # 400,000 the Monte Carlo error alone reached the 1 % tolerance for 4 seeds in 10.
     prior = _univariate(ReferencePrior("gaussian"), shared_uniforms=False, energy_scale=0.5)
     g = torch.Generator().manual_seed(3)
     z = prior.sample(64, g)
     w = torch.softmax(torch.randn(64, generator=g, dtype=torch.float64), 0)
     exact = _param_grads(prior, (w * prior.log_prob(z)).sum())
-    cd = _param_grads(prior, prior.prior_term(z, w, prior_samples=prior.sample(400_000, g)))
+    cd = _param_grads(prior, prior.prior_term(z, w, prior_samples=prior.sample(1_600_000, g)))
     torch.testing.assert_close(cd, exact, atol=0.01 * exact.abs().max(), rtol=0.0)
     # The draws as their own control variate (importance sampling): one pass, same value.
     torch.testing.assert_close(

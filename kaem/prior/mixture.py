@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kaem import memory
 from kaem import quadrature as quad
 from kaem.kan import KANLayer
 from kaem.prior.base import EnergyPrior, PriorTables
@@ -223,15 +224,14 @@ class MixtureEnergyPrior(EnergyPrior):
         number of components.
         """
         self._check_n(n)
-        u = self._uniform((self.latent_dim, n), generator)
+        u = self._uniform((n, self.latent_dim), generator).T  # (Q, n), draw-major in memory
         state = self._state()
         guided = self._guided(n, state, "marginal")
         tables = self._tables(state, "marginal", self._build_marginal_cdf, guided, n)
-        if guided:
-            z = quad.guided_inverse_cdf(u, tables.cdf, tables.guide)
-        else:
-            z = quad.inverse_cdf(u, tables.cdf, tables.index)
-        return z.T.contiguous()
+        if guided:  # written draw by draw into the (n, Q) result
+            out = memory.empty((n, self.latent_dim), dtype=u.dtype, device=u.device)
+            return quad.guided_inverse_cdf(u, tables.cdf, tables.guide, out=out.T).T
+        return quad.inverse_cdf(u, tables.cdf, tables.index).T.contiguous()
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

@@ -205,14 +205,14 @@ class UnivariateEnergyPrior(EnergyPrior):
                 return z.permute(1, 2, 0)  # (P, n, Q) -> (n, Q, P)
             u = u.T[None].expand(q, p, n)
             return quad.inverse_cdf(u, tables.cdf, tables.index).permute(2, 0, 1)
-        u = self._uniform((q, p, n), generator)
+        u = self._uniform((n, q, p), generator)  # draw-major, as the result
         if guided:
             out = memory.empty((n, q, p), dtype=u.dtype, device=u.device)  # via (Q P, n)
             quad.guided_inverse_cdf(
-                u.view(q * p, n), tables.cdf, tables.guide, out=out.view(n, -1).T
+                u.view(n, -1).T, tables.cdf, tables.guide, out=out.view(n, -1).T
             )
             return out
-        return quad.inverse_cdf(u, tables.cdf, tables.index).permute(2, 0, 1)
+        return quad.inverse_cdf(u.permute(1, 2, 0), tables.cdf, tables.index).permute(2, 0, 1)
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

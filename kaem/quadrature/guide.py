@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from kaem import memory
+from kaem.quadrature import native
 from kaem.quadrature.rules import CDFTable
 from kaem.quadrature.search import inverse_cdf_rows
 
@@ -52,16 +53,31 @@ class GuideTable(NamedTuple):
     ----------
     grid
         ``u_0 = 0 < ... < u_M = 1``, shape ``(M + 1,)``.
-    base, slope, kink, jump
-        Shape ``(..., M)`` each; ``kink = 1`` (beyond any ``d``) and ``jump = 0`` where no
-        edge falls inside.
+    entries
+        ``(base, slope, kink, jump)`` of every interval, shape ``(..., M, 4)``: one lookup
+        reads the four together. ``kink = 1`` (beyond any ``d``) and ``jump = 0`` where no
+        edge falls inside. :attr:`base`, :attr:`slope`, :attr:`kink` and :attr:`jump` are
+        views of it, shape ``(..., M)`` each.
     """
 
     grid: Tensor
-    base: Tensor
-    slope: Tensor
-    kink: Tensor
-    jump: Tensor
+    entries: Tensor
+
+    @property
+    def base(self) -> Tensor:
+        return self.entries[..., 0]
+
+    @property
+    def slope(self) -> Tensor:
+        return self.entries[..., 1]
+
+    @property
+    def kink(self) -> Tensor:
+        return self.entries[..., 2]
+
+    @property
+    def jump(self) -> Tensor:
+        return self.entries[..., 3]
 
 
 class SharedGuide(NamedTuple):
@@ -199,15 +215,18 @@ def guide_table(table: CDFTable, n_points: int) -> GuideTable:
     Returns
     -------
     GuideTable
-        Fields of shape ``(..., M)``.
+        Entries of shape ``(..., M, 4)``.
     """
     cdf = table.cdf
-    fields = memory.empty((4, math.prod(cdf.shape[:-1]), n_points), **_like(cdf))
-    for start, stop, sub in _row_chunks(table, _GUIDE_ROWS):
-        for field, entry in zip(fields, _guide_entries(sub, n_points)[0], strict=True):
-            field[start:stop] = entry
+    entries = memory.empty((math.prod(cdf.shape[:-1]), n_points, 4), **_like(cdf))
     grid = guide_points(n_points, dtype=cdf.dtype, device=cdf.device)
-    return GuideTable(grid, *fields.view(4, *cdf.shape[:-1], n_points))
+    if native.usable(cdf, table.slope):
+        flat = cdf.reshape(-1, cdf.shape[-1]), table.edges, table.slope.reshape(len(entries), -1)
+        native.guide_entries(*flat, grid, MAX_SLOPE_RATIO, entries)
+        return GuideTable(grid, entries.view(*cdf.shape[:-1], n_points, 4))
+    for start, stop, sub in _row_chunks(table, _GUIDE_ROWS):
+        entries[start:stop] = torch.stack(_guide_entries(sub, n_points)[0], dim=-1)
+    return GuideTable(grid, entries.view(*cdf.shape[:-1], n_points, 4))
 
 
 def shared_guide_table(table: CDFTable, n_points: int) -> SharedGuide:
@@ -222,12 +241,17 @@ def shared_guide_table(table: CDFTable, n_points: int) -> SharedGuide:
     """
     cdf, edges = table.cdf, table.edges
     q, p = cdf.shape[:2]
-    # Rows (p, q) with p outermost, so each block of p's fills a contiguous block of the layout.
-    by_p = CDFTable(cdf.transpose(0, 1).contiguous(), edges, table.slope.transpose(0, 1))
     rows = memory.empty((p, n_points, 4, q), **_like(cdf))
     near_end = torch.zeros(p, n_points, dtype=torch.bool, device=cdf.device)
     low, high = float(edges[0]), float(edges[-1])
     tol = 1e-4 * (high - low)  # far beyond the rounding of any sample
+    grid = guide_points(n_points, dtype=cdf.dtype, device=cdf.device)
+    if native.usable(cdf, table.slope):
+        native.shared_guide_entries(*table, grid, MAX_SLOPE_RATIO, tol, rows, near_end)
+        search = torch.isnan(rows[:, :, 3])  # (P, M, Q)
+        return SharedGuide(grid, rows.view(p, n_points, 4 * q), search, search.any(2) | near_end)
+    # Rows (p, q) with p outermost, so each block of p's fills a contiguous block of the layout.
+    by_p = CDFTable(cdf.transpose(0, 1).contiguous(), edges, table.slope.transpose(0, 1))
     per_p = max(1, _GUIDE_ROWS // q)
     for start, stop, sub in _row_chunks(by_p, per_p * q):
         p0, p1 = start // q, stop // q
@@ -238,7 +262,6 @@ def shared_guide_table(table: CDFTable, n_points: int) -> SharedGuide:
         ends = (inverse[..., :-1] < low + tol) | (inverse[..., 1:] > high - tol)
         near_end[p0:p1] = ends.any(1)
     search = torch.isnan(rows[:, :, 3])  # (P, M, Q)
-    grid = guide_points(n_points, dtype=cdf.dtype, device=cdf.device)
     return SharedGuide(grid, rows.view(p, n_points, 4 * q), search, search.any(2) | near_end)
 
 
@@ -280,9 +303,14 @@ def guided_inverse_cdf(
         Shape ``(R, S)``; equal to ``inverse_cdf(u, table)`` to float rounding.
     """
     n_rows = u.shape[0]
-    fields = [f.reshape(n_rows, -1) for f in (guide.base, guide.slope, guide.kink, guide.jump)]
-    searched = bool(torch.isnan(guide.jump).any())  # some interval holds several edges
+    entries = guide.entries.reshape(n_rows, -1, 4)
     out = memory.empty(u.shape, **_like(u)) if out is None else out
+    searched = bool(torch.isnan(guide.jump).any())  # some interval holds several edges
+    if native.usable(u, out, entries, table.cdf):  # the same arithmetic in one pass
+        cdf, edges, slope = table
+        flat = cdf.reshape(n_rows, -1), edges, slope.reshape(n_rows, -1)
+        return native.guided_draws(u, guide.grid, entries, *flat, searched, out)
+    fields = entries.unbind(-1)
     low, high = float(table.edges[0]), float(table.edges[-1])
     step = max(1, chunk // n_rows)
     for s in range(0, u.shape[1], step):
@@ -317,15 +345,14 @@ def guided_inverse_cdf_rows(
         memory is ``O(K)`` however many rows there are.
     """
     m = guide.grid.shape[0] - 1
-    fields = [f.reshape(-1) for f in (guide.base, guide.slope, guide.kink, guide.jump)]
+    entries = guide.entries.reshape(-1, 4)
     searched = bool(torch.isnan(guide.jump).any())
     out = memory.empty(u.shape, **_like(u))
     low, high = float(table.edges[0]), float(table.edges[-1])
     for s in range(0, u.shape[0], chunk):
         rb, ub, o = rows[s : s + chunk], u[s : s + chunk], out[s : s + chunk]
         k, d = guide_position(ub, guide.grid)
-        at = k.add_(rb * m)
-        base, slope, kink, jump = (f.take(at) for f in fields)
+        base, slope, kink, jump = entries.index_select(0, k.add_(rb * m)).unbind(1)
         _evaluate(base, slope, kink, jump, d, o).clamp_(low, high)
         if searched:
             bad = torch.isnan(jump).nonzero().squeeze(1)
@@ -360,9 +387,12 @@ def guided_inverse_cdf_shared(
     """
     q, p = table.cdf.shape[:2]
     n = u.shape[0]
+    out = memory.empty((p, n, q), **_like(guide.rows))
+    if native.usable(u, guide.rows, table.cdf):  # the same arithmetic in one pass
+        rows = guide.rows.view(p, -1, 4 * q)
+        return native.guided_shared(u, guide.grid, rows, guide.fix, *table, out)
     k, d = guide_position(u.T, guide.grid)  # (P, n)
     d = d[..., None]  # (P, n, 1)
-    out = memory.empty((p, n, q), **_like(guide.rows))
     step = min(n, max(1, chunk // q))
     most = guide.rows.new_empty(step, q)
     for rows, kp, dp, op in zip(guide.rows, k, d, out, strict=True):  # one p at a time

@@ -1,0 +1,179 @@
+"""The Numba kernels behind :mod:`kaem.quadrature.native`, compiled on first use.
+
+Kept in a module of their own, at module level, so that Numba's on-disk cache holds them
+across processes and ``import kaem`` never imports Numba. Each kernel documents the shapes it
+takes; :mod:`kaem.quadrature.native` checks its inputs and converts tensors.
+"""
+
+import math
+
+import numba
+import numpy as np
+
+jit = numba.njit(cache=True, nogil=True)
+
+
+@jit
+def bucket(x, n_buckets):
+    """The bucket of ``x`` in ``[0, 1]``: ``floor(L/2 sqrt(2x))`` below 1/2, mirrored above
+    (as :func:`~kaem.quadrature.uniform_bucket`), so buckets are fine where the grid is."""
+    half = n_buckets // 2
+    b = min(int(half * math.sqrt(2.0 * min(x, 1.0 - x))), half - 1)
+    return b if x < 0.5 else n_buckets - 1 - b
+
+
+@jit
+def buckets(grid, m):
+    """``start[b]``, the number of grid points ``u_j`` (``j >= 1``) in buckets below ``b``
+    (``L = 2 m`` buckets, at most ``m - 1``). Bucketing is monotone, so for ``x`` in
+    bucket ``b`` every such point is below ``x``, and the interval of ``x`` is ``start[b]``
+    or, if the one grid point of bucket ``b`` is at or below ``x``, the next. Grid points per
+    unit of bucket, ``dk/db = 2 sqrt(2) m / (pi L sqrt(1 - u))`` below 1/2 (and mirrored),
+    is at most ``4 m / (pi L) = 2 / pi`` for ``L = 2 m``, so no bucket holds two points in
+    exact arithmetic; checked here as computed, since the kernels take one step only."""
+    n_buckets = 2 * m
+    count = np.zeros(n_buckets + 1, np.int64)
+    for j in range(1, m + 1):
+        count[bucket(grid[j], n_buckets) + 1] += 1
+    if count.max() > 1:
+        raise ValueError("a bucket of the guide grid holds two grid points")
+    start = np.minimum(np.cumsum(count[:n_buckets]), m - 1)
+    return start
+
+
+@jit
+def position(x, grid, start, m):
+    """``k`` with ``grid[k] <= x < grid[k + 1]`` (``k`` in ``[0, m)``), without a branch."""
+    k = start[bucket(x, start.shape[0])]
+    return min(k + (x >= grid[k + 1]), m - 1)
+
+
+@jit
+def search(x, cdf, edges, slope):
+    """:func:`inverse_cdf_rows` of one draw: bisection for the last ``cdf_c <= x``, c < N."""
+    lo, hi = 0, slope.shape[0]  # cdf[lo] <= x < cdf[hi]; cdf[N] is never read
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cdf[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    return min(max(edges[lo] + (x - cdf[lo]) * slope[lo], edges[0]), edges[-1])
+
+
+@jit
+def entries_of(cdf, edges, slope, grid, max_ratio, nan, tol, out, ends):
+    """The guide entries of one CDF row into ``out`` (``(M, 4)``, any strides), and
+    ``ends[k] |= `` whether the inverse on interval ``k`` comes within ``tol`` of an end.
+
+    One merge of the interior edges ``cdf_1 .. cdf_{N-1}`` into the grid. The cell of
+    ``u_k`` is the number of interior edges at or below it (``searchsorted(right=True) -
+    1``, empty cells skipped); interval ``k`` holds the edges strictly between ``u_k`` and
+    ``u_{k+1}``: none, one (its kink) or more (``jump = NaN``: search). The arithmetic is
+    :func:`~kaem.quadrature.guide_table`'s, with exact comparisons where it locates edges
+    by the grid's closed-form inverse.
+    """
+    n_cells, m = slope.shape[0], out.shape[0]
+    low, high = edges[0] + tol, edges[-1] - tol
+    j = 1  # the first interior edge above u_k
+    previous = edges[0]
+    for k in range(m + 1):
+        g = grid[k]
+        while j < n_cells and cdf[j] <= g:
+            j += 1
+        lo = j - 1
+        start = edges[lo] + (g - cdf[lo]) * slope[lo]  # the exact inverse at u_k
+        if k > 0:
+            ends[k - 1] |= (previous < low) | (start > high)
+        previous = start
+        if k == m:
+            break
+        after = j
+        while after < n_cells and cdf[after] < grid[k + 1]:
+            after += 1
+        s_lo = slope[lo]
+        kink, jump = grid[m], grid[0]  # 1 and 0, in the table's dtype
+        if after - j == 1:
+            kink = cdf[j] - g
+            jump = slope[j] - s_lo  # the cell above edge j is cell j
+            ratio = slope[j] / s_lo
+            if ratio > max_ratio or ratio < 1.0 / max_ratio:
+                jump = nan
+        elif after - j > 1:
+            jump = nan
+        out[k, 0] = start - kink * jump if jump == jump else start
+        out[k, 1] = s_lo
+        out[k, 2] = kink
+        out[k, 3] = jump
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def table(cdf, edges, slope, grid, max_ratio, nan, out):
+    """Guide entries of every row: ``cdf (R, N + 1)``, ``slope (R, N)``, ``out (R, M, 4)``."""
+    m = out.shape[1]
+    for r in numba.prange(cdf.shape[0]):
+        entries_of(
+            cdf[r], edges, slope[r], grid, max_ratio, nan, 0.0, out[r], np.zeros(m, np.bool_)
+        )
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def shared_table(cdf, edges, slope, grid, max_ratio, nan, tol, rows, ends):
+    """The :class:`~kaem.quadrature.SharedGuide` layout: ``cdf (Q, P, N + 1)``, ``slope
+    (Q, P, N)``, ``rows (P, M, 4, Q)`` and ``ends (P, M)``."""
+    n_q, n_p = cdf.shape[0], cdf.shape[1]
+    m = rows.shape[1]
+    for p in numba.prange(n_p):
+        own = np.empty((n_q, m, 4), rows.dtype)  # row by row, then interleaved over q
+        for q in range(n_q):
+            entries_of(cdf[q, p], edges, slope[q, p], grid, max_ratio, nan, tol, own[q], ends[p])
+        for k in range(m):
+            for f in range(4):
+                for q in range(n_q):
+                    rows[p, k, f, q] = own[q, k, f]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def draws(u, grid, fields, cdf, edges, cell_slope, searched, out):
+    """``out[s, r] = F_r^{-1}(u[s, r])``: ``u, out`` of shape ``(S, R)``, ``fields``
+    ``(R, M, 4)`` (base, slope, kink, jump), ``cdf (R, N + 1)``, ``cell_slope (R, N)``."""
+    n_draws, n_rows = u.shape
+    m = fields.shape[1]
+    low, high = edges[0], edges[-1]
+    start = buckets(grid, m)
+    for s in numba.prange(n_draws):
+        for r in range(n_rows):
+            x = u[s, r]
+            k = position(x, grid, start, m)
+            d = x - grid[k]
+            z = fields[r, k, 0] + d * fields[r, k, 1] + max(d, fields[r, k, 2]) * fields[r, k, 3]
+            out[s, r] = min(max(z, low), high)
+    if searched:  # jump = NaN marks a draw to search, and min and max keep the NaN
+        for s in numba.prange(n_draws):
+            for r in range(n_rows):
+                if math.isnan(out[s, r]):
+                    out[s, r] = search(u[s, r], cdf[r], edges, cell_slope[r])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def shared(u, grid, rows, fix, cdf, edges, cell_slope, out):
+    """``out[p, s, q] = F_qp^{-1}(u[s, p])``: ``u (n, P)``, ``rows (P, M, 4 Q)``,
+    ``fix (P, M)``, ``cdf (Q, P, N + 1)``, ``cell_slope (Q, P, N)``, ``out (P, n, Q)``."""
+    n_draws, n_p = u.shape
+    n_q, m = out.shape[2], rows.shape[1]
+    low, high = edges[0], edges[-1]
+    start = buckets(grid, m)
+    for p in numba.prange(n_p):  # one p's slice of the table stays in cache
+        for s in range(n_draws):
+            x = u[s, p]
+            k = position(x, grid, start, m)
+            d = x - grid[k]
+            e, o = rows[p, k], out[p, s]
+            for q in range(n_q):
+                o[q] = e[q] + d * e[n_q + q] + max(d, e[2 * n_q + q]) * e[3 * n_q + q]
+            if fix[p, k]:  # an entry to search, or values within rounding of an end
+                for q in range(n_q):
+                    if math.isnan(o[q]):
+                        o[q] = search(x, cdf[q, p], edges, cell_slope[q, p])
+                    else:
+                        o[q] = min(max(o[q], low), high)

@@ -1,0 +1,206 @@
+"""Compiled CPU kernels for the guide table: built in one merge, read in one pass.
+
+In PyTorch's eager ops, :func:`~kaem.quadrature.guided_inverse_cdf` and
+:func:`~kaem.quadrature.guided_inverse_cdf_shared` locate each draw's interval (an ``acos``, a
+conversion, a lookup), gather four table entries and evaluate ``base + d slope + max(d, kink)
+jump``: about a dozen passes over arrays the size of the output, each a separate kernel, and
+:func:`~kaem.quadrature.guide_table` locates every cell edge on the grid by histograms and
+scatters. Here the same arithmetic runs in loops compiled by Numba:
+
+- a table is one merge of each density's cell edges into the grid, with exact comparisons
+  (the eager path locates an edge by the grid's closed-form inverse, which rounding can put a
+  float to the wrong side: both tables give the same samples to float rounding);
+- a draw's interval comes from a square-root bucket of ``u`` and one step, so that
+  ``u_k <= u < u_{k+1}`` holds for the stored grid, and each draw reads its four entries
+  (stored together) once and writes its sample once;
+- an interval marked for search (``jump = NaN``) is inverted by the same bisection and the same
+  ``e_c + (u - cdf_c) slope_c`` as :func:`~kaem.quadrature.inverse_cdf_rows`, and samples are
+  clamped into the domain as the eager path clamps them.
+
+The kernels take CPU tensors of float32 or float64 without gradient, are compiled on first
+use (about 15 s, then cached on disk by Numba: well under a second in a new process) and use
+as many threads as PyTorch does. ``KAEM_NATIVE=0`` in the environment, or :func:`set_enabled`,
+turns them off and the eager path runs instead: the reference they are tested against, and
+the path on every other device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "enabled",
+    "guide_entries",
+    "guided_draws",
+    "guided_shared",
+    "set_enabled",
+    "shared_guide_entries",
+    "usable",
+]
+
+_DTYPES = (torch.float32, torch.float64)
+_enabled = os.environ.get("KAEM_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+_enabled = _enabled and importlib.util.find_spec("numba") is not None  # a pinned dependency
+
+
+def set_enabled(on: bool) -> bool:
+    """Turn the compiled kernels on or off for this process; returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, bool(on)
+    return previous
+
+
+def enabled() -> bool:
+    """Whether the compiled kernels are on (``KAEM_NATIVE``, :func:`set_enabled`)."""
+    return _enabled
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernels are on and can take ``tensors``: CPU, float32/float64, no gradient."""
+    if not _enabled:
+        return False
+    dtype = tensors[0].dtype
+    return all(
+        t.device.type == "cpu" and t.dtype == dtype and not t.requires_grad for t in tensors
+    ) and (dtype in _DTYPES)
+
+
+@cache
+def _kernels():
+    """The compiled kernels (imported, and compiled or loaded from Numba's cache, once)."""
+    from kaem.quadrature import _kernels as k
+
+    return k.draws, k.shared, k.table, k.shared_table
+
+
+def _nan(like: np.ndarray) -> np.generic:
+    """NaN as a scalar of ``like``'s dtype (a Python float would make the kernels float64)."""
+    return like.dtype.type(np.nan)
+
+
+def _threads() -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def guided_draws(
+    u: Tensor,
+    grid: Tensor,
+    fields: Tensor,
+    cdf: Tensor,
+    edges: Tensor,
+    slope: Tensor,
+    searched: bool,
+    out: Tensor,
+) -> Tensor:
+    """The kernel of :func:`~kaem.quadrature.guided_inverse_cdf`.
+
+    Parameters
+    ----------
+    u, out
+        Draws and samples, shape ``(R, S)``, any strides. They are read and written draw by
+        draw with the rows innermost, so a transposed view (an ``(S, R)`` tensor's ``.T``)
+        is the fast layout.
+    grid
+        The guide grid, shape ``(M + 1,)``.
+    fields
+        ``(base, slope, kink, jump)`` of every interval, shape ``(R, M, 4)``.
+    cdf, edges, slope
+        The CDF table with the batch flattened: shapes ``(R, N + 1)``, ``(N + 1,)``, ``(R, N)``.
+    searched
+        Whether some interval is marked for search (``jump = NaN``).
+    """
+    draws = _kernels()[0]
+    _threads()
+    args = (u.T, grid, fields, cdf, edges, slope)
+    draws(*(a.detach().numpy() for a in args), searched, out.T.detach().numpy())
+    return out
+
+
+def guided_shared(
+    u: Tensor,
+    grid: Tensor,
+    rows: Tensor,
+    fix: Tensor,
+    cdf: Tensor,
+    edges: Tensor,
+    slope: Tensor,
+    out: Tensor,
+) -> Tensor:
+    """The kernel of :func:`~kaem.quadrature.guided_inverse_cdf_shared`.
+
+    Parameters
+    ----------
+    u
+        Draws, shape ``(n, P)``.
+    grid, rows, fix
+        Of the :class:`~kaem.quadrature.SharedGuide`: ``(M + 1,)``, ``(P, M, 4 Q)``, ``(P, M)``.
+    cdf, edges, slope
+        The CDF table: ``(Q, P, N + 1)``, ``(N + 1,)``, ``(Q, P, N)``.
+    out
+        Samples, shape ``(P, n, Q)``.
+    """
+    shared = _kernels()[1]
+    _threads()
+    args = (u, grid, rows, fix, cdf, edges, slope, out)
+    shared(*(a.detach().numpy() for a in args))
+    return out
+
+
+def guide_entries(
+    cdf: Tensor, edges: Tensor, slope: Tensor, grid: Tensor, max_ratio: float, out: Tensor
+) -> Tensor:
+    """The kernel of :func:`~kaem.quadrature.guide_table`.
+
+    Parameters
+    ----------
+    cdf, edges, slope
+        The CDF table with the batch flattened: shapes ``(R, N + 1)``, ``(N + 1,)``, ``(R, N)``.
+    grid
+        The guide grid, shape ``(M + 1,)``.
+    max_ratio
+        :data:`~kaem.quadrature.MAX_SLOPE_RATIO`.
+    out
+        Where the entries go, shape ``(R, M, 4)``.
+    """
+    table = _kernels()[2]
+    _threads()
+    arrays = [a.detach().numpy() for a in (cdf, edges, slope, grid)]
+    table(*arrays, max_ratio, _nan(arrays[0]), out.numpy())
+    return out
+
+
+def shared_guide_entries(
+    cdf: Tensor,
+    edges: Tensor,
+    slope: Tensor,
+    grid: Tensor,
+    max_ratio: float,
+    tol: float,
+    rows: Tensor,
+    ends: Tensor,
+) -> None:
+    """The kernel of :func:`~kaem.quadrature.shared_guide_table`.
+
+    Parameters
+    ----------
+    cdf, edges, slope
+        The CDF table: ``(Q, P, N + 1)``, ``(N + 1,)``, ``(Q, P, N)``.
+    grid, max_ratio
+        As for :func:`guide_entries`.
+    tol
+        How near an end of the domain the inverse may come before an interval is marked.
+    rows, ends
+        Outputs, shapes ``(P, M, 4, Q)`` and ``(P, M)`` (bool, zeroed by the caller).
+    """
+    shared_table = _kernels()[3]
+    _threads()
+    arrays = [a.detach().numpy() for a in (cdf, edges, slope, grid)]
+    shared_table(*arrays, max_ratio, _nan(arrays[0]), tol, rows.numpy(), ends.numpy())

@@ -1,0 +1,151 @@
+"""The compiled CPU kernels of guided inversion against the eager path and the exact inverse."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_quadrature import _assert_exact, _rough_log_density
+
+from kaem import quadrature as quad
+from kaem.model import build_model
+from kaem.presets import preset
+from kaem.quadrature import native
+
+
+@pytest.fixture
+def eager():
+    """Run the body with the kernels off (the eager PyTorch path), then restore them."""
+    previous = native.set_enabled(False)
+    yield
+    native.set_enabled(previous)
+
+
+def _rough_table(rows: int, cells: int, seed: int, dtype: torch.dtype, shape=None):
+    _, weights = quad.nodes_and_weights(cells, -1.5, 1.5, dtype=dtype)
+    log_density = _rough_log_density(rows, cells, seed=seed, dtype=dtype)
+    if shape is not None:
+        log_density = log_density.view(*shape, cells)
+    return quad.build_cdf(log_density, weights.log(), quad.cell_edges(weights, -1.5))
+
+
+def _both_paths(fn):
+    """``fn()`` with the kernels on, then off."""
+    assert native.enabled()
+    on = fn()
+    previous = native.set_enabled(False)
+    try:
+        return on, fn()
+    finally:
+        native.set_enabled(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_points", [16, 384])
+def test_kernels_equal_the_eager_path_and_the_exact_inverse(dtype, n_points) -> None:
+    # Coarse grids mark most intervals for search (several edges, steep kinks); fine ones few.
+    table = _rough_table(12, 200, seed=1, dtype=dtype)
+    (guide, eager_guide) = _both_paths(lambda: quad.guide_table(table, n_points))
+    u = torch.rand(12, 20_000, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    for g in (guide, eager_guide):  # either table, either path: the exact inverse
+        on, off = _both_paths(lambda g=g: quad.guided_inverse_cdf(u, table, g))
+        _assert_exact(on, u, table)
+        _assert_exact(off, u, table)
+        torch.testing.assert_close(on, off, rtol=4 * torch.finfo(dtype).eps, atol=1e-6)
+    # A transposed output and transposed draws: the layout the priors use.
+    out = torch.empty(20_000, 12, dtype=dtype)
+    quad.guided_inverse_cdf(u.T.contiguous().T, table, guide, out=out.T)
+    _assert_exact(out.T, u, table)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_kernels_equal_the_eager_path_and_the_exact_inverse(dtype) -> None:
+    q, p = 7, 5
+    table = _rough_table(q * p, 100, seed=3, dtype=dtype, shape=(q, p))
+    for n_points in (16, 64, 384):
+        guide, eager_guide = _both_paths(lambda n=n_points: quad.shared_guide_table(table, n))
+        assert torch.equal(guide.fix, eager_guide.fix) or n_points == 16
+        u = torch.rand(3000, p, generator=torch.Generator().manual_seed(n_points), dtype=dtype)
+        ends = [torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps]
+        u[:2] = torch.tensor(ends, dtype=dtype)[:, None]  # near either end of the domain
+        u_rows = u.T[None].expand(q, p, -1)
+        for g in (guide, eager_guide):
+            on, off = _both_paths(lambda g=g, u=u: quad.guided_inverse_cdf_shared(u, table, g))
+            for z in (on, off):
+                _assert_exact(z.permute(2, 0, 1), u_rows, table)
+                assert float(z.min()) >= -1.5 and float(z.max()) <= 1.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_draws_on_and_beside_grid_points_find_their_interval(dtype) -> None:
+    # Where the interval is decided: u exactly at a grid point, and one float either side.
+    table = _rough_table(3, 200, seed=5, dtype=dtype)
+    for n_points in (1, 2, 3, 17, 384, 1000):
+        guide = quad.guide_table(table, n_points)
+        grid = guide.grid
+        up = torch.nextafter(grid, torch.ones_like(grid))
+        down = torch.nextafter(grid, torch.zeros_like(grid))
+        u = torch.cat([grid, up, down]).clamp(0.0, 1.0 - torch.finfo(dtype).eps / 2)
+        u = u[None].expand(3, -1).contiguous()
+        _assert_exact(quad.guided_inverse_cdf(u, table, guide), u, table)
+
+
+def test_guide_grid_buckets_hold_one_grid_point_at_most() -> None:
+    # The kernels take one step from a draw's bucket to its interval: that needs at most one
+    # grid point per bucket, for every grid size and dtype.
+    from kaem.quadrature import _kernels
+
+    for dtype in (torch.float32, torch.float64):
+        for m in [*range(1, 400), 1024, 4096]:
+            grid = quad.guide_points(m, dtype=dtype).numpy()
+            start = _kernels.buckets(grid, m)
+            assert start[0] == 0 and start[-1] <= m - 1
+    crowded = quad.guide_points(8, dtype=torch.float64).numpy()
+    crowded[3] = crowded[4] - 1e-9  # two points in one bucket: the kernels would go wrong
+    with pytest.raises(ValueError, match="two grid points"):
+        _kernels.buckets(crowded, 8)
+
+
+@pytest.mark.parametrize("name", ["nist", "svhn"])
+def test_priors_sample_the_same_with_and_without_kernels(name) -> None:
+    # The univariate prior (uniforms shared across q, and independent) and the mixture: the
+    # same generator state gives the same samples on both paths, to float rounding.
+    model = preset(name)["model"]
+    if name == "nist":
+        model["prior"]["n_nodes"] = 60  # a smaller table; the same code
+    prior = build_model(model).prior
+    priors = [prior]
+    if hasattr(prior, "shared_uniforms"):
+        independent = build_model(model).prior
+        independent.shared_uniforms = False
+        priors.append(independent)
+    for pr in priors:
+        pr.sampling = "table"
+
+        def draw(pr=pr):
+            return pr.sample(500, torch.Generator().manual_seed(9))
+
+        on, off = _both_paths(draw)
+        torch.testing.assert_close(on, off, rtol=1e-6, atol=1e-6)
+        assert on.shape == off.shape == (500, *pr.event_shape)
+
+
+def test_kernels_take_cpu_floats_without_gradient_only() -> None:
+    x = torch.zeros(3)
+    assert native.usable(x, x.double().float())
+    assert not native.usable(x.double(), x)  # mixed dtypes
+    assert not native.usable(x.half())
+    assert not native.usable(torch.zeros(3, dtype=torch.int64))
+    assert not native.usable(torch.zeros(3, requires_grad=True))
+    assert not native.usable(torch.zeros(3, device="meta"))
+
+
+def test_kernels_turned_off(eager) -> None:
+    assert not native.enabled() and not native.usable(torch.zeros(3))
+    assert native.set_enabled(True) is False and native.enabled()
+    native.set_enabled(False)
+    code = "from kaem.quadrature import native; print(native.enabled())"
+    env = {**os.environ, "KAEM_NATIVE": "off"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "False", run.stderr
