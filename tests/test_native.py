@@ -1,11 +1,13 @@
 """The compiled CPU kernels of guided inversion against the eager path and the exact inverse."""
 
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from scipy import stats
 from test_quadrature import _assert_exact, _rough_log_density
 
 from kaem import quadrature as quad
@@ -110,7 +112,7 @@ def test_guide_grid_buckets_hold_one_grid_point_at_most() -> None:
 @pytest.mark.parametrize("name", ["nist", "svhn"])
 def test_priors_sample_the_same_with_and_without_kernels(name) -> None:
     # The univariate prior (uniforms shared across q, and independent) and the mixture: the
-    # same generator state gives the same samples on both paths, to float rounding.
+    # same uniforms give the same samples on both paths, to float rounding.
     model = preset(name)["model"]
     if name == "nist":
         model["prior"]["n_nodes"] = 60  # a smaller table; the same code
@@ -122,13 +124,73 @@ def test_priors_sample_the_same_with_and_without_kernels(name) -> None:
         priors.append(independent)
     for pr in priors:
         pr.sampling = "table"
-
-        def draw(pr=pr):
-            return pr.sample(500, torch.Generator().manual_seed(9))
-
-        on, off = _both_paths(draw)
+        pr._uniform = lambda shape, g: torch.rand(shape, generator=torch.Generator().manual_seed(9))
+        on, off = _both_paths(lambda pr=pr: pr.sample(500))
         torch.testing.assert_close(on, off, rtol=1e-6, atol=1e-6)
         assert on.shape == off.shape == (500, *pr.event_shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parallel_uniforms_are_uniform_independent_and_reproducible(dtype) -> None:
+    n = 1_000_000
+    u = native.uniform_(torch.empty(n, dtype=dtype), torch.Generator().manual_seed(0))
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+    se = 1 / math.sqrt(n)
+    assert abs(float(u.mean()) - 0.5) < 5 * se * math.sqrt(1 / 12)
+    assert abs(float(u.var()) * 12 - 1) < 5 * se * math.sqrt(4 / 5)  # var of 12 u^2-ish
+    x = u.double() - 0.5
+    for lag in (1, 2, 81):  # neighbours in the stream: the coordinates of one draw
+        assert abs(float((x[:-lag] * x[lag:]).mean()) * 12) < 5 * se
+    counts = torch.histc(u.double(), bins=100, min=0, max=1).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-3
+    # The generator's state decides the stream and moves on; the thread count does not.
+    g = torch.Generator().manual_seed(0)
+    first = native.uniform_(torch.empty(4, 1000, dtype=dtype), g)
+    assert not torch.equal(first, native.uniform_(torch.empty(4, 1000, dtype=dtype), g))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        again = native.uniform_(torch.empty(4, 1000, dtype=dtype), torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first, again)
+    assert torch.equal(first.view(-1), u[:4000])
+    # Every bit of the mantissa is random: float64 values are not float32 ones.
+    bits = 24 if dtype == torch.float32 else 53
+    scaled = u.double() * 2.0**bits
+    assert torch.equal(scaled, scaled.floor())
+    assert bool((scaled % 2 == 1).any()) and (
+        dtype == torch.float32 or u.float().double().ne(u).any()
+    )
+
+
+def _splitmix64(seed: int, count: int) -> list[int]:
+    """SplitMix64 written from its definition with Python integers: the reference stream."""
+    mask, out, state = 2**64 - 1, [], seed
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_parallel_uniforms_are_splitmix64_of_a_seed_from_the_generator() -> None:
+    g = torch.Generator().manual_seed(5)
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=g))
+    expected = _splitmix64(seed, 1000)
+    for dtype, bits in ((torch.float32, 24), (torch.float64, 53)):
+        u = native.uniform_(torch.empty(1000, dtype=dtype), torch.Generator().manual_seed(5))
+        top = [z >> (64 - bits) for z in expected]
+        assert (u.double() * 2.0**bits).long().tolist() == top
+
+
+def test_parallel_uniforms_refuse_what_they_cannot_fill() -> None:
+    for bad in (torch.empty(3, 4).T, torch.empty(3, dtype=torch.int64), torch.empty(3).half()):
+        with pytest.raises(ValueError, match="contiguous CPU float32 or float64"):
+            native.uniform_(bad)
 
 
 def test_kernels_take_cpu_floats_without_gradient_only() -> None:

@@ -27,6 +27,7 @@ from kaem.kinds import build
 from kaem.model import build_model
 from kaem.presets import preset
 from kaem.prior import EnergyPrior
+from kaem.quadrature import native
 from kaem.training import NonFiniteLossError, Progress, Updates, build_step, loop, train
 from kaem.training.updates import adam
 
@@ -125,6 +126,9 @@ def test_operations_and_host_reads_of_one_update(name: str, monkeypatch) -> None
     # Searches start from a cell index on the CPU only (whose check for crowded buckets reads
     # one flag); count the path an accelerator takes.
     monkeypatch.setattr(EnergyPrior, "_indexed", lambda self, n: False)
+    # The compiled CPU kernels (uniforms seeded by one host read of the generator) exist on
+    # the CPU only: an accelerator draws with torch.rand.
+    monkeypatch.setattr(native, "_enabled", False)
     model, cfg = _setup(case, "cpu")
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, *model.image_shape, generator=g)

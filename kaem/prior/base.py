@@ -14,6 +14,7 @@ from kaem import quadrature as quad
 from kaem.cache import ParameterCache
 from kaem.checks import check_count
 from kaem.kan import KANLayer
+from kaem.quadrature import native
 from kaem.reference import ReferencePrior
 
 __all__ = ["INDEX_MIN_DRAWS", "EnergyPrior", "PriorTables", "SamplingMethod"]
@@ -206,5 +207,9 @@ class EnergyPrior(nn.Module):
         check_count("the number of samples (a positive integer)", n)
 
     def _uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        """Uniforms on ``[0, 1)``: in parallel from one draw of ``generator`` on a CPU
+        (:func:`kaem.quadrature.native.uniform_`), else ``torch.rand`` from it."""
         out = memory.empty(shape, dtype=self.nodes.dtype, device=self.nodes.device)
+        if native.usable(out):
+            return native.uniform_(out, generator)
         return torch.rand(shape, generator=generator, out=out)

@@ -177,3 +177,27 @@ def shared(u, grid, rows, fix, cdf, edges, cell_slope, out):
                         o[q] = search(x, cdf[q, p], edges, cell_slope[q, p])
                     else:
                         o[q] = min(max(o[q], low), high)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@jit
+def splitmix64(state):
+    """SplitMix64's output function (Steele, Lea and Flood 2014) of a 64-bit state."""
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def uniforms(seed, shift, scale, out):
+    """``out[i]``: the top ``64 - shift`` bits of SplitMix64's ``i``-th output from ``seed``,
+    times ``scale`` (``2^-(64 - shift)``): uniforms on ``[0, 1)``, the same whatever the
+    number of threads. ``out`` is one-dimensional."""
+    for i in numba.prange(out.shape[0]):
+        z = splitmix64(seed + np.uint64(i + 1) * _GOLDEN) >> np.uint64(shift)
+        out[i] = z * scale
