@@ -186,6 +186,18 @@ def test_mixture_component_frequencies_match_proportions(sampling) -> None:
         assert _ks(marginal[:, qi].numpy(), grid, cdf / cdf[-1]) > ALPHA
 
 
+def test_the_mixture_marginal_cdf_mixes_its_components_in_float32() -> None:
+    # Built from linear cell masses in the prior's dtype: sum_p alpha_qp m_qpn accumulated,
+    # each component's masses from its own table in float64.
+    prior = _mixture(ReferencePrior("gaussian", -1.0, 2.0))
+    with torch.no_grad():
+        components = prior.tables().cdf.cdf.diff(dim=-1)  # (Q, P, N) cell masses
+        mixed = (prior.proportions()[..., None] * components).sum(1).cumsum(-1)
+        marginal = prior.float().marginal_tables().cdf.cdf
+    assert marginal.dtype == torch.float32
+    torch.testing.assert_close(marginal[:, 1:].double(), mixed, atol=2e-7, rtol=0)
+
+
 def test_mixture_fixed_uniform_proportions_and_regulariser() -> None:
     prior = _mixture(ReferencePrior("none"), train_proportions=False, proportion_l1=0.5)
     assert "logits" not in dict(prior.named_parameters())

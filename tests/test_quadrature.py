@@ -64,6 +64,14 @@ def test_inverse_cdf_is_exact_for_piecewise_constant_density() -> None:
         torch.testing.assert_close(quad.guided_inverse_cdf(u[None], table, guide)[0], expected)
 
 
+def test_cdf_from_masses_is_the_cdf_of_build_cdf_in_any_scale() -> None:
+    table = _table([0.2, 0.5, 0.3], [0.0, 1.0, 3.0, 4.0])
+    for scale in (1.0, 7.0, 1e-30):
+        mass = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64) * scale
+        for got, want in zip(quad.cdf_from_masses(mass, table.edges), table, strict=True):
+            torch.testing.assert_close(got, want)
+
+
 def test_every_path_skips_empty_cells() -> None:
     table = _table([0.5, 0.0, 0.5], [0.0, 1.0, 2.0, 3.0])
     u = torch.linspace(0, 0.999, 1000, dtype=torch.float64)

@@ -179,10 +179,11 @@ class MixtureEnergyPrior(EnergyPrior):
         return self._tables(self._state(), "marginal", self._build_marginal_cdf, guide)
 
     def _build_marginal_cdf(self) -> quad.CDFTable:
-        log_mass = torch.log_softmax(self.node_log_density() + self.log_weights, dim=-1)
-        log_alpha = torch.log_softmax(self.logits, dim=-1)[..., None]
-        mixture = torch.logsumexp(log_alpha + log_mass, dim=1)  # (Q, N) log cell masses
-        return quad.build_cdf(mixture, torch.zeros_like(self.log_weights), self.edges)
+        # Each component's cell masses sum to one, in linear space: a mass too small for
+        # float there is as small once the CDF is stored, and a matrix product mixes them.
+        mass = torch.softmax(self.node_log_density().add_(self.log_weights), dim=-1)
+        mixture = torch.bmm(self.proportions()[:, None, :], mass)  # (Q, 1, N)
+        return quad.cdf_from_masses(mixture[:, 0], self.edges)
 
     @torch.no_grad()
     def sample_with_components(

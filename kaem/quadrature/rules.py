@@ -13,6 +13,7 @@ __all__ = [
     "CDFTable",
     "QuadratureRule",
     "build_cdf",
+    "cdf_from_masses",
     "cell_edges",
     "log_normaliser",
     "nodes_and_weights",
@@ -127,10 +128,8 @@ class CDFTable(NamedTuple):
 def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTable:
     """CDF at the cell edges from log densities at the nodes (eq. 20).
 
-    The cell masses ``m_n = w_n p~(z_n)`` (relative to the largest) are accumulated in
-    float64 and divided by their sum, so the CDF starts at exactly 0, ends at exactly 1 and
-    rounds once, when it is stored. The slopes are computed from the stored CDF values, so
-    the distribution that is sampled is the piecewise-linear CDF through them.
+    The cell masses ``m_n = w_n p~(z_n)``, relative to the largest, go to
+    :func:`cdf_from_masses`.
 
     Parameters
     ----------
@@ -143,11 +142,33 @@ def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTab
     -------
     CDFTable
     """
-    dtype = log_density.dtype
     mass = log_density + log_weights
-    mass = mass.sub_(mass.amax(dim=-1, keepdim=True)).exp_()  # the largest cell's is 1
+    return cdf_from_masses(mass.sub_(mass.amax(dim=-1, keepdim=True)).exp_(), edges)
+
+
+def cdf_from_masses(mass: Tensor, edges: Tensor) -> CDFTable:
+    """The piecewise-linear CDF of cells of masses ``mass`` (eq. 20), in any common scale.
+
+    :func:`build_cdf` from masses already out of log space, such as a mixture's
+    ``sum_p alpha_p m_pn``. The masses are accumulated in float64 and divided by their sum,
+    so the CDF starts at exactly 0, ends at exactly 1 and rounds once, when it is stored. The
+    slopes are computed from the stored CDF values, so the distribution that is sampled is
+    the piecewise-linear CDF through them.
+
+    Parameters
+    ----------
+    mass
+        Non-negative cell masses, shape ``(..., N)``, not all zero in a row.
+    edges
+        Cell edges from :func:`cell_edges`, shape ``(N + 1,)``.
+
+    Returns
+    -------
+    CDFTable
+    """
+    dtype = mass.dtype
     accumulated = mass.cumsum(dim=-1, dtype=torch.float64)
-    cdf = log_density.new_empty(*mass.shape[:-1], mass.shape[-1] + 1)
+    cdf = mass.new_empty(*mass.shape[:-1], mass.shape[-1] + 1)
     cdf[..., 0] = 0.0
     torch.div(accumulated, accumulated[..., -1:], out=cdf[..., 1:])  # at most 1, then 1
     # A difference of stored values is exact wherever the CDF at most doubles from one edge to
