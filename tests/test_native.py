@@ -93,6 +93,39 @@ def test_draws_on_and_beside_grid_points_find_their_interval(dtype) -> None:
         _assert_exact(quad.guided_inverse_cdf(u, table, guide), u, table)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shared", [True, False])
+def test_compiled_search_equals_the_eager_search_and_the_exact_inverse(dtype, shared) -> None:
+    # Draws at every cell edge and one float either side (where a cell is decided), in rows
+    # with empty cells and tails of tiny mass (buckets crowded with edges), and random draws;
+    # uniforms shared across q (u of shape (S, P)) or one per density (S, Q, P).
+    q, p, cells = 6, 4, 200
+    table = _rough_table(q * p, cells, seed=7, dtype=dtype, shape=(q, p))
+    log_tail = _rough_log_density(1, cells, seed=8, dtype=dtype)[0]
+    log_tail[: cells // 2] -= 80.0  # half the cells hold about e^-80 of the mass
+    _, weights = quad.nodes_and_weights(cells, -1.5, 1.5, dtype=dtype)
+    tail = quad.build_cdf(log_tail, weights.log(), quad.cell_edges(weights, -1.5))
+    cdf = table.cdf.clone()
+    cdf[0, 0] = tail.cdf  # the first density of the table: the crowded one
+    slope = table.slope.clone()
+    slope[0, 0] = tail.slope
+    table = quad.CDFTable(cdf, table.edges, slope)
+    edges = cdf[0, :2].reshape(-1)  # two densities' edges, then random draws
+    near = torch.cat(
+        [edges, torch.nextafter(edges, torch.ones_like(edges)), edges.nextafter(-edges)]
+    )
+    near = near.clamp(0.0, 1.0 - torch.finfo(dtype).eps / 2)
+    g = torch.Generator().manual_seed(3)
+    width = (p,) if shared else (q, p)
+    u = torch.rand(5000, *width, generator=g, dtype=dtype)
+    u[: len(near)] = near.view(-1, *[1] * len(width))
+    on, off = _both_paths(lambda: quad.inverse_cdf_draws(u, table))
+    assert on.shape == off.shape == (5000, q, p) and on.is_contiguous()
+    torch.testing.assert_close(on, off, rtol=4 * torch.finfo(dtype).eps, atol=1e-6)
+    u_rows = (u[:, None] if shared else u).expand(-1, q, p).permute(1, 2, 0)
+    _assert_exact(on.permute(1, 2, 0), u_rows, table)
+
+
 def test_guide_grid_buckets_hold_one_grid_point_at_most() -> None:
     # The kernels take one step from a draw's bucket to its interval: that needs at most one
     # grid point per bucket, for every grid size and dtype.
@@ -109,8 +142,9 @@ def test_guide_grid_buckets_hold_one_grid_point_at_most() -> None:
         _kernels.buckets(crowded, 8)
 
 
+@pytest.mark.parametrize("sampling", ["table", "search"])
 @pytest.mark.parametrize("name", ["nist", "svhn"])
-def test_priors_sample_the_same_with_and_without_kernels(name) -> None:
+def test_priors_sample_the_same_with_and_without_kernels(name, sampling) -> None:
     # The univariate prior (uniforms shared across q, and independent) and the mixture: the
     # same uniforms give the same samples on both paths, to float rounding.
     model = preset(name)["model"]
@@ -123,7 +157,7 @@ def test_priors_sample_the_same_with_and_without_kernels(name) -> None:
         independent.shared_uniforms = False
         priors.append(independent)
     for pr in priors:
-        pr.sampling = "table"
+        pr.sampling = sampling
         pr._uniform = lambda shape, g: torch.rand(shape, generator=torch.Generator().manual_seed(9))
         on, off = _both_paths(lambda pr=pr: pr.sample(500))
         torch.testing.assert_close(on, off, rtol=1e-6, atol=1e-6)

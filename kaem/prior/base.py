@@ -183,9 +183,11 @@ class EnergyPrior(nn.Module):
 
     def _indexed(self, n: int) -> bool:
         """Whether searches for ``n`` draws per density start from a cell index: on a CPU,
-        from :data:`INDEX_MIN_DRAWS` draws; an accelerator searches every draw in parallel,
-        and the index's fallback for crowded buckets would wait for the device."""
-        return self.nodes.device.type == "cpu" and n >= INDEX_MIN_DRAWS
+        from :data:`INDEX_MIN_DRAWS` draws, unless the compiled search runs instead
+        (:mod:`kaem.quadrature.native`); an accelerator searches every draw in parallel, and
+        the index's fallback for crowded buckets would wait for the device."""
+        cpu = self.nodes.device.type == "cpu"
+        return cpu and n >= INDEX_MIN_DRAWS and not native.usable(self.nodes)
 
     def _guided(self, n: int, state: dict[str, Any], name: str) -> bool:
         """Whether ``n`` draws go through the guide table (both paths are exact).

@@ -232,7 +232,7 @@ class MixtureEnergyPrior(EnergyPrior):
         if guided:  # written draw by draw into the (n, Q) result
             out = memory.empty((n, self.latent_dim), dtype=u.dtype, device=u.device)
             return quad.guided_inverse_cdf(u, tables.cdf, tables.guide, out=out.T).T
-        return quad.inverse_cdf(u, tables.cdf, tables.index).T.contiguous()
+        return quad.inverse_cdf_draws(u.T, tables.cdf, tables.index).contiguous()
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

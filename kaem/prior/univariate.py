@@ -203,8 +203,7 @@ class UnivariateEnergyPrior(EnergyPrior):
             if guided:
                 z = quad.guided_inverse_cdf_shared(u, tables.cdf, tables.shared)
                 return z.permute(1, 2, 0)  # (P, n, Q) -> (n, Q, P)
-            u = u.T[None].expand(q, p, n)
-            return quad.inverse_cdf(u, tables.cdf, tables.index).permute(2, 0, 1)
+            return quad.inverse_cdf_draws(u, tables.cdf, tables.index)
         u = self._uniform((n, q, p), generator)  # draw-major, as the result
         if guided:
             out = memory.empty((n, q, p), dtype=u.dtype, device=u.device)  # via (Q P, n)
@@ -212,7 +211,7 @@ class UnivariateEnergyPrior(EnergyPrior):
                 u.view(n, -1).T, tables.cdf, tables.guide, out=out.view(n, -1).T
             )
             return out
-        return quad.inverse_cdf(u.permute(1, 2, 0), tables.cdf, tables.index).permute(2, 0, 1)
+        return quad.inverse_cdf_draws(u, tables.cdf, tables.index)
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

@@ -49,6 +49,7 @@ from kaem.quadrature.search import (
     CellIndex,
     cell_index,
     inverse_cdf,
+    inverse_cdf_draws,
     inverse_cdf_rows,
     uniform_bucket,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "guided_inverse_cdf_rows",
     "guided_inverse_cdf_shared",
     "inverse_cdf",
+    "inverse_cdf_draws",
     "inverse_cdf_rows",
     "log_normaliser",
     "nodes_and_weights",

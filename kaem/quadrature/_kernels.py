@@ -179,6 +179,60 @@ def shared(u, grid, rows, fix, cdf, edges, cell_slope, out):
                         o[q] = min(max(o[q], low), high)
 
 
+#: Rows of a tile of :func:`searches`: a cache line of float32 draws, and the tile's CDF rows
+#: and cell indexes stay in the first-level cache while every draw of the tile is found.
+TILE = 16
+
+
+@jit
+def cell_starts(cdf, start):
+    """``start[b]``: the number of edges ``cdf_j`` (``j >= 1``) in buckets below ``b`` of
+    :func:`bucket` (as :func:`~kaem.quadrature.cell_index`), every one below a draw of
+    bucket ``b`` since bucketing is monotone; ``start`` has ``2 N`` entries."""
+    m = start.shape[0]
+    start[:] = 0
+    for j in range(1, cdf.shape[0]):
+        b = bucket(cdf[j], m) + 1
+        if b < m:
+            start[b] += 1
+    for b in range(1, m):
+        start[b] += start[b - 1]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def searches(u, cdf, edges, cell_slope, out):
+    """``out[s, r] = F_r^{-1}(u[s, r % C])``: ``u (S, C)``, ``cdf (R, N + 1)``, ``cell_slope
+    (R, N)``, ``out (S, R)``; ``R`` a multiple of ``C``. The cell of :func:`search` (the last
+    ``cdf_c <= u``, ``c < N``) from the start of ``u``'s bucket and one step, bisecting on
+    from there when the bucket holds more edges; then the same inversion. Tiles of
+    :data:`TILE` rows run in parallel, each building its rows' cell starts."""
+    n_draws, n_cols = u.shape
+    n_rows, n_cells = cell_slope.shape
+    low, high = edges[0], edges[-1]
+    for tile in numba.prange((n_rows + TILE - 1) // TILE):
+        first = tile * TILE
+        last = min(first + TILE, n_rows)
+        start = np.empty((TILE, 2 * n_cells), np.int64)
+        for r in range(first, last):
+            cell_starts(cdf[r], start[r - first])
+        for r in range(first, last):  # the tile's draws stay in cache from row to row
+            row, slope, starts, col = cdf[r], cell_slope[r], start[r - first], r % n_cols
+            for s in range(n_draws):
+                x = u[s, col]
+                c = starts[bucket(x, 2 * n_cells)]  # <= N - 1: cdf_N = 1 > u
+                c += row[c + 1] <= x
+                if row[c + 1] <= x:  # a crowded bucket: cdf[c] <= x < cdf[N]
+                    hi = n_cells
+                    while hi - c > 1:
+                        mid = (c + hi) // 2
+                        if row[mid] <= x:
+                            c = mid
+                        else:
+                            hi = mid
+                c = min(c, n_cells - 1)
+                out[s, r] = min(max(edges[c] + (x - row[c]) * slope[c], low), high)
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)

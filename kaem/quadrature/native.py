@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for the guide table: built in one merge, read in one pass.
+"""Compiled CPU kernels: the guide table (built in one merge, read in one pass), the search,
+and uniforms.
 
 In PyTorch's eager ops, :func:`~kaem.quadrature.guided_inverse_cdf` and
 :func:`~kaem.quadrature.guided_inverse_cdf_shared` locate each draw's interval (an ``acos``, a
@@ -16,6 +17,14 @@ scatters. Here the same arithmetic runs in loops compiled by Numba:
 - an interval marked for search (``jump = NaN``) is inverted by the same bisection and the same
   ``e_c + (u - cdf_c) slope_c`` as :func:`~kaem.quadrature.inverse_cdf_rows`, and samples are
   clamped into the domain as the eager path clamps them.
+
+:func:`searched_draws` is :func:`~kaem.quadrature.inverse_cdf_draws` (the search without a
+table): tiles of sixteen densities in parallel, each building its cell starts (the
+:func:`~kaem.quadrature.cell_index` of a row) and then finding every draw from its bucket in
+one step, with bisection after it where a bucket holds several edges.
+
+:func:`uniform_` fills the uniforms those draws invert, in parallel, from one seed drawn from
+the caller's generator (PyTorch's CPU generator fills one value at a time).
 
 The kernels take CPU tensors of float32 or float64 without gradient, are compiled on first
 use (about 15 s, then cached on disk by Numba: well under a second in a new process) and use
@@ -39,6 +48,7 @@ __all__ = [
     "guide_entries",
     "guided_draws",
     "guided_shared",
+    "searched_draws",
     "set_enabled",
     "shared_guide_entries",
     "uniform_",
@@ -77,7 +87,7 @@ def _kernels():
     """The compiled kernels (imported, and compiled or loaded from Numba's cache, once)."""
     from kaem.quadrature import _kernels as k
 
-    return k.draws, k.shared, k.table, k.shared_table, k.uniforms
+    return k.draws, k.shared, k.table, k.shared_table, k.uniforms, k.searches
 
 
 def _nan(like: np.ndarray) -> np.generic:
@@ -152,6 +162,26 @@ def guided_shared(
     _threads()
     args = (u, grid, rows, fix, cdf, edges, slope, out)
     shared(*(a.detach().numpy() for a in args))
+    return out
+
+
+def searched_draws(u: Tensor, cdf: Tensor, edges: Tensor, slope: Tensor, out: Tensor) -> Tensor:
+    """The kernel of :func:`~kaem.quadrature.inverse_cdf_draws`: the search of
+    :func:`~kaem.quadrature.inverse_cdf_rows` for every draw, tiles of CDF rows in parallel.
+
+    Parameters
+    ----------
+    u
+        Draws, shape ``(S, C)``; row ``r`` of the table inverts column ``r % C``.
+    cdf, edges, slope
+        The CDF table with the batch flattened: shapes ``(R, N + 1)``, ``(N + 1,)``, ``(R, N)``,
+        ``R`` a multiple of ``C``.
+    out
+        Samples, shape ``(S, R)``.
+    """
+    searches = _kernels()[5]
+    _threads()
+    searches(*(a.detach().numpy() for a in (u, cdf, edges, slope, out)))
     return out
 
 

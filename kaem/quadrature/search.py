@@ -8,9 +8,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kaem import memory
+from kaem.quadrature import native
 from kaem.quadrature.rules import CDFTable
 
-__all__ = ["CellIndex", "cell_index", "inverse_cdf", "inverse_cdf_rows", "uniform_bucket"]
+__all__ = [
+    "CellIndex",
+    "cell_index",
+    "inverse_cdf",
+    "inverse_cdf_draws",
+    "inverse_cdf_rows",
+    "uniform_bucket",
+]
 
 
 class CellIndex(NamedTuple):
@@ -163,6 +172,42 @@ def inverse_cdf(u: Tensor, table: CDFTable, index: CellIndex | None = None) -> T
     offset = u - torch.gather(cdf, -1, idx)
     z = torch.addcmul(start, offset, torch.gather(slope, -1, idx))
     return z.clamp_(edges[0], edges[-1])
+
+
+def inverse_cdf_draws(u: Tensor, table: CDFTable, index: CellIndex | None = None) -> Tensor:
+    """:func:`inverse_cdf` of draws laid out draw by draw, as samples are returned.
+
+    Parameters
+    ----------
+    u
+        Uniform draws in ``[0, 1)``, shape ``(S, *C)``: draw ``s`` of the densities of
+        ``table`` (``cdf`` of shape ``(*L, *C, N + 1)``), shared across the leading batch
+        dimensions ``L`` (the univariate prior's ``u_p``, shared across ``q``).
+    table, index
+        As for :func:`inverse_cdf`.
+
+    Returns
+    -------
+    Tensor
+        Samples, shape ``(S, *L, *C)``: ``out[s, l, c] = F_lc^{-1}(u[s, c])``, the same
+        values as :func:`inverse_cdf`. On a CPU (:func:`kaem.quadrature.native.usable`) the
+        compiled search writes them in this layout; elsewhere it is a view of
+        :func:`inverse_cdf`'s result.
+    """
+    cdf, edges, slope = table
+    batch, n_draws = cdf.shape[:-1], u.shape[0]
+    if native.usable(u, cdf, edges, slope) and u.is_contiguous() and cdf.is_contiguous():
+        out = memory.empty((n_draws, *batch), dtype=u.dtype, device=u.device)
+        rows = cdf.shape[-1]
+        native.searched_draws(
+            u.view(n_draws, -1),
+            cdf.view(-1, rows),
+            edges,
+            slope.reshape(-1, rows - 1),
+            out.view(n_draws, -1),
+        )
+        return out
+    return inverse_cdf(u.movedim(0, -1).expand(*batch, n_draws), table, index).movedim(-1, 0)
 
 
 def inverse_cdf_rows(rows: Tensor, u: Tensor, table: CDFTable) -> Tensor:
