@@ -8,13 +8,20 @@ more with huge pages (where ``/sys/kernel/mm/transparent_hugepage/enabled`` allo
 tensor is an ordinary one that shares NumPy's memory; elsewhere (an accelerator, a small or
 an unusual dtype) :func:`empty` is :func:`torch.empty`.
 
-Smaller tensors come from glibc's ``malloc``, which by default hands freed memory above a
-few MiB back to the kernel, so the next step's tensors of the same sizes fault in fresh pages
-again: one inverse-transform draw of 200 samples of the NIST prior after an update took about
-10,000 page faults (40 MB) and 27-35 ms on 2 cores, against none and 13-17 ms with freed
-memory kept (measured between Langevin runs, which leave the heap trimmed).
-:func:`keep_freed_memory` asks ``malloc`` to keep it; the ``kaem`` command and
-``python -m kaem.bench`` call it at start, and a script of one's own may.
+Freed memory is the other cost. glibc's ``malloc`` maps every block above 32 MiB afresh and
+unmaps it when it is freed, and by default hands freed heap memory above a few MiB back to the
+kernel too, so the next step's tensors of the same sizes fault in fresh pages again: one
+inverse-transform draw of 200 samples of the NIST prior after an update took about 10,000
+page faults (40 MB) and 27-35 ms on 2 cores, against none and 13-17 ms with freed memory kept
+(measured between Langevin runs, which leave the heap trimmed). On a virtual machine that
+reports free pages to its host (virtio-balloon free page reporting), memory handed back is
+worse than slow to fault in: the host has taken it away, and the first touch waits for the host
+to back it again. 10,000 draws of the NIST prior (a 130 MB result) took 0.12-0.25 s in most
+fresh processes on such a 2-core machine, nearly all of it system time in the page faults of
+the result, against 0.02-0.03 s in every process once the result's memory is reused.
+:func:`keep_freed_memory` asks ``malloc`` to keep freed memory and to take large blocks from
+its heap as well; the ``kaem`` command and ``python -m kaem.bench`` call it at start, and a
+script of one's own may.
 """
 
 from __future__ import annotations
@@ -66,17 +73,19 @@ def empty(
 
 
 #: ``mallopt`` parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 
 
 def keep_freed_memory(keep_bytes: int = 2**30) -> bool:
     """Ask glibc's ``malloc`` to keep up to ``keep_bytes`` of freed memory for reuse.
 
-    Allocations up to 32 MiB (glibc's largest threshold) then come from the heap instead of
-    fresh mappings, and freed memory at its top is handed back to the kernel only beyond
-    ``keep_bytes``: the process keeps its peak memory, and repeated steps reuse it without
-    page faults. Process-wide, so it is a choice for a program (as ``kaem`` makes it), not
-    for a library at import.
+    Every block, however large, then comes from the heap instead of a fresh mapping (which
+    ``free`` would unmap), and freed memory at the heap's top is handed back to the kernel
+    only beyond ``keep_bytes``: the process keeps its peak memory, and repeated steps reuse it
+    without page faults. Freed memory below the top stays with the process until it exits.
+    Process-wide, so it is a choice for a program (as ``kaem`` makes it), not for a library at
+    import. Threads other than the main one allocate from their own arenas, which still map
+    blocks larger than an arena afresh.
 
     Parameters
     ----------
@@ -95,6 +104,5 @@ def keep_freed_memory(keep_bytes: int = 2**30) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, keep_bytes)
-    )
+    settings = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, keep_bytes))
+    return all([bool(mallopt(key, value)) for key, value in settings])

@@ -27,3 +27,34 @@ def test_keep_freed_memory_takes_on_glibc_and_refuses_a_bad_size() -> None:
     assert memory.keep_freed_memory() is True  # this test machine's C library is glibc
     with pytest.raises(ValueError, match="keep_bytes must be in"):
         memory.keep_freed_memory(2**31)
+
+
+_REUSE = """
+import resource
+import torch
+from kaem import memory
+
+assert memory.keep_freed_memory()
+
+def faults_to_fill():
+    t = memory.empty((16 * 2**20,), dtype=torch.float32)  # 64 MiB, above malloc's mmap limit
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t.fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+print(faults_to_fill(), faults_to_fill())
+"""
+
+
+def test_kept_memory_serves_the_next_large_tensor_without_page_faults() -> None:
+    # A fresh mapping of 64 MiB faults in at least 32 huge pages (16,384 small ones); the
+    # same tensor again, from memory malloc kept, faults in none.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _REUSE], capture_output=True, text=True, check=True
+    ).stdout
+    first, again = map(int, out.split())
+    assert first >= 32
+    assert again < 8, f"the second 64 MiB tensor faulted in {again} pages"
