@@ -16,9 +16,11 @@ page faults (40 MB) and 27-35 ms on 2 cores, against none and 13-17 ms with free
 (measured between Langevin runs, which leave the heap trimmed). On a virtual machine that
 reports free pages to its host (virtio-balloon free page reporting), memory handed back is
 worse than slow to fault in: the host has taken it away, and the first touch waits for the host
-to back it again. 10,000 draws of the NIST prior (a 130 MB result) took 0.12-0.25 s in most
-fresh processes on such a 2-core machine, nearly all of it system time in the page faults of
-the result, against 0.02-0.03 s in every process once the result's memory is reused.
+to back it again. On such a 2-core machine, 10,000 draws of the NIST prior after an update
+(a 130 MB result) took 0.20-0.23 s (median of five calls) in 2 of 10 fresh processes, and
+0.12-0.26 s in some call of 7 of them, nearly all of it system time in the page faults of the
+result; with the result's memory reused, the median was 0.020-0.033 s and no call of 10
+processes took over 0.035 s.
 :func:`keep_freed_memory` asks ``malloc`` to keep freed memory and to take large blocks from
 its heap as well; the ``kaem`` command and ``python -m kaem.bench`` call it at start, and a
 script of one's own may.
