@@ -44,6 +44,32 @@ def _both_paths(fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_cdf_build_is_the_eager_one_bit_for_bit(dtype) -> None:
+    # Rough log densities over 40 orders of magnitude, empty cells, cells of denormal mass
+    # (slopes capped at the largest float) and a row of one cell: every CDF value and slope
+    # equal, not merely close, so every sample is the same on both paths.
+    g = torch.Generator().manual_seed(11)
+    edges = quad.cell_edges(quad.nodes_and_weights(200, -1.5, 1.5)[1], -1.5).to(dtype)
+    log_density = 30 * torch.randn(3, 7, 200, generator=g, dtype=dtype)
+    log_density[0, 0, ::3] = -math.inf  # empty cells
+    log_density[0, 1] = torch.linspace(-120, 0, 200, dtype=dtype)  # from float32's denormals
+    log_density[0, 2] = -math.inf
+    log_density[0, 2, 17] = 0.0  # all the mass in one cell
+    log_weights = torch.log(quad.nodes_and_weights(200, -1.5, 1.5)[1]).to(dtype)
+    on, off = _both_paths(lambda: quad.build_cdf(log_density, log_weights, edges))
+    mixture = torch.softmax(log_density[1], dim=-1)  # masses out of log space, (7, 200)
+    on_mix, off_mix = _both_paths(lambda: quad.cdf_from_masses(mixture, edges))
+    for a, b in ((on, off), (on_mix, off_mix)):
+        assert a.cdf.dtype == a.slope.dtype == dtype and a.cdf.shape[:-1] == a.slope.shape[:-1]
+        assert torch.equal(a.cdf, b.cdf)
+        assert torch.equal(a.slope, b.slope)
+    assert torch.isinf(on.slope[0, 0, ::3]).all() and torch.isinf(on.slope[0, 2, :17]).all()
+    assert on.cdf[0, 2, 17] == 0 and (on.cdf[0, 2, 18:] == 1).all()
+    if dtype == torch.float32:
+        assert (on.slope[0, 1] == torch.finfo(dtype).max).any()  # a capped slope was tested
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_points", [16, 384])
 def test_kernels_equal_the_eager_path_and_the_exact_inverse(dtype, n_points) -> None:
     # Coarse grids mark most intervals for search (several edges, steep kinks); fine ones few.

@@ -19,9 +19,10 @@ ch. II.2.4) that holds, for each interval of a fixed grid of uniforms, the same 
 slopes in closed form, so a draw costs one lookup and a few multiply-adds. For the same
 uniforms the two return the same samples to float rounding. All functions here are pure
 tensor functions, batched over leading "row" dimensions (one row per univariate density),
-with no Python loops over rows or samples. On a CPU, guide tables are built and read by the
-compiled loops of :mod:`kaem.quadrature.native` (the same arithmetic in one pass); the eager
-PyTorch code is the path on other devices and the reference the loops are tested against.
+with no Python loops over rows or samples. On a CPU, CDF tables are built and guide tables
+built and read by the compiled loops of :mod:`kaem.quadrature.native` (the same arithmetic in
+one pass); the eager PyTorch code is the path on other devices and the reference the loops
+are tested against.
 """
 
 from kaem.quadrature.guide import (

@@ -179,6 +179,31 @@ def shared(u, grid, rows, fix, cdf, edges, cell_slope, out):
                         o[q] = min(max(o[q], low), high)
 
 
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")  # 0 / 0 is NaN
+def cdf_rows(mass, width, big, cdf, slope):
+    """:func:`~kaem.quadrature.cdf_from_masses` of every row: ``mass (R, N)``, ``width (N,)``
+    (the cell widths, rounded once to the masses' dtype), ``big`` the dtype's largest value,
+    ``cdf (R, N + 1)`` and ``slope (R, N)``. The same operations in the same order: masses
+    summed in float64 from the left, each sum divided by the total and rounded once, slopes
+    from the stored CDF, so the tables are equal bit for bit."""
+    n_rows, n_cells = mass.shape
+    for r in numba.prange(n_rows):
+        m, c, sl = mass[r], cdf[r], slope[r]
+        running = np.empty(n_cells, np.float64)  # the one sequential pass
+        total = 0.0
+        for j in range(n_cells):
+            total += np.float64(m[j])
+            running[j] = total
+        c[0] = 0.0
+        for j in range(n_cells):  # the rest vectorises
+            c[j + 1] = running[j] / total
+        for j in range(n_cells):
+            cell = c[j + 1] - c[j]
+            v = width[j] / cell
+            v = v if math.isnan(v) else min(v, big)
+            sl[j] = np.inf if cell == 0 else v
+
+
 #: Rows of a tile of :func:`searches`: a cache line of float32 draws, and the tile's CDF rows
 #: and cell indexes stay in the first-level cache while every draw of the tile is found.
 TILE = 16

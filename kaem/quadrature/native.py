@@ -1,5 +1,5 @@
-"""Compiled CPU kernels: the guide table (built in one merge, read in one pass), the search,
-and uniforms.
+"""Compiled CPU kernels: the CDF tables, the guide table (built in one merge, read in one
+pass), the search, and uniforms.
 
 In PyTorch's eager ops, :func:`~kaem.quadrature.guided_inverse_cdf` and
 :func:`~kaem.quadrature.guided_inverse_cdf_shared` locate each draw's interval (an ``acos``, a
@@ -22,6 +22,11 @@ scatters. Here the same arithmetic runs in loops compiled by Numba:
 table): tiles of sixteen densities in parallel, each building its cell starts (the
 :func:`~kaem.quadrature.cell_index` of a row) and then finding every draw from its bucket in
 one step, with bisection after it where a bucket holds several edges.
+
+:func:`cdf_rows` builds the CDF tables of :func:`~kaem.quadrature.cdf_from_masses` with the
+same operations in the same order (a float64 sum from the left, one rounding per stored value,
+slopes from the stored CDF), so they are equal bit for bit, in one pass over each row instead
+of a dozen eager ops over the whole table.
 
 :func:`uniform_` fills the uniforms those draws invert, in parallel, from one seed drawn from
 the caller's generator (PyTorch's CPU generator fills one value at a time).
@@ -87,7 +92,7 @@ def _kernels():
     """The compiled kernels (imported, and compiled or loaded from Numba's cache, once)."""
     from kaem.quadrature import _kernels as k
 
-    return k.draws, k.shared, k.table, k.shared_table, k.uniforms, k.searches
+    return k.draws, k.shared, k.table, k.shared_table, k.uniforms, k.searches, k.cdf_rows
 
 
 def _nan(like: np.ndarray) -> np.generic:
@@ -235,6 +240,24 @@ def shared_guide_entries(
     _threads()
     arrays = [a.detach().numpy() for a in (cdf, edges, slope, grid)]
     shared_table(*arrays, max_ratio, _nan(arrays[0]), tol, rows.numpy(), ends.numpy())
+
+
+def cdf_rows(mass: Tensor, width: Tensor, cdf: Tensor, slope: Tensor) -> None:
+    """The kernel of :func:`~kaem.quadrature.cdf_from_masses`, bit for bit.
+
+    Parameters
+    ----------
+    mass
+        Cell masses, shape ``(R, N)``, contiguous.
+    width
+        Cell widths in the masses' dtype, shape ``(N,)``.
+    cdf, slope
+        Outputs, shapes ``(R, N + 1)`` and ``(R, N)``.
+    """
+    kernel = _kernels()[6]
+    _threads()
+    big = mass.numpy().dtype.type(torch.finfo(mass.dtype).max)
+    kernel(mass.numpy(), width.numpy(), big, cdf.numpy(), slope.numpy())
 
 
 #: Bits of each uniform: a float's mantissa and its hidden bit.
