@@ -258,6 +258,32 @@ def searches(u, cdf, edges, cell_slope, out):
                 out[s, r] = min(max(edges[c] + (x - row[c]) * slope[c], low), high)
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def merged_searches(u, cdf, edges, cell_slope, out):
+    """:func:`searches` for draws shared by several rows (``R > C``): each column's draws
+    sorted once, then every row's cells found by one merge of its edges with them, ``N + S``
+    comparisons in order instead of a bucket and a step per draw; the same cells and the same
+    inversion."""
+    n_draws, n_cols = u.shape
+    n_rows, n_cells = cell_slope.shape
+    low, high = edges[0], edges[-1]
+    order = np.empty((n_cols, n_draws), np.int64)
+    ascending = np.empty((n_cols, n_draws), u.dtype)
+    for col in numba.prange(n_cols):
+        order[col] = np.argsort(u[:, col])
+        for i in range(n_draws):
+            ascending[col, i] = u[order[col, i], col]
+    for r in numba.prange(n_rows):
+        row, slope, col = cdf[r], cell_slope[r], r % n_cols
+        xs, at = ascending[col], order[col]
+        c = 0  # the last cdf_c <= x (c < N) for the draws so far: it only moves up
+        for i in range(n_draws):
+            x = xs[i]
+            while c < n_cells - 1 and row[c + 1] <= x:
+                c += 1
+            out[at[i], r] = min(max(edges[c] + (x - row[c]) * slope[c], low), high)
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)

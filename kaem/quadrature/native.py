@@ -19,7 +19,9 @@ scatters. Here the same arithmetic runs in loops compiled by Numba:
   clamped into the domain as the eager path clamps them.
 
 :func:`searched_draws` is :func:`~kaem.quadrature.inverse_cdf_draws` (the search without a
-table): tiles of sixteen densities in parallel, each building its cell starts (the
+table). Draws shared by several densities (the univariate prior's ``u_p``) are sorted once
+per column, and each density's cells found by one merge of its edges with them. Otherwise
+tiles of sixteen densities run in parallel, each building its cell starts (the
 :func:`~kaem.quadrature.cell_index` of a row) and then finding every draw from its bucket in
 one step, with bisection after it where a bucket holds several edges.
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from functools import cache
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -88,11 +91,12 @@ def usable(*tensors: Tensor) -> bool:
 
 
 @cache
-def _kernels():
-    """The compiled kernels (imported, and compiled or loaded from Numba's cache, once)."""
+def _kernels() -> ModuleType:
+    """The module of the compiled kernels, imported on first use (each kernel is compiled, or
+    loaded from Numba's cache, when it is first called)."""
     from kaem.quadrature import _kernels as k
 
-    return k.draws, k.shared, k.table, k.shared_table, k.uniforms, k.searches, k.cdf_rows
+    return k
 
 
 def _nan(like: np.ndarray) -> np.generic:
@@ -133,7 +137,7 @@ def guided_draws(
     searched
         Whether some interval is marked for search (``jump = NaN``).
     """
-    draws = _kernels()[0]
+    draws = _kernels().draws
     _threads()
     args = (u.T, grid, fields, cdf, edges, slope)
     draws(*(a.detach().numpy() for a in args), searched, out.T.detach().numpy())
@@ -163,7 +167,7 @@ def guided_shared(
     out
         Samples, shape ``(P, n, Q)``.
     """
-    shared = _kernels()[1]
+    shared = _kernels().shared
     _threads()
     args = (u, grid, rows, fix, cdf, edges, slope, out)
     shared(*(a.detach().numpy() for a in args))
@@ -172,7 +176,9 @@ def guided_shared(
 
 def searched_draws(u: Tensor, cdf: Tensor, edges: Tensor, slope: Tensor, out: Tensor) -> Tensor:
     """The kernel of :func:`~kaem.quadrature.inverse_cdf_draws`: the search of
-    :func:`~kaem.quadrature.inverse_cdf_rows` for every draw, tiles of CDF rows in parallel.
+    :func:`~kaem.quadrature.inverse_cdf_rows` for every draw, CDF rows in parallel. Draws
+    shared by several rows (``R > C``) are sorted once per column and merged with each row's
+    edges; others are found from each row's cell starts, in tiles of rows.
 
     Parameters
     ----------
@@ -184,9 +190,10 @@ def searched_draws(u: Tensor, cdf: Tensor, edges: Tensor, slope: Tensor, out: Te
     out
         Samples, shape ``(S, R)``.
     """
-    searches = _kernels()[5]
+    k = _kernels()
+    kernel = k.merged_searches if cdf.shape[0] > u.shape[1] else k.searches
     _threads()
-    searches(*(a.detach().numpy() for a in (u, cdf, edges, slope, out)))
+    kernel(*(a.detach().numpy() for a in (u, cdf, edges, slope, out)))
     return out
 
 
@@ -206,7 +213,7 @@ def guide_entries(
     out
         Where the entries go, shape ``(R, M, 4)``.
     """
-    table = _kernels()[2]
+    table = _kernels().table
     _threads()
     arrays = [a.detach().numpy() for a in (cdf, edges, slope, grid)]
     table(*arrays, max_ratio, _nan(arrays[0]), out.numpy())
@@ -236,7 +243,7 @@ def shared_guide_entries(
     rows, ends
         Outputs, shapes ``(P, M, 4, Q)`` and ``(P, M)`` (bool, zeroed by the caller).
     """
-    shared_table = _kernels()[3]
+    shared_table = _kernels().shared_table
     _threads()
     arrays = [a.detach().numpy() for a in (cdf, edges, slope, grid)]
     shared_table(*arrays, max_ratio, _nan(arrays[0]), tol, rows.numpy(), ends.numpy())
@@ -254,7 +261,7 @@ def cdf_rows(mass: Tensor, width: Tensor, cdf: Tensor, slope: Tensor) -> None:
     cdf, slope
         Outputs, shapes ``(R, N + 1)`` and ``(R, N)``.
     """
-    kernel = _kernels()[6]
+    kernel = _kernels().cdf_rows
     _threads()
     big = mass.numpy().dtype.type(torch.finfo(mass.dtype).max)
     kernel(mass.numpy(), width.numpy(), big, cdf.numpy(), slope.numpy())
@@ -293,7 +300,7 @@ def uniform_(out: Tensor, generator: torch.Generator | None = None) -> Tensor:
         )
     seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
     bits = _BITS[out.dtype]
-    uniforms = _kernels()[4]
+    uniforms = _kernels().uniforms
     _threads()
     uniforms(np.uint64(seed), 64 - bits, 2.0**-bits, out.view(-1).numpy())
     return out
