@@ -1,96 +1,47 @@
-"""Argument checks that many functions share, each raising with the argument's name."""
+"""Checks that many functions share: of arguments on the host, and of values on the device.
+
+An argument check (:func:`check_count`) raises at once, naming the argument. A value check is
+a :class:`Check`: a flag computed on the device and the error it stands for, returned with
+the result it judges. The function that computes it never raises; its caller decides when to
+read the flag (:meth:`Check.raise_if_failed` reads it at once; the training loop reads the
+flags of a step when it next reads the device anyway).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "DeferredCheck",
-    "check_count",
-    "check_finite_log_lik",
-    "check_later",
-    "deferred_checks",
-    "first_failure",
-]
+__all__ = ["Check", "check_count", "first_failure", "nonfinite_log_lik"]
 
 
-class DeferredCheck(NamedTuple):
-    """A check computed on the device and judged later, when the host next looks.
+class Check(NamedTuple):
+    """A value check computed on the device, judged by whoever reads it.
 
     Attributes
     ----------
     failed : Tensor, shape (), bool
-        Whether the check failed, on the device of the data it looked at.
+        Whether the check failed, on the device of the values it looked at.
     error : callable
-        ``() -> Exception``: the exception the check raises, built only once it is known to
-        have failed (building it may read the device).
+        ``() -> Exception``: the error the failure stands for, built only once the flag is
+        known to be set (building it may read the device again, for the details).
     """
 
     failed: Tensor
     error: Callable[[], Exception]
 
-
-_PENDING: ContextVar[list[DeferredCheck] | None] = ContextVar("kaem_deferred_checks", default=None)
-
-
-@contextmanager
-def deferred_checks() -> Iterator[list[DeferredCheck]]:
-    """Collect the checks of the code inside instead of reading each result on the host.
-
-    Outside this context :func:`check_later` reads its flag at once (one synchronisation with
-    the device per check) and raises; inside it only appends the check to the yielded list,
-    so the code runs without waiting for the device, and the caller judges the list once
-    (:func:`first_failure`).
-
-    Yields
-    ------
-    list of DeferredCheck
-        The checks of the code inside, in the order they were made.
-    """
-    pending: list[DeferredCheck] = []
-    token = _PENDING.set(pending)
-    try:
-        yield pending
-    finally:
-        _PENDING.reset(token)
+    def raise_if_failed(self) -> None:
+        """Read the flag (one synchronisation with the device) and raise if it is set."""
+        if bool(self.failed):
+            raise self.error()
 
 
-def check_later(failed: Tensor, error: Callable[[], Exception]) -> None:
-    """Raise ``error()`` if ``failed`` holds: now, or when the caller of
-    :func:`deferred_checks` judges its checks.
-
-    Parameters
-    ----------
-    failed : Tensor, shape (), bool
-        Computed on the device; reading it is what costs a synchronisation.
-    error : callable
-        Builds the exception to raise; called only if the check failed.
-    """
-    pending = _PENDING.get()
-    if pending is None:
-        if bool(failed):
-            raise error()
-    else:
-        pending.append(DeferredCheck(failed, error))
-
-
-def first_failure(checks: list[DeferredCheck], flags: list[bool] | None = None) -> Exception | None:
-    """The exception of the first failed check, or None; reads all flags in one go.
-
-    ``flags`` are the checks' ``failed`` values if the caller has read them already (with
-    other values, in one transfer).
-    """
-    if not checks:
-        return None
-    if flags is None:
-        flags = torch.stack([c.failed for c in checks]).tolist()
+def first_failure(checks: tuple[Check, ...], flags: list[bool]) -> Exception | None:
+    """The error of the first failed check, given their ``failed`` flags read on the host."""
     return next((c.error() for c, bad in zip(checks, flags, strict=True) if bad), None)
 
 
@@ -107,8 +58,8 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_finite_log_lik(log_lik: Tensor, sample_dim: int) -> None:
-    """Raise if any data point's log-likelihood is NaN or infinite for some sample.
+def nonfinite_log_lik(log_lik: Tensor, sample_dim: int) -> Check:
+    """Whether any data point's log-likelihood is NaN or infinite for some sample.
 
     Parameters
     ----------
@@ -116,11 +67,10 @@ def check_finite_log_lik(log_lik: Tensor, sample_dim: int) -> None:
         Shape ``(B, S)`` or ``(S, B)``: data points along one dimension, samples along
         ``sample_dim``.
 
-    Raises
-    ------
-    FloatingPointError
-        Naming (up to ten of) the data points at fault; inside :func:`deferred_checks`, when
-        the checks are judged.
+    Returns
+    -------
+    Check
+        Its error, a :class:`FloatingPointError`, names (up to ten of) the data points.
     """
     finite = torch.isfinite(log_lik.detach()).all(sample_dim)
 
@@ -128,4 +78,4 @@ def check_finite_log_lik(log_lik: Tensor, sample_dim: int) -> None:
         bad = torch.nonzero(~finite).flatten().tolist()
         return FloatingPointError(f"log-likelihood is NaN or infinite for data points {bad[:10]}")
 
-    check_later(~finite.all(), error)
+    return Check(~finite.all(), error)

@@ -231,6 +231,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         progress=True,
     )
     _warn_if_estimates_disagree(result)
+    _warn_if_quadrature_is_coarse(result)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write_text(text, args.out)
@@ -254,6 +255,19 @@ def _warn_if_estimates_disagree(result: dict[str, dict[str, Any]]) -> None:
             f"({b['mean']:.2f}) differ by {gap:.2f} nats, {gap / se:.1f} standard errors: raise "
             "--samples for importance sampling, or --temps, --steps and --chains (and lower "
             "--step-size) for the steppingstone estimate, until they agree"
+        )
+
+
+def _warn_if_quadrature_is_coarse(result: dict[str, dict[str, Any]]) -> None:
+    """Say when the prior's quadrature no longer resolves its energies (its samples and its
+    log density then differ by more than the evidence's digits)."""
+    quadrature = result.get("quadrature")
+    if quadrature and quadrature["error"] > quadrature["tolerance"]:
+        _status(
+            f"kaem: warning: the prior's log normaliser moves by {quadrature['error']:.2g} nats "
+            f"between {quadrature['nodes'] // 2} and {quadrature['nodes']} quadrature nodes "
+            f"(tolerance {quadrature['tolerance']:g}): the sampled prior does not resolve its "
+            "energies; retrain with a larger model.prior.n_nodes"
         )
 
 
@@ -389,9 +403,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()
         args, rest = parser.parse_known_args(argv)
-        from kaem.memory import keep_freed_memory
-
-        keep_freed_memory()  # repeated steps reuse their memory instead of faulting it in
         if args.command == "bench":
             args.func(args, rest)
         elif rest:

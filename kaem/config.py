@@ -58,6 +58,15 @@ _RENAMED = {
 }
 
 
+#: Keys that were removed, with what replaced them: ``{class name: {key: explanation}}``.
+_REMOVED = {
+    "PriorConfig": {
+        "table_points": "the guide table is gone: every path inverts the CDF by search "
+        "(model.prior.sampling: search, or compiled for the same samples by compiled CPU loops)",
+    },
+}
+
+
 class Bound(NamedTuple):
     """The range a number must lie in, ``low <= value <= high`` (``<`` where open).
 
@@ -157,8 +166,7 @@ class PriorConfig(KANConfig):
     shared_uniforms: bool = True
     train_proportions: bool = True
     proportion_l1: NonNegativeFloat = 0.0
-    sampling: Literal["auto", "search", "table"] = "auto"
-    table_points: PositiveInt = 384
+    sampling: Literal["search", "compiled"] = "search"
 
 
 @dataclass(frozen=True)
@@ -410,6 +418,10 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -
     if renamed:
         detail = ", ".join(f"{where}{k} is now {where}{v}" for k, v in renamed.items())
         raise ConfigError(f"renamed config key(s): {detail}")
+    removed = {k: v for k, v in _REMOVED.get(cls.__name__, {}).items() if k in unknown}
+    if removed:
+        detail = "; ".join(f"{where}{k} was removed: {v}" for k, v in removed.items())
+        raise ConfigError(detail)
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {', '.join(where + k for k in unknown)}; "

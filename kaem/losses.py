@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kaem.checks import check_finite_log_lik
+from kaem.checks import Check, nonfinite_log_lik
 from kaem.model import KAEM
 from kaem.samplers import effective_sample_size, resample_if_needed
 
@@ -43,12 +43,15 @@ class ISInfo(NamedTuple):
         Which data points were resampled (ESS below threshold), shape ``(B,)``.
     mse
         Posterior-weighted mean squared error per pixel (scalar).
+    check
+        Whether some ``log p(x_b | z_s)`` was NaN or infinite (:class:`~kaem.checks.Check`).
     """
 
     log_evidence: Tensor
     ess: Tensor
     resampled: Tensor
     mse: Tensor
+    check: Check
 
 
 def posterior_weight_matrix(ancestors: Tensor, weights: Tensor) -> Tensor:
@@ -90,6 +93,9 @@ class ISPosterior(NamedTuple):
         Effective sample size before resampling, shape ``(B,)``.
     resampled
         Rows that were resampled, shape ``(B,)``.
+    check
+        Whether some ``log p(x_b | z_s)`` was NaN or infinite; the weights of such a row are
+        meaningless (:func:`~kaem.checks.nonfinite_log_lik`).
     """
 
     z: Tensor
@@ -98,6 +104,7 @@ class ISPosterior(NamedTuple):
     weights: Tensor
     ess: Tensor
     resampled: Tensor
+    check: Check
 
 
 def importance_posterior(
@@ -146,14 +153,14 @@ def importance_posterior(
     z = model.prior.sample(n_samples, generator)  # (S, *event); no gradient through sampling
     x_hat = model.decode(z, noise=noise, generator=generator)  # (S, C, H, W)
     log_lik = model.likelihood.pairwise_log_prob(x, x_hat)  # (B, S)
-    check_finite_log_lik(log_lik, sample_dim=1)
-    with torch.no_grad():
+    with torch.no_grad():  # non-finite values are reported by the check, not here
         ancestors, weights, resampled = resample_if_needed(
-            log_lik.detach(), ess_threshold, resampler, generator
+            log_lik.detach(), ess_threshold, resampler, generator, validate=False
         )
         w = posterior_weight_matrix(ancestors, weights)
-        ess = effective_sample_size(log_lik.detach())
-    return ISPosterior(z, x_hat, log_lik, w, ess, resampled)
+        ess = effective_sample_size(log_lik.detach(), validate=False)
+    check = nonfinite_log_lik(log_lik, sample_dim=1)
+    return ISPosterior(z, x_hat, log_lik, w, ess, resampled, check)
 
 
 def importance_loss(
@@ -208,7 +215,7 @@ def importance_loss(
         const = -0.5 * dim * math.log(2 * math.pi * model.likelihood.variance)
         sq = (const - log_lik) * (2 * model.likelihood.variance)
         mse = (w * sq).sum(1).mean() / dim
-    return loss, ISInfo(log_evidence, post.ess, post.resampled, mse)
+    return loss, ISInfo(log_evidence, post.ess, post.resampled, mse, post.check)
 
 
 def _prior_term(model: KAEM, z_post: Tensor, generator: torch.Generator | None) -> Tensor:

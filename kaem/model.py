@@ -13,7 +13,7 @@ from kaem.config import ModelConfig, from_dict
 from kaem.generators import CNNGenerator, Generator, KANGenerator
 from kaem.kan import KANLayer
 from kaem.likelihood import GaussianLikelihood
-from kaem.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
+from kaem.prior import EnergyPrior, MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
 
 __all__ = [
     "KAEM",
@@ -21,8 +21,6 @@ __all__ = [
     "build_model",
     "build_prior",
 ]
-
-EnergyPrior = UnivariateEnergyPrior | MixtureEnergyPrior
 
 
 class KAEM(nn.Module):
@@ -111,12 +109,7 @@ def build_prior(cfg: ModelConfig, generator: torch.Generator | None = None) -> E
     if min(p.widths) < 1:
         raise ValueError(f"prior widths must be positive, got {p.widths}")
     kan, reference = _prior_kan(cfg, generator)
-    common = dict(
-        n_nodes=p.n_nodes,
-        quadrature=p.quadrature,
-        sampling=p.sampling,
-        table_points=p.table_points,
-    )
+    common = dict(n_nodes=p.n_nodes, quadrature=p.quadrature, sampling=p.sampling)
     if p.kind == "univariate":
         return UnivariateEnergyPrior(kan, reference, shared_uniforms=p.shared_uniforms, **common)
     return MixtureEnergyPrior(

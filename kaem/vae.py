@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kaem.checks import check_finite_log_lik
+from kaem.checks import Check, nonfinite_log_lik
 from kaem.config import VAEConfig, from_dict
 from kaem.generators import CNNGenerator
 from kaem.likelihood import GaussianLikelihood
@@ -276,12 +276,15 @@ class ELBOInfo(NamedTuple):
         Monte Carlo estimate of ``E_q[log p(x_b | z)]``, shape ``(B,)``.
     mse
         Mean squared reconstruction error per pixel (scalar).
+    check
+        Whether some ``log p(x_b | z)`` was NaN or infinite (:class:`~kaem.checks.Check`).
     """
 
     elbo: Tensor
     kl: Tensor
     log_lik: Tensor
     mse: Tensor
+    check: Check
 
 
 def _check_vae(vae: Any) -> None:
@@ -333,13 +336,13 @@ def elbo_loss(
     eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     x_hat = _decode_samples(vae, _reparameterise(mu, logvar, eps))  # (K, B, C, H, W)
     log_lik = vae.likelihood.log_prob(x, x_hat)  # (K, B)
-    check_finite_log_lik(log_lik, sample_dim=0)
+    check = nonfinite_log_lik(log_lik, sample_dim=0)
     log_lik = log_lik.mean(0)
     kl = gaussian_kl(mu, logvar)
     elbo = log_lik - kl
     with torch.no_grad():
         mse = (x_hat - x).square().mean()
-    info = ELBOInfo(elbo.detach(), kl.detach(), log_lik.detach(), mse)
+    info = ELBOInfo(elbo.detach(), kl.detach(), log_lik.detach(), mse, check)
     return -elbo.mean(), info
 
 

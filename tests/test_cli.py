@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from kaem.cli import _warn_if_estimates_disagree, main
+from kaem.cli import _warn_if_estimates_disagree, _warn_if_quadrature_is_coarse, main
 from kaem.config import TrainConfig, from_dict, to_dict
 from kaem.data import prepare_dataset
 from kaem.presets import preset
@@ -157,7 +157,20 @@ def test_evaluate_shows_progress_and_writes_its_json(finished, capsys) -> None:
     assert main([*args, "--n-images", "4", "--samples", "3000", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "log p(x)" in err and "3/3" in err  # the bar counted the three 1,000-draw chunks
-    assert '"importance"' in out.read_text()
+    result = json.loads(out.read_text())
+    assert "importance" in result
+    quadrature = result["quadrature"]  # the prior's resolution beside its evidence
+    assert quadrature["nodes"] == preset("tiny")["model"]["prior"]["n_nodes"]
+    assert 0 <= quadrature["error"] < quadrature["tolerance"] and "quadrature" not in err
+
+
+def test_a_coarse_quadrature_is_flagged_with_what_to_raise(capsys) -> None:
+    fine = {"quadrature": {"error": 1e-6, "nodes": 200, "tolerance": 1e-3}}
+    _warn_if_quadrature_is_coarse(fine)
+    assert capsys.readouterr().err == ""
+    _warn_if_quadrature_is_coarse({"quadrature": {"error": 0.05, "nodes": 50, "tolerance": 1e-3}})
+    err = capsys.readouterr().err
+    assert "0.05 nats between 25 and 50 quadrature nodes" in err and "model.prior.n_nodes" in err
 
 
 def test_disagreeing_estimates_are_flagged_with_what_to_raise(capsys) -> None:

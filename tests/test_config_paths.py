@@ -9,7 +9,7 @@ import torch
 from helpers import TINY_MODEL, tiny_images
 from scipy import stats
 
-from kaem.config import TrainConfig, from_dict
+from kaem.config import ConfigError, TrainConfig, from_dict
 from kaem.model import build_model
 from kaem.training import train
 
@@ -45,15 +45,20 @@ def test_reference_location_and_scale() -> None:
     assert stats.kstest(z, stats.truncnorm(a, b, loc=0.5, scale=0.7).cdf).pvalue > 1e-4
 
 
-def test_table_resolution_option() -> None:
-    coarse = build_model(
-        {**TINY, "prior": {**TINY["prior"], "table_points": 64, "sampling": "table"}}
-    ).prior
-    assert coarse.tables(guide=True).shared.grid.shape[-1] == 65
-    z = coarse.sample(500, torch.Generator().manual_seed(1))
-    coarse.sampling = "search"
-    searched = coarse.sample(500, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(z, searched, rtol=0, atol=1e-5)
+def test_compiled_sampling_option_and_the_removed_table_settings() -> None:
+    compiled = build_model({**TINY, "prior": {**TINY["prior"], "sampling": "compiled"}}).prior
+    searched = build_model(TINY).prior
+    assert compiled.sampling == "compiled" and searched.sampling == "search"
+    torch.testing.assert_close(
+        compiled.sample(500, torch.Generator().manual_seed(1)),
+        searched.sample(500, torch.Generator().manual_seed(1)),
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(ConfigError, match=r"model\.prior\.table_points was removed"):
+        build_model({**TINY, "prior": {**TINY["prior"], "table_points": 64}})
+    with pytest.raises(ConfigError, match=r"model.prior.sampling: 'table' is not one of"):
+        build_model({**TINY, "prior": {**TINY["prior"], "sampling": "table"}})
 
 
 @pytest.mark.parametrize("basis", ["bspline", "chebyshev"])

@@ -181,9 +181,9 @@ def test_importance_gradient_of_every_prior_parameter_matches_quadrature(kind) -
 def _piecewise_constant_posterior_mean(model: KAEM, x: torch.Tensor) -> float:
     """The posterior mean of ``z`` under the law inverse-transform sampling draws from: the
     prior's cell masses spread evenly over their cells (what IS with exact draws targets)."""
-    tables = model.prior.tables()
-    edges = tables.cdf.edges.double()
-    mass = tables.cdf.cdf.double()[0, 0].diff()
+    table = model.prior.cdf_table()
+    edges = table.edges.double()
+    mass = table.cdf.double()[0, 0].diff()
     # 400 points inside each cell, midpoint rule
     frac = (torch.arange(400, dtype=torch.float64) + 0.5) / 400
     z = edges[:-1, None] + frac * edges.diff()[:, None]  # (N, 400)
@@ -206,7 +206,7 @@ def test_importance_posterior_in_the_prior_tail_is_unbiased() -> None:
     model.generator_noise = 0.0
     x = model.decode(torch.full((1, 1, 1), 1.8)).detach()  # generated from z = 1.8
     truth = _piecewise_constant_posterior_mean(model, x)
-    cdf = prior.tables().cdf
+    cdf = prior.cdf_table()
     tail = 1.0 - float(cdf.cdf[0, 0][int((cdf.edges < 1.7).sum())])
     assert 1e-5 < tail < 1e-3  # a few hundred of the draws below
 
@@ -220,7 +220,7 @@ def test_importance_posterior_in_the_prior_tail_is_unbiased() -> None:
         return mean, se
 
     gen = torch.Generator().manual_seed(1)
-    for sampling in ("search", "table"):
+    for sampling in ("search", "compiled"):
         prior.sampling = sampling
         mean, se = estimate(lambda n: prior.sample(n, gen)[:, 0, 0])
         assert abs(mean - truth) < 4.5 * se, (sampling, mean, truth, se)

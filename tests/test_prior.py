@@ -1,4 +1,4 @@
-"""Energy priors: exact sampling (KS tests against scipy), normalisation, mixtures, caching."""
+"""Energy priors: exact sampling (KS tests against scipy), normalisation, mixtures."""
 
 import copy
 from collections.abc import Callable
@@ -70,7 +70,7 @@ def _ks(samples: np.ndarray, grid: np.ndarray, cdf: np.ndarray) -> float:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,domain", REFERENCES)
-@pytest.mark.parametrize("sampling", ["search", "table"])
+@pytest.mark.parametrize("sampling", ["search", "compiled"])
 def test_inverse_transform_matches_tilted_density(name, domain, sampling, dtype) -> None:
     ref = _reference(name, domain)
     prior = _univariate(ref, sampling=sampling, dtype=dtype)
@@ -96,7 +96,7 @@ def test_inverse_transform_matches_tilted_density(name, domain, sampling, dtype)
 def test_trapezium_rule_and_independent_uniforms(name, domain) -> None:
     ref = _reference(name, domain)
     prior = _univariate(ref, quadrature="trapezium", n_nodes=400, shared_uniforms=False)
-    for sampling in ("search", "table"):
+    for sampling in ("search", "compiled"):
         prior.sampling = sampling
         z = prior.sample(N_KS, torch.Generator().manual_seed(2))
         grid = np.linspace(ref.low, ref.high, 20_001)
@@ -160,7 +160,7 @@ def _mixture(ref: ReferencePrior, q=3, p=4, seed=0, train_proportions=True, **kw
     return prior
 
 
-@pytest.mark.parametrize("sampling", ["search", "table"])
+@pytest.mark.parametrize("sampling", ["search", "compiled"])
 def test_mixture_component_frequencies_match_proportions(sampling) -> None:
     prior = _mixture(ReferencePrior("gaussian", -1.0, 2.0), sampling=sampling)
     n = 30_000
@@ -191,9 +191,9 @@ def test_the_mixture_marginal_cdf_mixes_its_components_in_float32() -> None:
     # each component's masses from its own table in float64.
     prior = _mixture(ReferencePrior("gaussian", -1.0, 2.0))
     with torch.no_grad():
-        components = prior.tables().cdf.cdf.diff(dim=-1)  # (Q, P, N) cell masses
+        components = prior.cdf_table().cdf.diff(dim=-1)  # (Q, P, N) cell masses
         mixed = (prior.proportions()[..., None] * components).sum(1).cumsum(-1)
-        marginal = prior.float().marginal_tables().cdf.cdf
+        marginal = prior.float().marginal_cdf_table().cdf
     assert marginal.dtype == torch.float32
     torch.testing.assert_close(marginal[:, 1:].double(), mixed, atol=2e-7, rtol=0)
 
@@ -222,30 +222,18 @@ def test_mixture_log_prob_is_logsumexp_of_components() -> None:
 @pytest.mark.parametrize(
     "kind,shared", [("univariate", True), ("univariate", False), ("mixture", None)]
 )
-def test_both_sampling_paths_return_the_same_samples(kind, shared) -> None:
+def test_both_sampling_settings_return_the_same_samples(kind, shared) -> None:
     ref = ReferencePrior("gaussian", -1.0, 2.0)
     if kind == "univariate":
         prior = _univariate(ref, q=4, p=5, shared_uniforms=shared, dtype=torch.float32)
     else:
         prior = _mixture(ref).float()
     draws = {}
-    for sampling in ("search", "table", "plain search"):
-        prior.sampling = sampling.split()[-1]
-        if sampling == "plain search":  # as on an accelerator: no cell index
-            prior._indexed = lambda n: False
+    for sampling in ("search", "compiled"):
+        prior.sampling = sampling
         draws[sampling] = prior.sample(3000, torch.Generator().manual_seed(8))
-        if kind == "mixture":
-            draws[sampling + "_components"] = prior.sample_with_components(
-                3000, torch.Generator().manual_seed(9)
-            )[0]
-    # The same uniforms in, the same samples out, to float32 rounding of the domain; the
-    # search through a cell index finds the very cells of the plain search.
-    torch.testing.assert_close(draws["table"], draws["search"], rtol=0, atol=2e-6)
-    torch.testing.assert_close(draws["plain search"], draws["search"], rtol=0, atol=0)
-    if kind == "mixture":
-        torch.testing.assert_close(
-            draws["table_components"], draws["search_components"], rtol=0, atol=2e-6
-        )
+    # The same uniforms in, the same samples out.
+    torch.testing.assert_close(draws["compiled"], draws["search"], rtol=0, atol=0)
 
 
 def _tilt_right(prior: UnivariateEnergyPrior) -> dict[str, Callable[[], None]]:
@@ -277,21 +265,17 @@ def _tilt_right(prior: UnivariateEnergyPrior) -> dict[str, Callable[[], None]]:
     }
 
 
-@pytest.mark.parametrize("sampling", ["search", "table"])
+@pytest.mark.parametrize("sampling", ["search", "compiled"])
 @pytest.mark.parametrize("how", list(_tilt_right(_univariate(ReferencePrior("gaussian")))))
 def test_samples_follow_the_parameters_however_they_change(how, sampling) -> None:
     prior = _univariate(ReferencePrior("gaussian"), sampling=sampling, dtype=torch.float32)
     g = torch.Generator().manual_seed(7)
     before = prior.sample(5000, g).mean(0)
-    tables = prior.tables(guide=True)
-    assert prior.tables(guide=True).cdf is tables.cdf  # reused while nothing changed
     _tilt_right(prior)[how]()
-    assert prior.tables(guide=True).cdf is not tables.cdf
     after = prior.sample(5000, g).mean(0)
     assert bool((after > before + 0.1).all()), (how, before, after)
-    # And the samples are those of the new parameters: fresh prior, same draws.
+    # And the samples are those of the new parameters: a copy draws the same.
     fresh = copy.deepcopy(prior)
-    fresh._cache = type(prior._cache)()
     torch.testing.assert_close(
         prior.sample(100, torch.Generator().manual_seed(3)),
         fresh.sample(100, torch.Generator().manual_seed(3)),
@@ -380,3 +364,31 @@ def test_frozen_log_prob_has_the_density_and_its_z_gradient(kind) -> None:
     (g_frozen,) = torch.autograd.grad(frozen.sum(), z)
     (g_plain,) = torch.autograd.grad(plain.sum(), z)
     torch.testing.assert_close(g_frozen, g_plain)
+
+
+@pytest.mark.parametrize("n_nodes", [25, 50, 100, 200])
+def test_quadrature_error_bounds_the_error_of_the_normaliser(n_nodes) -> None:
+    # Rough energies (40 bumps of scale 3 on [-1.5, 1.5]): log Z by n_nodes Gauss-Legendre
+    # nodes against Simpson's rule on 200,001 points. The change from N/2 to N nodes is at
+    # least the error left at N, and it shrinks as the nodes resolve the energies.
+    ref = ReferencePrior("gaussian")
+    g = torch.Generator().manual_seed(0)
+    basis = build_basis("rbf", 3, grid_size=40, grid_range=(ref.low, ref.high))
+    kan = KANLayer(3, 2, basis, base_activation="silu", generator=g)
+    with torch.no_grad():
+        kan.coef.normal_(0.0, 3.0, generator=g)
+    prior = UnivariateEnergyPrior(kan, ref, n_nodes=n_nodes).double()
+    grid = np.linspace(ref.low, ref.high, 200_001)
+    z = torch.as_tensor(grid)[:, None, None].expand(-1, 2, 3)
+    with torch.no_grad():
+        log_p = (prior.kan.edges_at(z) + prior.reference.log_density(z)).numpy()
+    top = log_p.max(0)
+    exact = np.log(integrate.simpson(np.exp(log_p - top), x=grid, axis=0)) + top
+    error = (prior.log_normaliser().detach().numpy() - exact).max()
+    estimate = prior.quadrature_error()
+    assert estimate.shape == (2, 3)
+    assert float(estimate.max()) >= abs(error), (n_nodes, float(estimate.max()), error)
+    if n_nodes == 200:
+        assert float(estimate.max()) < 0.01
+    if n_nodes == 25:
+        assert float(estimate.max()) > 1.0  # 12 nodes cannot see 40 bumps: flagged

@@ -1,4 +1,4 @@
-"""Quadrature rules and the exact inverse CDF, by search and through a guide table."""
+"""Quadrature rules and the exact inverse CDF (eqs. 13, 20)."""
 
 import math
 
@@ -39,8 +39,6 @@ def test_bad_arguments_named() -> None:
         quad.nodes_and_weights(10, 1.0, 1.0)
     with pytest.raises(ValueError, match="'simpson'"):
         quad.nodes_and_weights(10, 0.0, 1.0, "simpson")
-    with pytest.raises(ValueError, match="n_points=0"):
-        quad.guide_points(0)
 
 
 def _table(mass: list[float], edges: list[float]) -> quad.CDFTable:
@@ -59,9 +57,6 @@ def test_inverse_cdf_is_exact_for_piecewise_constant_density() -> None:
     torch.testing.assert_close(quad.inverse_cdf(u, table), expected)
     rows = torch.zeros(len(u), dtype=torch.int64)
     torch.testing.assert_close(quad.inverse_cdf_rows(rows, u, table), expected)
-    for m in (1, 2, 7):  # coarse grids put several edges in one interval: searched
-        guide = quad.guide_table(table, m)
-        torch.testing.assert_close(quad.guided_inverse_cdf(u[None], table, guide)[0], expected)
 
 
 def test_cdf_from_masses_is_the_cdf_of_build_cdf_in_any_scale() -> None:
@@ -75,11 +70,9 @@ def test_cdf_from_masses_is_the_cdf_of_build_cdf_in_any_scale() -> None:
 def test_every_path_skips_empty_cells() -> None:
     table = _table([0.5, 0.0, 0.5], [0.0, 1.0, 2.0, 3.0])
     u = torch.linspace(0, 0.999, 1000, dtype=torch.float64)
-    guide = quad.guide_table(table, 16)
     for z in (
         quad.inverse_cdf(u, table),
         quad.inverse_cdf_rows(torch.zeros(1000, dtype=torch.int64), u, table),
-        quad.guided_inverse_cdf(u[None], table, guide)[0],
     ):
         assert not bool(((z > 1.0) & (z < 2.0)).any())
 
@@ -93,31 +86,12 @@ def test_a_cell_of_denormal_mass_gives_a_finite_draw() -> None:
     first = int((table.cdf[1:] > 0).nonzero()[0])
     assert 0 < float(table.cdf[first + 1]) < 1e-40  # a denormal mass: the case in point
     u = torch.tensor([0.0, float(table.cdf[first + 1]) / 2, 0.5])
-    guide = quad.guide_table(quad.CDFTable(table.cdf[None], edges, table.slope[None]), 64)
-    index = quad.cell_index(table)
     for z in (
         quad.inverse_cdf(u, table),
-        quad.inverse_cdf(u, table, index),
         quad.inverse_cdf_rows(torch.zeros(3, dtype=torch.int64), u, table),
-        quad.guided_inverse_cdf(
-            u[None], quad.CDFTable(table.cdf[None], edges, table.slope[None]), guide
-        )[0],
     ):
         assert bool(z.isfinite().all()), z
         assert edges[first] <= z[0] <= edges[first + 1] and edges[first] <= z[1] <= edges[first + 1]
-
-
-def test_guide_position_brackets_every_value() -> None:
-    grid = quad.guide_points(384)
-    assert float(grid[0]) == 0.0 and float(grid[-1]) == 1.0 and bool((grid.diff() > 0).all())
-    # Finer at the ends, where Gauss-Legendre cells are small, than in the middle.
-    assert float(grid[1] - grid[0]) < 0.01 * float(grid[193] - grid[192])
-    u = torch.cat([torch.rand(100_000, generator=torch.Generator().manual_seed(0)), grid[:-1]])
-    k, d = quad.guide_position(u, grid)
-    assert int(k.min()) >= 0 and int(k.max()) <= 383
-    width = grid.diff()[k]
-    # Rounding may put a value on the wrong side of a grid point, never further.
-    assert float(d.min()) >= -1e-7 and bool((d <= width + 1e-7).all())
 
 
 def _rough_log_density(rows: int, cells: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -154,100 +128,43 @@ def _assert_exact(z: torch.Tensor, u: torch.Tensor, table: quad.CDFTable, ulps: 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n_points", [16, 384])
-def test_guided_inversion_equals_search_to_rounding(dtype, n_points) -> None:
+def test_inversion_is_exact_to_rounding_on_rough_densities(dtype) -> None:
     _, weights = quad.nodes_and_weights(200, -1.5, 1.5, dtype=dtype)
     log_density = _rough_log_density(12, 200, seed=1, dtype=dtype)
     table = quad.build_cdf(log_density, weights.log(), quad.cell_edges(weights, -1.5))
-    guide = quad.guide_table(table, n_points)
-    if n_points == 16:  # coarse: many intervals hold several edges and are searched
-        assert float(torch.isnan(guide.jump).float().mean()) > 0.3
     u = torch.rand(12, 20_000, generator=torch.Generator().manual_seed(2), dtype=dtype)
-    exact = quad.inverse_cdf(u, table)
-    guided = quad.guided_inverse_cdf(u, table, guide)
-    for z in (exact, guided):
-        _assert_exact(z, u, table)
-        assert float(z.min()) >= -1.5 and float(z.max()) <= 1.5
+    # Draws on the CDF's values themselves and one float below them, where a cell changes.
+    below = table.cdf.nextafter(torch.zeros((), dtype=dtype))
+    u = torch.cat([u, table.cdf, below], dim=-1)
+    u = torch.where(u < 1.0, u, 0.5)
+    z = quad.inverse_cdf(u, table)
+    _assert_exact(z, u, table)
+    assert float(z.min()) >= -1.5 and float(z.max()) <= 1.5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_shared_and_row_guided_inversion_equal_search(dtype) -> None:
+def test_shared_draws_and_draws_with_their_own_row_invert_exactly(dtype) -> None:
     _, weights = quad.nodes_and_weights(100, -1.0, 2.0, dtype=dtype)
     q, p = 5, 3
     log_density = _rough_log_density(q * p, 100, seed=3, dtype=dtype).view(q, p, 100)
     table = quad.build_cdf(log_density, weights.log(), quad.cell_edges(weights, -1.0))
     g = torch.Generator().manual_seed(4)
-    # Draws shared across q, as the univariate prior makes them.
-    u = torch.rand(5000, p, generator=g, dtype=dtype)
-    shared = quad.guided_inverse_cdf_shared(u, table, quad.shared_guide_table(table, 64))
-    assert shared.shape == (p, 5000, q)
-    u_rows = u.T[None].expand(q, p, -1)
-    _assert_exact(shared.permute(2, 0, 1), u_rows, table)
-    _assert_exact(quad.inverse_cdf(u_rows, table), u_rows, table)
+    # Draws shared across q, as the univariate prior makes them: an expanded view.
+    u = torch.rand(p, 5000, generator=g, dtype=dtype).expand(q, p, 5000)
+    _assert_exact(quad.inverse_cdf(u, table), u, table)
     # One chosen row per draw, as the mixture's component-wise sampler makes them.
     rows = torch.randint(0, q * p, (20_000,), generator=g)
     ur = torch.rand(20_000, generator=g, dtype=dtype)
-    by_rows = quad.inverse_cdf_rows(rows, ur, table)
     chosen = quad.CDFTable(
         table.cdf.reshape(q * p, -1)[rows], table.edges, table.slope.reshape(q * p, -1)[rows]
     )
-    one_by_one = quad.inverse_cdf(ur[:, None], chosen)[:, 0]
-    torch.testing.assert_close(by_rows, one_by_one, rtol=0, atol=0)
-    guided = quad.guided_inverse_cdf_rows(rows, ur, table, quad.guide_table(table, 64))
-    _assert_exact(guided[:, None], ur[:, None], chosen)
-
-
-def test_uniform_buckets_are_monotone_as_computed() -> None:
-    # Dense runs of consecutive floats where rounding could break the order: at the ends,
-    # around 1/2 and at random places, in both dtypes.
-    for dtype in (torch.float32, torch.float64):
-        g = torch.Generator().manual_seed(6)
-        u = torch.rand(200_000, generator=g, dtype=dtype)
-        for x in (0.0, 0.5, 1.0, *torch.rand(20, generator=g).tolist()):
-            run = torch.full((400,), x, dtype=dtype)
-            for _ in range(1, 200):
-                run[200 + _] = run[199 + _].nextafter(torch.tensor(2.0, dtype=dtype))
-                run[200 - _] = run[201 - _].nextafter(torch.tensor(-1.0, dtype=dtype))
-            u = torch.cat([u, run.clamp(0.0, 1.0)])
-        u = u.sort().values
-        for m in (2, 10, 400):
-            b = quad.uniform_bucket(u, m)
-            assert int(b.min()) == 0 and int(b.max()) == m - 1
-            assert bool((b.diff() >= 0).all()), f"buckets not monotone for M = {m}"
-    with pytest.raises(ValueError, match="even number of buckets, got n_buckets=3"):
-        quad.cell_index(_table([0.5, 0.5], [0.0, 1.0, 2.0]), 3)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n_buckets", [2, 8, None])
-def test_indexed_search_finds_the_cells_searchsorted_finds(dtype, n_buckets) -> None:
-    # Two buckets crowd every edge into one (every draw is bisected), eight crowd many, the
-    # default 2N few; the cells, and so the samples, must be those of the plain search.
-    _, weights = quad.nodes_and_weights(200, -1.5, 1.5, dtype=dtype)
-    log_density = _rough_log_density(12, 200, seed=7, dtype=dtype).view(3, 4, 200)
-    table = quad.build_cdf(log_density, weights.log(), quad.cell_edges(weights, -1.5))
-    index = quad.cell_index(table, n_buckets)
-    g = torch.Generator().manual_seed(8)
-    u = torch.rand(3, 4, 3000, generator=g, dtype=dtype)
-    # Draws on the edges themselves and one float below them, where a cell changes (those in
-    # [0, 1): the float32 CDF reaches 1 a few cells before the end).
-    below = table.cdf.nextafter(torch.zeros((), dtype=dtype))
-    u = torch.cat([u, table.cdf, below], dim=-1)
-    u = torch.where(u < 1.0, u, 0.5)
-    torch.testing.assert_close(
-        quad.inverse_cdf(u, table, index), quad.inverse_cdf(u, table), rtol=0, atol=0
-    )
-    # Draws shared across the first dimension, as an expanded view.
-    shared = torch.rand(1, 4, 500, generator=g, dtype=dtype).expand(3, 4, 500)
-    torch.testing.assert_close(
-        quad.inverse_cdf(shared, table, index), quad.inverse_cdf(shared, table), rtol=0, atol=0
-    )
+    _assert_exact(quad.inverse_cdf_rows(rows, ur, table)[:, None], ur[:, None], chosen)
 
 
 def test_gap_between_modes_gets_its_exact_mass() -> None:
     # Two modes and a valley of small mass between them, in float32: a table interpolating
     # the inverse CDF linearly in u (1,024 points) gives the valley 11 times its mass (224
-    # standard errors over these draws); both exact paths give it its own.
+    # standard errors over these draws); the exact inverse gives it its own.
     edges = torch.linspace(-1.0, 1.0, 201, dtype=torch.float64)
     x = (edges[1:] + edges[:-1]) / 2
     log_density = torch.logaddexp(-(((x + 0.5) / 0.12) ** 2), -(((x - 0.5) / 0.12) ** 2))
@@ -256,10 +173,7 @@ def test_gap_between_modes_gets_its_exact_mass() -> None:
     mass = float(table.cdf.double().diff()[valley].sum())
     assert 1e-4 < mass < 2e-4
     n = 4_000_000
-    u = torch.rand(1, n, generator=torch.Generator().manual_seed(5))
-    batched = quad.CDFTable(table.cdf[None], table.edges, table.slope[None])
-    guide = quad.guide_table(batched, 384)
-    for z in (quad.inverse_cdf(u[0], table), quad.guided_inverse_cdf(u, batched, guide)[0]):
-        hits = float((z.abs() < 0.19).sum())
-        z_score = (hits - n * mass) / math.sqrt(n * mass)
-        assert abs(z_score) < 4.5, f"valley got {hits:.0f} draws, expected {n * mass:.0f}"
+    z = quad.inverse_cdf(torch.rand(n, generator=torch.Generator().manual_seed(5)), table)
+    hits = float((z.abs() < 0.19).sum())
+    z_score = (hits - n * mass) / math.sqrt(n * mass)
+    assert abs(z_score) < 4.5, f"valley got {hits:.0f} draws, expected {n * mass:.0f}"

@@ -13,6 +13,7 @@ from kaem.samplers import (
     langevin_init,
     mala,
     mala_step,
+    nonfinite_check,
     ula,
     ula_step,
 )
@@ -257,33 +258,37 @@ def _nan_on_call(call: int, chains: list[int]):
 
 
 @pytest.mark.parametrize("sampler", [ula, mala])
-def test_non_finite_raises_naming_step_and_chains(sampler):
-    # Call 1 evaluates the start (step 0); call 4 evaluates the position after step 3.
+def test_a_non_finite_run_returns_a_check_naming_step_and_chains(sampler):
+    # Call 1 evaluates the start (step 0); call 4 evaluates the position after step 3. The
+    # kernel never raises: its record fails the check, whose error names step and chains.
+    _, info = sampler(
+        _nan_on_call(4, [2, 5]), torch.zeros(8, 1), step_size=0.1, n_steps=10, generator=_gen(15)
+    )
+    check = nonfinite_check(info.first_nonfinite)
+    assert bool(check.failed)
     with pytest.raises(NonFiniteError, match=r"step 3 .*chain\(s\) \[2, 5\]") as excinfo:
-        sampler(
-            _nan_on_call(4, [2, 5]),
-            torch.zeros(8, 1),
-            step_size=0.1,
-            n_steps=10,
-            generator=_gen(15),
-        )
+        check.raise_if_failed()
     err = excinfo.value
     assert isinstance(err, FloatingPointError)
     assert err.step == 3 and err.chains == [2, 5]
+    _, info = sampler(
+        _nan_on_call(1, [0]), torch.zeros(8, 1), step_size=0.1, n_steps=10, generator=_gen(15)
+    )
     with pytest.raises(NonFiniteError, match="step 0"):
-        sampler(
-            _nan_on_call(1, [0]), torch.zeros(8, 1), step_size=0.1, n_steps=10, generator=_gen(15)
-        )
+        nonfinite_check(info.first_nonfinite).raise_if_failed()
+    _, info = sampler(
+        _nan_on_call(99, [0]), torch.zeros(8, 1), step_size=0.1, n_steps=10, generator=_gen(15)
+    )
+    assert not bool(nonfinite_check(info.first_nonfinite).failed)
 
 
-def test_non_finite_counted_when_not_checked():
+def test_non_finite_values_are_counted():
     z, info = ula(
         _nan_on_call(4, [2]),
         torch.zeros(8, 1),
         step_size=0.1,
         n_steps=5,
         generator=_gen(16),
-        check_finite=False,
     )
     # Chain 2 is NaN at evaluations 4, 5, 6 (steps 3, 4, 5).
     assert info.n_nonfinite == 3
@@ -294,7 +299,6 @@ def test_non_finite_counted_when_not_checked():
         step_size=0.1,
         n_steps=5,
         generator=_gen(16),
-        check_finite=False,
     )
     assert torch.isfinite(z).all() and info.n_nonfinite == 3
     assert info.acceptance_rate[2].item() <= 2 / 5 + 1e-6
@@ -417,14 +421,13 @@ def test_mala_step_beyond_the_folding_limit_is_refused():
 
 @pytest.mark.parametrize("sampler", [ula, mala])
 def test_first_nonfinite_step_recorded_per_chain(sampler):
-    # Chains 1 and 6 fail from the 3rd evaluation (step 2) on; nothing is raised unchecked.
+    # Chains 1 and 6 fail from the 3rd evaluation (step 2) on; nothing is raised.
     _, info = sampler(
         _nan_on_call(3, [1, 6]),
         torch.zeros(8, 1),
         step_size=0.1,
         n_steps=6,
         generator=_gen(17),
-        check_finite=False,
     )
     expected = torch.full((8,), -1)
     expected[[1, 6]] = 2

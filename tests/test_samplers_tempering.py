@@ -15,6 +15,7 @@ from scipy import stats
 from kaem.samplers import (
     NonFiniteError,
     cosine_exponent_schedule,
+    nonfinite_check,
     power_temperatures,
     replica_swap,
     tempered,
@@ -203,10 +204,11 @@ def test_tempered_ula_names_nonfinite_chain():
 
     z0 = torch.zeros(3, 4, 1)
     z0[2, 1] = 2e6
+    _, info = tempered_ula(
+        _log_prior, log_lik, z0, temperatures, step_size=0.1, n_steps=3, generator=_gen()
+    )
     with pytest.raises(NonFiniteError, match=r"step 0 .*\(2, 1\)"):
-        tempered_ula(
-            _log_prior, log_lik, z0, temperatures, step_size=0.1, n_steps=3, generator=_gen()
-        )
+        nonfinite_check(info.first_nonfinite).raise_if_failed()
 
 
 def test_tempering_validation():
@@ -293,7 +295,6 @@ def test_tempered_any_kernel_and_nonfinite_record_without_raising():
         n_steps=3,
         generator=_gen(),
         swap_every=10,
-        check_finite=False,
     )
     assert len(calls) == 3 and torch.equal(z, z0)
     expected = torch.full((3, 4), -1)

@@ -305,16 +305,21 @@ def test_posterior_samples_and_nonfinite_policies() -> None:
         model, x, n_steps=20, step_size=0.01, generator=torch.Generator().manual_seed(0)
     )
     assert post.z.shape == (4, 2, 1) and post.retries == 0
-    # A step size that throws chains into the NaN region: an error naming step and chains...
+    assert not bool(post.check.failed)
+    # A step size that throws chains into the NaN region: a failed check, whose error names
+    # the step and the chains...
+    post = sample_posterior(
+        model, x, n_steps=200, step_size=50.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert bool(post.check.failed)
     with pytest.raises(FloatingPointError, match=r"non-finite .* at step \d+ in chain"):
-        sample_posterior(
-            model, x, n_steps=200, step_size=50.0, generator=torch.Generator().manual_seed(0)
-        )
+        post.check.raise_if_failed()
     temps = power_temperatures(3, 1.0, dtype=torch.float64)
+    pop = sample_power_posteriors(
+        model, x, temps, n_steps=200, step_size=50.0, generator=torch.Generator().manual_seed(0)
+    )
     with pytest.raises(FloatingPointError, match=r"\(temperature, data point\) \[\("):
-        sample_power_posteriors(
-            model, x, temps, n_steps=200, step_size=50.0, generator=torch.Generator().manual_seed(0)
-        )
+        pop.check.raise_if_failed()
     # ...or halve the step until it works.
     post = sample_posterior(
         model,
@@ -326,7 +331,7 @@ def test_posterior_samples_and_nonfinite_policies() -> None:
         generator=torch.Generator().manual_seed(0),
     )
     assert post.retries > 0 and post.step_size == pytest.approx(50.0 / 2**post.retries)
-    assert bool(torch.isfinite(post.z).all())
+    assert bool(torch.isfinite(post.z).all()) and not bool(post.check.failed)
     pop = sample_power_posteriors(
         model,
         x,
@@ -469,6 +474,7 @@ def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
         ]
     )
     result = json.loads(out.read_text())
+    assert result.pop("quadrature")["nodes"] == model_cfg["prior"]["n_nodes"]
     assert set(result) == {"importance", "steppingstone", "ti_trapezium", "ti_corrected"}
     assert result["importance"]["images"] == 4 and result["importance"]["stderr"] > 0
     assert result["ti_corrected"]["stderr"] is None
@@ -477,5 +483,5 @@ def test_evaluate_cli_on_a_trained_run(tmp_path: Path) -> None:
     from kaem.inference.evidence import evaluate_log_evidence
 
     shared = evaluate_log_evidence(build_model(TINY), torch.rand(2, 1, 8, 8), n_samples=50)
-    assert set(shared) == {"importance", "steppingstone"}
+    assert set(shared) == {"importance", "steppingstone", "quadrature"}
     assert "shared_uniforms: true" in shared["steppingstone"]["skipped"]

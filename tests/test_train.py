@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from helpers import TINY_MODEL, tiny_images
 from kaem.config import TrainConfig, from_dict
 from kaem.kinds import load_model
 from kaem.model import build_model
+from kaem.prior import QUADRATURE_TOLERANCE, QuadratureWarning
 from kaem.training import NonFiniteLossError, train
 
 MODEL = TINY_MODEL
@@ -51,6 +53,24 @@ def test_log_grid_schedule_and_checkpoint(tmp_path: Path) -> None:
     model = load_model(result.checkpoint)
     torch.testing.assert_close(_state(model), _state(result.model))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_log_reports_the_quadrature_error_and_warns_when_it_is_coarse(tmp_path) -> None:
+    # Smooth energies on 40 nodes: far below the tolerance, logged on every row, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuadratureWarning)
+        result = train(build_model(MODEL), _images(), _cfg(), tmp_path / "smooth", progress=False)
+    log = pd.read_csv(result.log)
+    error = log.set_index("step")["quadrature_error"].dropna()
+    assert list(error.index) == [1, 4, 8, 10, 12]  # grid updates (1, 4, 10), checkpoints (4, 8, 12)
+    assert bool((error >= 0).all()) and bool((error < QUADRATURE_TOLERANCE).all())
+    # Energies of 12 bumps on 6 nodes: the half rule (3 nodes) moves log Z by far more.
+    rough = build_model({**MODEL, "prior": {**MODEL["prior"], "grid_size": 12, "n_nodes": 6}})
+    with torch.no_grad():
+        rough.prior.kan.coef.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(QuadratureWarning, match=r"between 3 and 6 quadrature nodes.*n_nodes"):
+        result = train(rough, _images(), _cfg(max_steps=2), tmp_path / "rough", progress=False)
+    assert float(pd.read_csv(result.log)["quadrature_error"].max()) > QUADRATURE_TOLERANCE
 
 
 def test_resume_gives_identical_parameters(tmp_path: Path) -> None:

@@ -63,12 +63,19 @@ def _langevin(dim: int) -> Callable[[torch.device, int, torch.Generator], Case]:
     return build
 
 
-def _its(name: str, warm: bool) -> Callable[[torch.device, int, torch.Generator], Case]:
+def _its(name: str, sampling: str) -> Callable[[torch.device, int, torch.Generator], Case]:
+    """Inverse-transform sampling of preset ``name``'s prior, by ``model.prior.sampling``."""
+
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
-        prior = build_model(preset(name)["model"]).prior.to(device)
-        return Case(lambda: prior.sample(n, g), None if warm else _perturb(prior))
+        prior = build_model(preset(name, {"model": {"prior": {"sampling": sampling}}})["model"])
+        prior = prior.prior.to(device)
+        return Case(lambda: prior.sample(n, g), _perturb(prior))
 
     return build
+
+
+#: The prior's ``model.prior.sampling`` of a benchmark name's suffix.
+_PATHS = {"": "search", "_compiled": "compiled"}
 
 
 def _at(n_fixed: int, build: Callable[[torch.device, int, torch.Generator], Case]):
@@ -83,29 +90,27 @@ SMALL_BATCH = 200
 def _training_step(
     name: str, model_settings: dict | None = None, **train: object
 ) -> Callable[[torch.device, int, torch.Generator], Case]:
-    """One update of preset ``name``'s criterion (loss and gradient), on random images; its
-    ``model`` settings merged with ``model_settings``, its ``train`` keys replaced by ``train``;
-    its checks are judged once, after the backward pass, as the training loop judges them."""
+    """One update of preset ``name``'s criterion (loss, gradient and Adam), on random images,
+    judged as the training loop judges it; its ``model`` settings merged with
+    ``model_settings``, its ``train`` keys replaced by ``train``. The update is the first of
+    a run (schedules such as eq. 40 at their start)."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
-        from kaem.checks import deferred_checks, first_failure
         from kaem.kinds import build as build_kind
-        from kaem.training import Progress, build_step
+        from kaem.training import Progress, Updates, adam, build_step
 
         cfg = preset(name, {"model": model_settings or {}})
         tc = from_dict(TrainConfig, {**cfg["train"], **train})
         model = build_kind(cfg["model"], tc.criterion).to(device)
         x = torch.rand(tc.batch_size, *model.image_shape, generator=g, device=device)
-        step_fn = build_step(tc)
+        optimizer = adam(
+            model.parameters(), lr=tc.learning_rate, betas=tc.betas, eps=tc.eps, device=device
+        )
+        update = Updates(model, optimizer, build_step(tc))
 
         def step() -> None:
-            with deferred_checks() as checks:
-                loss, _ = step_fn(model, x, g, Progress(1, 40_000))
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            error = first_failure(checks)
-            if error is not None:
-                raise error
+            update(x, g, Progress(1, 1), "in the benchmark")
+            update.settle()
 
         return Case(step, _perturb(model))
 
@@ -134,23 +139,23 @@ def _thermo(n_temps: int) -> Callable[[torch.device, int, torch.Generator], Case
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark(
-            "is_step",
-            "core",
-            "IS-MLE training step, loss and gradient (NIST, B = S = 100)",
-            _training_step("nist"),
+        *(
+            Benchmark(
+                f"is_step{suffix}",
+                "core",
+                f"IS-MLE training step, loss, gradient and Adam (NIST, B = S = 100; {path})",
+                _training_step("nist", {"prior": {"sampling": path}}),
+            )
+            for suffix, path in _PATHS.items()
         ),
-        Benchmark(
-            "its_prior",
-            "core",
-            "inverse-transform prior sampling after a parameter change (NIST prior)",
-            _its("nist", warm=False),
-        ),
-        Benchmark(
-            "its_prior_warm",
-            "core",
-            "inverse-transform prior sampling, unchanged parameters (NIST prior)",
-            _its("nist", warm=True),
+        *(
+            Benchmark(
+                f"its_prior{suffix}",
+                "core",
+                f"inverse-transform prior sampling after a parameter change (NIST prior; {path})",
+                _its("nist", path),
+            )
+            for suffix, path in _PATHS.items()
         ),
         Benchmark(
             "langevin_prior_3240",
@@ -164,12 +169,15 @@ BENCHMARKS: dict[str, Benchmark] = {
             "60 ULA steps of a Pang et al. prior on 81 coordinates",
             _langevin(81),
         ),
-        Benchmark(
-            f"its_prior_{SMALL_BATCH}",
-            "core",
-            f"inverse-transform sampling of {SMALL_BATCH} draws after a parameter change "
-            "(NIST prior)",
-            _at(SMALL_BATCH, _its("nist", warm=False)),
+        *(
+            Benchmark(
+                f"its_prior_{SMALL_BATCH}{suffix}",
+                "core",
+                f"inverse-transform sampling of {SMALL_BATCH} draws after a parameter change "
+                f"(NIST prior; {path})",
+                _at(SMALL_BATCH, _its("nist", path)),
+            )
+            for suffix, path in _PATHS.items()
         ),
         Benchmark(
             f"langevin_prior_81_{SMALL_BATCH}",
@@ -177,17 +185,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             f"60 ULA steps of a Pang et al. prior on 81 coordinates, {SMALL_BATCH} chains",
             _at(SMALL_BATCH, _langevin(81)),
         ),
-        Benchmark(
-            "its_mixture_svhn",
-            "core",
-            "inverse-transform sampling of the SVHN mixture prior, after an update",
-            _its("svhn", warm=False),
-        ),
-        Benchmark(
-            "its_mixture_svhn_warm",
-            "core",
-            "inverse-transform sampling of the SVHN mixture prior",
-            _its("svhn", warm=True),
+        *(
+            Benchmark(
+                f"its_mixture_svhn{suffix}",
+                "core",
+                f"inverse-transform sampling of the SVHN mixture prior, after an update ({path})",
+                _its("svhn", path),
+            )
+            for suffix, path in _PATHS.items()
         ),
         Benchmark(
             "langevin_prior_svhn",

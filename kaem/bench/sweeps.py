@@ -82,18 +82,23 @@ SWEEPS: dict[str, Sweep] = {
             "samples drawn",
             (1, 10, 100, 1_000, 10_000, 100_000),
             {
-                "ITS, NIST prior (3,240)": lambda n: _its("nist", warm=False),
+                "ITS, NIST prior (3,240)": lambda n: _its("nist", "search"),
+                "ITS compiled, NIST prior (3,240)": lambda n: _its("nist", "compiled"),
                 "Langevin, 60 steps (3,240)": lambda n: _langevin(_NIST_Z),
-                "ITS, SVHN mixture prior (81)": lambda n: _its("svhn", warm=False),
+                "ITS, SVHN mixture prior (81)": lambda n: _its("svhn", "search"),
+                "ITS compiled, SVHN mixture prior (81)": lambda n: _its("svhn", "compiled"),
                 "Langevin, 60 steps (81)": lambda n: _langevin(81),
             },
             samples=None,
             log_x=True,
-            notes="ITS after a parameter change (its tables rebuilt), as after every update",
+            notes="ITS after a parameter change (its CDFs rebuilt), as after every update; "
+            "'compiled' is model.prior.sampling: compiled, the same samples",
             ratios=(
                 ("Langevin, 60 steps (3,240)", "ITS, NIST prior (3,240)"),
                 ("Langevin, 60 steps (81)", "ITS, SVHN mixture prior (81)"),
                 ("Langevin, 60 steps (81)", "ITS, NIST prior (3,240)"),
+                ("ITS, NIST prior (3,240)", "ITS compiled, NIST prior (3,240)"),
+                ("ITS, SVHN mixture prior (81)", "ITS compiled, SVHN mixture prior (81)"),
             ),
         ),
         Sweep(

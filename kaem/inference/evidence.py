@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from kaem.inference.posterior import sample_power_posteriors
 from kaem.losses import thermodynamic_integration
 from kaem.model import KAEM
+from kaem.prior import QUADRATURE_TOLERANCE
 from kaem.samplers import EvidenceEstimate, log_mean_exp_with_stderr, power_temperatures
+from kaem.vae import VAE, importance_weighted_bound
 
 __all__ = [
     "EvidenceEstimate",
@@ -138,6 +140,7 @@ def steppingstone_log_evidence(
         generator=generator,
         on_step=on_step,
     )
+    population.check.raise_if_failed()
     dt = (temperatures[1:] - temperatures[:-1])[:, None, None]
     with torch.no_grad():
         ratios = log_mean_exp_with_stderr(dt * population.log_lik[:-1], dim=1)  # (N_t, B)
@@ -198,11 +201,11 @@ def evaluate_log_evidence(
     dict
         Estimator name -> ``{"mean": average log p(x) per image in nats, "stderr": Monte
         Carlo standard error of that average (None for the thermodynamic integrals),
-        "per_pixel": mean / pixels, "images": count}``, or ``{"skipped": reason}``.
+        "per_pixel": mean / pixels, "images": count}``, or ``{"skipped": reason}``; for a
+        KAEM also ``"quadrature"``: ``{"error": the prior's largest
+        :meth:`~kaem.prior.EnergyPrior.quadrature_error` in nats, "nodes", "tolerance"}``.
     """
-    from kaem.vae import VAE, importance_weighted_bound  # kaem.vae imports this package
-
-    _check_estimable(model, VAE)
+    _check_estimable(model)
     # Images go to the model's device, and the generator lives there too (a CPU generator
     # cannot drive draws on CUDA).
     device = next(model.parameters()).device
@@ -258,11 +261,18 @@ def evaluate_log_evidence(
             add("ti_corrected", ss.corrected, torch.full_like(ss.corrected, float("nan")))
     bar.close()
     pixels = images[0].numel()
-    return {**{name: _average(e, pixels) for name, e in parts.items()}, **skipped}
+    result = {**{name: _average(e, pixels) for name, e in parts.items()}, **skipped}
+    if isinstance(model, KAEM):
+        result["quadrature"] = {
+            "error": float(model.prior.quadrature_error().max()),
+            "nodes": model.prior.n_nodes,
+            "tolerance": QUADRATURE_TOLERANCE,
+        }
+    return result
 
 
-def _check_estimable(model: torch.nn.Module, vae: type) -> None:
-    if not isinstance(model, KAEM | vae):
+def _check_estimable(model: torch.nn.Module) -> None:
+    if not isinstance(model, KAEM | VAE):
         raise ValueError(
             f"held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
             f"(VAE); a {type(model).__name__}'s prior has an intractable normaliser and only "

@@ -4,24 +4,26 @@ The samplers of :mod:`kaem.samplers` know nothing of models: they take log-densi
 This module builds those callables for a KAEM and a data batch, starts chains from exact
 inverse-transform prior samples, keeps them on the prior's domain (reflection at its ends, so
 they target the same model that inverse-transform sampling and importance sampling use), and
-handles non-finite values as configured (raise with the step, temperature and chain, or halve
-the step size and retry).
+handles non-finite values as configured: ``raise`` returns, with the samples, a
+:class:`~kaem.checks.Check` whose error names the step, temperature and chain (the caller
+reads it when it decides: the training loop when it next reads the device), and
+``halve_and_retry`` halves the step size and runs again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
 
-from kaem.checks import check_later
+from kaem.checks import Check
 from kaem.model import KAEM
-from kaem.samplers import NonFiniteError, mala, tempered, ula
-from kaem.samplers.base import nonfinite_error
+from kaem.samplers import NonFiniteError, mala, nonfinite_error, tempered, ula
 
 __all__ = [
+    "Levels",
     "NonFinitePolicy",
     "PopulationSample",
     "PosteriorSample",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 NonFinitePolicy = Literal["raise", "halve_and_retry"]
+Result = TypeVar("Result")
 
 
 def check_langevin_prior(model: KAEM, what: str = "a Langevin sampler") -> None:
@@ -91,12 +94,16 @@ class PosteriorSample(NamedTuple):
         How many times the step size was halved.
     acceptance
         Mean MALA acceptance rate, shape ``()`` (NaN for ULA).
+    check
+        Whether a chain met a non-finite value; its error names the step and the chains
+        (:meth:`~kaem.checks.Check.raise_if_failed` reads it at once).
     """
 
     z: Tensor
     step_size: float
     retries: int
     acceptance: Tensor
+    check: Check
 
 
 def _failure(
@@ -112,37 +119,43 @@ def _failure(
 
 
 def _retrying(
-    run: Callable[[float], tuple[tuple, Tensor]],
+    run: Callable[[float], tuple[Result, Tensor]],
     step_size: float,
     policy: NonFinitePolicy,
     max_retries: int,
     describe: Callable[[NonFiniteError], str],
     quantity: str = "log density or gradient",
-) -> tuple[tuple, float, int]:
+) -> tuple[Result, float, int, Check]:
     """``run(step_size)``, halving the step and running again while a chain is not finite.
 
     ``run`` returns its result and the record of its chains' first non-finite steps
-    (:attr:`~kaem.samplers.NonFiniteRecord.first`). With ``raise`` nothing waits for the
-    device: the record becomes a :func:`~kaem.checks.check_later` check. Halving needs the
-    verdict, so each run of ``halve_and_retry`` costs one synchronisation.
+    (:attr:`~kaem.samplers.NonFiniteRecord.first`). With ``raise`` it runs once and nothing
+    waits for the device: the record becomes the returned check. Halving needs the verdict,
+    so each run of ``halve_and_retry`` costs one synchronisation, and the last one raises.
+
+    Returns
+    -------
+    result, step_size, retries, check
+        The last run's result, its step size, the number of halvings and the check of its
+        record.
     """
     if policy not in ("raise", "halve_and_retry"):
         raise ValueError(f"nonfinite policy must be 'raise' or 'halve_and_retry', got {policy!r}")
-    if policy == "raise":
-        result, first = run(step_size)
-        check_later(
-            first.amax() >= 0,
-            lambda: _failure(nonfinite_error(first, quantity), describe, step_size, 0),
-        )
-        return result, step_size, 0
     retries = 0
     while True:
         result, first = run(step_size)
-        err = nonfinite_error(first, quantity)
-        if err is None:
-            return result, step_size, retries
+        check = Check(
+            (first >= 0).any(),
+            lambda first=first, eta=step_size, n=retries: _failure(
+                nonfinite_error(first, quantity), describe, eta, n
+            ),
+        )
+        if policy == "raise":
+            return result, step_size, retries, check
+        if not bool(check.failed):
+            return result, step_size, retries, check
         if retries >= max_retries:
-            raise _failure(err, describe, step_size, retries)
+            raise check.error()
         step_size /= 2.0
         retries += 1
 
@@ -174,11 +187,11 @@ def sample_posterior(
     sampler
         ``ula`` (the paper) or ``mala`` (Metropolis-adjusted, the paper's future work).
     nonfinite
-        ``raise``: a non-finite log density or gradient stops with an error naming the step
-        and chain (inside :func:`kaem.checks.deferred_checks`, when its checks are judged, so
-        the run never waits for the device); ``halve_and_retry``: the whole short run is
-        redone from the same start with half the step size, at most ``max_retries`` times
-        (one synchronisation per run, to decide).
+        ``raise``: a non-finite log density or gradient fails the returned ``check``, whose
+        error names the step and chain (nothing waits for the device);
+        ``halve_and_retry``: the whole short run is redone from the same start with half
+        the step size, at most ``max_retries`` times (one synchronisation per run, to
+        decide), and then raises.
     generator
         Randomness for the start and the Langevin noise.
     """
@@ -195,9 +208,8 @@ def sample_posterior(
     z0 = prior.sample(x.shape[0], generator)
     state = generator.get_state() if generator is not None else None
     kw = {"n_steps": n_steps, "generator": generator, "bounds": prior.domain}
-    kw["check_finite"] = False  # judged by _retrying
 
-    def run(eta: float) -> tuple[tuple, Tensor]:
+    def run(eta: float) -> tuple[tuple[Tensor, Tensor], Tensor]:
         if state is not None:  # a retry replays the same noise at the smaller step
             generator.set_state(state)
         if sampler == "mala":
@@ -212,8 +224,10 @@ def sample_posterior(
             f"{err.step} in chain(s) {err.chains[:10]} (data points of the batch)"
         )
 
-    (z, acceptance), eta, retries = _retrying(run, step_size, nonfinite, max_retries, describe)
-    return PosteriorSample(z, eta, retries, acceptance)
+    (z, acceptance), eta, retries, check = _retrying(
+        run, step_size, nonfinite, max_retries, describe
+    )
+    return PosteriorSample(z, eta, retries, acceptance, check)
 
 
 class _TraceMoments:
@@ -247,13 +261,41 @@ class _TraceMoments:
         return mean + self.shift, var.clamp_min(0.0)
 
 
+class Levels(NamedTuple):
+    """What a population holds at each of ``K`` temperatures (``S`` chains per data point,
+    ``B`` data points).
+
+    Attributes
+    ----------
+    z : Tensor, shape (K, S, B, *event)
+    log_lik : Tensor, shape (K, S, B)
+        ``log p(x_b | z)`` of ``z``.
+    trace_mean, trace_var : Tensor, shape (K, B)
+        Mean and unbiased variance of ``log p(x_b | z)`` along each chain, averaged over the
+        ``S`` chains (see :class:`PopulationSample`).
+    swap_rate : Tensor, shape (K - 1,)
+        Acceptance rate of the swaps between levels ``k`` and ``k + 1``.
+    acceptance : Tensor, shape (K,)
+        MALA's acceptance rate at each level (NaN for ULA).
+    """
+
+    z: Tensor
+    log_lik: Tensor
+    trace_mean: Tensor
+    trace_var: Tensor
+    swap_rate: Tensor
+    acceptance: Tensor
+
+
 def _exact_prior_level(
     model: KAEM, x: Tensor, n_chains: int, draws: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The ``t = 0`` level drawn exactly: ``z (S, B, *event)``, ``ll (S, B)``, trace moments.
+) -> Levels:
+    """The ``t = 0`` level drawn exactly, as :class:`Levels` of one level without swaps.
 
-    The moments use the same estimator as the chains': ``S`` groups of ``T = draws`` values,
-    here independent exact draws (shared by the batch, so each costs one decode).
+    ``z`` and ``log_lik`` are ``S`` exact prior draws per data point; the trace moments use
+    the same estimator as the chains': ``S`` groups of ``T = draws`` values, here independent
+    exact draws (shared by the batch, so each costs one decode). No chain moves, so the
+    acceptance is NaN.
     """
     batch = x.shape[0]
     with torch.no_grad():
@@ -265,7 +307,18 @@ def _exact_prior_level(
         for group in ll_draws.reshape(batch, n_chains, draws).permute(2, 1, 0):
             trace.add(group)  # (S, B) per draw
         mean, var = (m.mean(0) for m in trace.moments())
-    return z.reshape(n_chains, batch, *z.shape[1:]), ll, mean, var
+    z = z.reshape(1, n_chains, batch, *z.shape[1:])
+    nan = ll.new_full((1,), float("nan"))
+    return Levels(z, ll[None], mean[None], var[None], ll.new_zeros(0), nan)
+
+
+def _stack_levels(low: Levels, high: Levels) -> Levels:
+    """The levels of ``low`` below those of ``high``, joined by a pair that never swapped."""
+    nan = high.swap_rate.new_full((1,), float("nan"))
+    swap_rate = torch.cat([low.swap_rate, nan, high.swap_rate])
+    rest = (torch.cat([a, b]) for a, b in zip(low, high, strict=True))
+    z, log_lik, mean, var, _, acceptance = rest
+    return Levels(z, log_lik, mean, var, swap_rate, acceptance)
 
 
 class PopulationSample(NamedTuple):
@@ -294,6 +347,9 @@ class PopulationSample(NamedTuple):
     acceptance
         MALA's acceptance rate per temperature, ``(K,)``; NaN for ULA and for the exact
         ``t_0 = 0`` level.
+    check
+        Whether a chain met a non-finite value; its error names the step, the temperature
+        and the data point.
     """
 
     z: Tensor
@@ -305,14 +361,7 @@ class PopulationSample(NamedTuple):
     step_size: float
     retries: int
     acceptance: Tensor
-
-
-def _prepend_level(levels: list[Tensor], exact: tuple[Tensor, ...]) -> list[Tensor]:
-    """Put the exact ``t = 0`` level before the chained ones: its ``(z, log_lik, mean, var)``
-    from ``exact``, and NaN swap and acceptance rates (no chain, no swap, no move)."""
-    nan = levels[-1].new_full((1,), float("nan"))
-    moments = [torch.cat([a[None], b]) for a, b in zip(exact, levels[:4], strict=True)]
-    return moments + [torch.cat([nan, rate]) for rate in levels[4:]]
+    check: Check
 
 
 def _population_runner(
@@ -321,16 +370,22 @@ def _population_runner(
     z0: Tensor,
     chained: Tensor,
     generator: torch.Generator | None,
-    settings: dict[str, Any],
+    *,
+    n_chains: int,
+    sampler: Literal["ula", "mala"],
+    n_steps: int,
+    swap_every: int,
     on_step: Callable[[], None] | None,
-) -> Callable[[float], tuple[tuple, Tensor]]:
-    """``run(eta)`` for :func:`_retrying`: the tempered chains from ``z0`` at the temperatures
-    ``chained`` (every run replays the same noise), with the trace moments of the second half
-    of each chain, and the record of non-finite chains."""
+) -> Callable[[float], tuple[Levels, Tensor]]:
+    """``run(eta)`` for :func:`_retrying`: the tempered chains from ``z0`` (``(K, S B,
+    *event)``, ``S = n_chains``) at the temperatures ``chained`` (every run replays the same
+    noise), as :class:`Levels` with the trace moments of the second half of each chain, and
+    the record of non-finite chains (``(K, S B)``)."""
     state = generator.get_state() if generator is not None else None
-    burn_in = settings["n_steps"] // 2
+    burn_in = n_steps // 2
+    shape = (z0.shape[0], n_chains, z0.shape[1] // n_chains)  # (K, S, B)
 
-    def run(eta: float) -> tuple[tuple, Tensor]:
+    def run(eta: float) -> tuple[Levels, Tensor]:
         if state is not None:
             generator.set_state(state)
         trace = _TraceMoments()
@@ -342,7 +397,7 @@ def _population_runner(
                 on_step()
 
         z, info = tempered(
-            settings["sampler"],
+            sampler,
             model.prior.frozen_log_prob(),
             log_lik,
             z0,
@@ -351,11 +406,19 @@ def _population_runner(
             generator=generator,
             callback=accumulate,
             bounds=model.prior.domain,
-            check_finite=False,
-            n_steps=settings["n_steps"],
-            swap_every=settings["swap_every"],
+            n_steps=n_steps,
+            swap_every=swap_every,
         )
-        return (z, info, *trace.moments()), info.first_nonfinite
+        mean, var = (m.reshape(shape).mean(1) for m in trace.moments())
+        levels = Levels(
+            z.reshape(*shape, *z.shape[2:]),
+            info.log_lik.reshape(shape),
+            mean,
+            var,
+            info.swap_acceptance_rate,
+            info.acceptance_rate,
+        )
+        return levels, info.first_nonfinite
 
     return run
 
@@ -422,8 +485,18 @@ def sample_power_posteriors(
     n_chained = chained.shape[0]
     z0 = model.prior.sample(n_chained * n_chains * batch, generator)
     z0 = z0.reshape(n_chained, n_chains * batch, *z0.shape[1:])
-    settings = {"sampler": sampler, "n_steps": n_steps, "swap_every": swap_every}
-    run = _population_runner(model, log_lik, z0, chained, generator, settings, on_step)
+    run = _population_runner(
+        model,
+        log_lik,
+        z0,
+        chained,
+        generator,
+        n_chains=n_chains,
+        sampler=sampler,
+        n_steps=n_steps,
+        swap_every=swap_every,
+        on_step=on_step,
+    )
 
     def describe(err: NonFiniteError) -> str:
         where = [(float(chained[k]), b % batch) for k, b in err.chains[:10]]
@@ -433,16 +506,13 @@ def sample_power_posteriors(
         )
 
     quantity = "log prior, log-likelihood or gradient"
-    (z, info, mean, var), eta, retries = _retrying(
+    levels, eta, retries, check = _retrying(
         run, step_size, nonfinite, max_retries, describe, quantity
     )
-    shape = (n_chained, n_chains, batch)
-    z = z.reshape(*shape, *z.shape[2:])
-    ll = info.log_lik.reshape(shape)
-    mean, var = mean.reshape(shape).mean(1), var.reshape(shape).mean(1)
-    levels = [z, ll, mean, var, info.swap_acceptance_rate, info.acceptance_rate]
     if exact_prior:
         draws = max(n_steps - n_steps // 2, 2)
-        levels = _prepend_level(levels, _exact_prior_level(model, x, n_chains, draws, generator))
+        levels = _stack_levels(_exact_prior_level(model, x, n_chains, draws, generator), levels)
     z, ll, mean, var, swap_rate, acceptance = levels
-    return PopulationSample(z, temperatures, ll, mean, var, swap_rate, eta, retries, acceptance)
+    return PopulationSample(
+        z, temperatures, ll, mean, var, swap_rate, eta, retries, acceptance, check
+    )

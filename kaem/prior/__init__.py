@@ -17,23 +17,29 @@ Both live on ``[a, b]`` alone: ``log_prob`` is ``-inf`` outside, inverse-transfo
 never leave it, and the Langevin kernels of :mod:`kaem.samplers` reflect at its ends, so
 every sampler and estimator targets the same density on the same support.
 
-Everything that depends only on the parameters (energies on the quadrature nodes, CDFs, the
-guide table) is built once per parameter state and reused (:class:`ParameterCache`), so
-repeated sampling between optimiser steps costs only the draws.
+Each call of ``sample`` builds the CDFs from the parameters as they are (a KAN evaluation on
+the ``N`` nodes and a cumulative sum), draws the uniforms from the caller's generator and
+inverts them (eq. 13, :func:`kaem.quadrature.inverse_cdf`): there is no state to go stale.
 """
 
-from kaem.cache import ParameterCache
-from kaem.prior.base import EnergyPrior, PriorTables, SamplingMethod
+from kaem.prior.base import (
+    INVERSE_CDF,
+    QUADRATURE_TOLERANCE,
+    EnergyPrior,
+    QuadratureWarning,
+    SamplingMethod,
+)
 from kaem.prior.mixture import MixtureEnergyPrior
 from kaem.prior.univariate import UnivariateEnergyPrior
 from kaem.reference import DEFAULT_DOMAINS, ReferencePrior
 
 __all__ = [
     "DEFAULT_DOMAINS",
+    "INVERSE_CDF",
+    "QUADRATURE_TOLERANCE",
     "EnergyPrior",
     "MixtureEnergyPrior",
-    "ParameterCache",
-    "PriorTables",
+    "QuadratureWarning",
     "ReferencePrior",
     "SamplingMethod",
     "UnivariateEnergyPrior",

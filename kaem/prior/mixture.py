@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kaem import memory
 from kaem import quadrature as quad
 from kaem.kan import KANLayer
-from kaem.prior.base import EnergyPrior, PriorTables
+from kaem.prior.base import INVERSE_CDF, EnergyPrior
 from kaem.reference import ReferencePrior
 
 __all__ = ["MixtureEnergyPrior"]
@@ -86,8 +85,8 @@ class MixtureEnergyPrior(EnergyPrior):
         alpha = self.proportions()
         return self.proportion_l1 * (alpha - 1.0 / self.num_components).abs().sum()
 
-    def _node_energies(self) -> Tensor:
-        x = self.nodes[:, None].expand(-1, self.latent_dim)  # (N, Q)
+    def _energies_on(self, nodes: Tensor) -> Tensor:
+        x = nodes[:, None].expand(-1, self.latent_dim)  # (N, Q)
         return self.kan.edges_on_grid(x).transpose(0, 1)  # (Q, P, N), the nodes contiguous
 
     def _check_z(self, z: Tensor) -> None:
@@ -162,28 +161,19 @@ class MixtureEnergyPrior(EnergyPrior):
         """Always True: coordinates are drawn independently from their mixtures."""
         return True
 
-    def tables(self, guide: bool = False) -> PriorTables:
-        """CDFs of every component ``pi_qp`` (and their guide table), shape ``(Q, P, N + 1)``."""
-        return self._tables(self._state(), "components", self._build_cdf, guide)
-
-    def _build_cdf(self) -> quad.CDFTable:
-        return quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
-
-    def marginal_tables(self, guide: bool = False) -> PriorTables:
+    def marginal_cdf_table(self) -> quad.CDFTable:
         """CDF of each coordinate's whole mixture, ``cdf`` of shape ``(Q, N + 1)``.
 
         Every component lives on the same quadrature cells, so the mixture of their
         piecewise-constant densities is itself piecewise constant with cell masses
         ``sum_p alpha_qp m_qpn``: one CDF per coordinate instead of one per component.
         """
-        return self._tables(self._state(), "marginal", self._build_marginal_cdf, guide)
-
-    def _build_marginal_cdf(self) -> quad.CDFTable:
-        # Each component's cell masses sum to one, in linear space: a mass too small for
-        # float there is as small once the CDF is stored, and a matrix product mixes them.
-        mass = torch.softmax(self.node_log_density().add_(self.log_weights), dim=-1)
-        mixture = torch.bmm(self.proportions()[:, None, :], mass)  # (Q, 1, N)
-        return quad.cdf_from_masses(mixture[:, 0], self.edges)
+        with torch.no_grad():
+            # Each component's cell masses sum to one, in linear space: a mass too small for
+            # float there is as small once the CDF is stored, and a matrix product mixes them.
+            mass = torch.softmax(self.node_log_density() + self.log_weights, dim=-1)
+            mixture = torch.bmm(self.proportions()[:, None, :], mass)  # (Q, 1, N)
+            return quad.cdf_from_masses(mixture[:, 0], self.edges)
 
     @torch.no_grad()
     def sample_with_components(
@@ -199,40 +189,26 @@ class MixtureEnergyPrior(EnergyPrior):
         z, components
             Shapes ``(n, Q)`` (float) and ``(n, Q)`` (int64).
         """
-        self._check_n(n)
         q, p = self.latent_dim, self.num_components
-        u_comp = self._uniform((q, n), generator)
-        u = self._uniform((q, n), generator).reshape(-1)
+        u_comp = self._uniform((n, q), generator).T  # (Q, n)
+        u = self._uniform((n, q), generator).T.reshape(-1)
         cum = torch.cumsum(self.proportions(), dim=-1)  # (Q, P)
-        comp = torch.searchsorted(cum, u_comp, right=True).clamp_(max=p - 1)  # (Q, n)
+        comp = torch.searchsorted(cum, u_comp.contiguous(), right=True).clamp_(max=p - 1)
         rows = (comp + torch.arange(q, device=comp.device)[:, None] * p).reshape(-1)  # (Q n,)
-        state = self._state()
-        guided = self._guided(n, state, "components")
-        tables = self._tables(state, "components", self._build_cdf, guided)
-        if guided:
-            z = quad.guided_inverse_cdf_rows(rows, u, tables.cdf, tables.guide)
-        else:
-            z = quad.inverse_cdf_rows(rows, u, tables.cdf)
+        z = quad.inverse_cdf_rows(rows, u, self.cdf_table())
         return z.reshape(q, n).T, comp.T
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Exact samples, shape ``(n, Q)``, detached.
+        """Exact samples (eqs. 13, 17), shape ``(n, Q)``, detached: ``z_q = F_q^{-1}(u_q)``.
 
-        Draws from the same distribution as :meth:`sample_with_components` (component, then
-        inverse transform) by inverting each coordinate's mixture CDF (see
-        :meth:`marginal_tables`): one uniform and one lookup per coordinate, whatever the
-        number of components.
+        ``F_q`` is the CDF of coordinate ``q``'s whole mixture (:meth:`marginal_cdf_table`),
+        inverted by :func:`kaem.quadrature.inverse_cdf`: the same distribution as
+        :meth:`sample_with_components` (a component, then its inverse transform), for one
+        uniform per coordinate whatever the number of components.
         """
-        self._check_n(n)
-        u = self._uniform((n, self.latent_dim), generator).T  # (Q, n), draw-major in memory
-        state = self._state()
-        guided = self._guided(n, state, "marginal")
-        tables = self._tables(state, "marginal", self._build_marginal_cdf, guided, n)
-        if guided:  # written draw by draw into the (n, Q) result
-            out = memory.empty((n, self.latent_dim), dtype=u.dtype, device=u.device)
-            return quad.guided_inverse_cdf(u, tables.cdf, tables.guide, out=out.T).T
-        return quad.inverse_cdf_draws(u.T, tables.cdf, tables.index).contiguous()
+        u = self._uniform((n, self.latent_dim), generator).T  # (Q, n)
+        return INVERSE_CDF[self.sampling](u, self.marginal_cdf_table()).T
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

@@ -7,10 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kaem import memory
-from kaem import quadrature as quad
 from kaem.kan import KANLayer
-from kaem.prior.base import EnergyPrior, PriorTables
+from kaem.prior.base import INVERSE_CDF, EnergyPrior
 from kaem.reference import ReferencePrior
 
 __all__ = ["UnivariateEnergyPrior"]
@@ -29,8 +27,7 @@ class UnivariateEnergyPrior(EnergyPrior):
         F_qp^{-1}(u_p)``) or independent ``u_qp``.
     reference, **options
         The reference prior and the quadrature and sampling settings (``n_nodes``,
-        ``quadrature``, ``sampling``, ``table_points``, ``table_threshold``): see
-        :class:`~kaem.prior.base.EnergyPrior`.
+        ``quadrature``, ``sampling``): see :class:`~kaem.prior.base.EnergyPrior`.
     """
 
     def __init__(
@@ -63,8 +60,8 @@ class UnivariateEnergyPrior(EnergyPrior):
     def components_shape(self) -> tuple[int, int]:
         return self.event_shape
 
-    def _node_energies(self) -> Tensor:
-        x = self.nodes[:, None].expand(-1, self.num_inputs)  # (N, P)
+    def _energies_on(self, nodes: Tensor) -> Tensor:
+        x = nodes[:, None].expand(-1, self.num_inputs)  # (N, P)
         return self.kan.edges_on_grid(x)  # (Q, P, N), the nodes contiguous
 
     def _check_z(self, z: Tensor) -> None:
@@ -160,26 +157,13 @@ class UnivariateEnergyPrior(EnergyPrior):
         """``h_q = sum_p z_qp`` (eq. 19): ``(n, Q, P) -> (n, Q)``."""
         return z.sum(dim=-1)
 
-    def tables(self, guide: bool = False) -> PriorTables:
-        """CDFs of every ``pi_qp`` (and their guide table) for the current parameters."""
-        return self._component_tables(self._state(), guide)
-
-    def _component_tables(self, state: dict[str, Any], guide: bool, n: int = 0) -> PriorTables:
-        if not (guide and self.shared_uniforms):
-            return self._tables(state, "components", self._build_cdf, guide, n)
-        # Draws shared across q read the guide in its interleaved layout only.
-        cdf = self._tables(state, "components", self._build_cdf, False).cdf
-        if "components.shared" not in state:
-            with torch.no_grad():
-                state["components.shared"] = quad.shared_guide_table(cdf, self.table_points)
-        return PriorTables(cdf, shared=state["components.shared"])
-
-    def _build_cdf(self) -> quad.CDFTable:
-        return quad.build_cdf(self.node_log_density(), self.log_weights, self.edges)
-
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Exact inverse-transform samples (eq. 13).
+        """Exact inverse-transform samples (eq. 13): ``z_qp = F_qp^{-1}(u_p)``.
+
+        ``u_p`` is shared by every ``q`` (``shared_uniforms``, the paper), or each ``z_qp`` has
+        its own ``u_qp``. ``F_qp`` is the piecewise-linear CDF of the quadrature cells
+        (:meth:`cdf_table`), inverted by :func:`kaem.quadrature.inverse_cdf`.
 
         Parameters
         ----------
@@ -193,25 +177,14 @@ class UnivariateEnergyPrior(EnergyPrior):
         Tensor
             Shape ``(n, Q, P)``, detached.
         """
-        self._check_n(n)
         q, p = self.event_shape
-        state = self._state()
-        guided = self._guided(n, state, "components")
-        tables = self._component_tables(state, guided, n)
         if self.shared_uniforms:
-            u = self._uniform((n, p), generator)  # u_p, shared across q
-            if guided:
-                z = quad.guided_inverse_cdf_shared(u, tables.cdf, tables.shared)
-                return z.permute(1, 2, 0)  # (P, n, Q) -> (n, Q, P)
-            return quad.inverse_cdf_draws(u, tables.cdf, tables.index)
-        u = self._uniform((n, q, p), generator)  # draw-major, as the result
-        if guided:
-            out = memory.empty((n, q, p), dtype=u.dtype, device=u.device)  # via (Q P, n)
-            quad.guided_inverse_cdf(
-                u.view(n, -1).T, tables.cdf, tables.guide, out=out.view(n, -1).T
-            )
-            return out
-        return quad.inverse_cdf_draws(u, tables.cdf, tables.index)
+            u = self._uniform((n, p), generator).T.expand(q, p, n)  # u_p for every q
+        else:
+            u = self._uniform((n, q, p), generator).permute(1, 2, 0)
+        return INVERSE_CDF[self.sampling](u, self.cdf_table()).permute(
+            2, 0, 1
+        )  # (Q, P, n) -> (n, Q, P)
 
     @torch.no_grad()
     def update_grid(self, z: Tensor, uniform_ratio: float = 0.05) -> None:

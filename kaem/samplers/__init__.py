@@ -6,7 +6,14 @@ Kernels (:func:`ula_kernel`, :func:`mala_kernel`) move any state; :func:`tempere
 replica exchange around any of them.
 """
 
-from kaem.samplers.base import Bounds, NonFiniteError, NonFiniteRecord, reflect
+from kaem.samplers.base import (
+    Bounds,
+    NonFiniteError,
+    NonFiniteRecord,
+    nonfinite_check,
+    nonfinite_error,
+    reflect,
+)
 from kaem.samplers.importance import (
     EvidenceEstimate,
     effective_sample_size,
@@ -75,6 +82,8 @@ __all__ = [
     "mala_kernel",
     "mala_step",
     "multinomial_resample",
+    "nonfinite_check",
+    "nonfinite_error",
     "normalized_log_weights",
     "power_temperatures",
     "reflect",

@@ -8,9 +8,10 @@ Conventions of :mod:`kaem.samplers.langevin` and :mod:`kaem.samplers.tempering`:
   state's split prior and likelihood terms) travel with them. ``batch`` is ``(n_chains,)`` for
   one population and ``(K, B)`` for a tempered one.
 - An *evaluate* callable maps positions to such a state; a *kernel* maps
-  ``(evaluate, state, step, generator, bounds)`` to ``(state, info)`` and never synchronises
-  with the device: a non-finite value is recorded in ``info.nonfinite`` and the run's caller
-  checks all of them once, at the end (:class:`NonFiniteRecord`).
+  ``(evaluate, state, step, generator, bounds)`` to ``(state, info)``, never raises and never
+  synchronises with the device: a non-finite value is recorded in ``info.nonfinite``, each
+  chain's first one in the run's :class:`NonFiniteRecord`, and the caller decides what to do
+  with it (:func:`nonfinite_check`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from kaem.checks import check_count, check_later
+from kaem.checks import Check, check_count
 
 __all__ = [
     "Bounds",
     "LogDensityFn",
     "NonFiniteError",
     "NonFiniteRecord",
+    "nonfinite_check",
     "nonfinite_error",
     "reflect",
 ]
@@ -79,9 +81,8 @@ class NonFiniteError(FloatingPointError):
 class NonFiniteRecord:
     """The first step at which each chain met a non-finite value, kept on the device.
 
-    Updating it costs a few element-wise operations and no host synchronisation; the one
-    synchronisation happens in :meth:`raise_if_any` after the run, or never inside
-    :func:`kaem.checks.deferred_checks` (then :meth:`check` hands the verdict to its caller).
+    Updating it costs a few element-wise operations and no host synchronisation; whoever
+    runs the chains reads it when it decides (:func:`nonfinite_check`).
 
     Parameters
     ----------
@@ -99,16 +100,19 @@ class NonFiniteRecord:
         self.first = torch.where((self.first < 0) & nonfinite, step, self.first)
         self.count = self.count + nonfinite.sum()
 
-    def raise_if_any(self, quantity: str = "log density or gradient") -> None:
-        """Raise :class:`NonFiniteError` naming the earliest bad step and its chains."""
-        err = nonfinite_error(self.first, quantity)
-        if err is not None:
-            raise err
 
-    def check(self, quantity: str = "log density or gradient") -> None:
-        """:meth:`raise_if_any`, deferred inside :func:`kaem.checks.deferred_checks`."""
-        first = self.first
-        check_later(self.count > 0, lambda: nonfinite_error(first, quantity))
+def nonfinite_check(first: Tensor, quantity: str = "log density or gradient") -> Check:
+    """The :class:`~kaem.checks.Check` of a run's record: failed if any chain met a non-finite
+    value, with the :class:`NonFiniteError` naming the earliest step and its chains.
+
+    Parameters
+    ----------
+    first : Tensor, batch shape, int64
+        Each chain's first non-finite step, -1 if none (``info.first_nonfinite`` of a run).
+    quantity : str
+        What was non-finite, for the message.
+    """
+    return Check((first >= 0).any(), lambda: nonfinite_error(first, quantity))
 
 
 def nonfinite_error(first: Tensor, quantity: str = "log density or gradient") -> Exception | None:

@@ -14,7 +14,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kaem.checks import check_later
 from kaem.samplers.resampling import Resampler, get_resampler
 
 __all__ = [
@@ -26,28 +25,32 @@ __all__ = [
 ]
 
 
-def _shifted(log_w: Tensor, dim: int) -> Tensor:
-    """``log_w`` minus its (detached) maximum along ``dim``, after validation.
+def _shifted(log_w: Tensor, dim: int, validate: bool) -> Tensor:
+    """``log_w`` minus its (detached) maximum along ``dim``, after validation if ``validate``.
 
     Both results below are invariant to this shift. Doing it explicitly (rather than relying on
     logsumexp's internal one) matters in float32: log weights near -1e4 are only resolved to
     about 1e-3, and ``log_w - logsumexp(log_w)`` would inherit that error, whereas the
     difference to a nearby maximum is exact.
 
-    The checks are made on the device (:func:`kaem.checks.check_later`): they raise at once,
-    or inside :func:`kaem.checks.deferred_checks` when its checks are judged.
+    Validation reads the maxima on the host (one synchronisation with the device) and raises
+    for a NaN, a ``+inf`` or a row that is ``-inf`` throughout.
     """
     top = log_w.detach().amax(dim=dim, keepdim=True)
-    check_later(torch.isnan(top).any(), lambda: ValueError("log weights contain NaN"))
-    check_later((top == math.inf).any(), lambda: ValueError("log weights contain +inf"))
-    check_later(
-        (top == -math.inf).any(),
-        lambda: ValueError("log weights are all -inf along the normalised dimension for some row"),
-    )
+    if validate:
+        nan, inf, empty = torch.stack(
+            [torch.isnan(top).any(), (top == math.inf).any(), (top == -math.inf).any()]
+        ).tolist()
+        if nan:
+            raise ValueError("log weights contain NaN")
+        if inf:
+            raise ValueError("log weights contain +inf")
+        if empty:
+            raise ValueError("log weights are all -inf along the normalised dimension for some row")
     return log_w - top
 
 
-def normalized_log_weights(log_w: Tensor, dim: int = -1) -> Tensor:
+def normalized_log_weights(log_w: Tensor, dim: int = -1, *, validate: bool = True) -> Tensor:
     """Normalise unnormalised log weights in log space (eqs. 33-38).
 
     ``log w_s - logsumexp_s' log w_s'``: the result exponentiates to weights summing to 1.
@@ -60,17 +63,19 @@ def normalized_log_weights(log_w: Tensor, dim: int = -1) -> Tensor:
         Unnormalised log weights, e.g. ``log p(x_b | z_s)`` of shape (B, S).
     dim : int
         The sample dimension ``S``.
+    validate : bool
+        Raise for a NaN, a ``+inf`` or a row of ``-inf`` (one read of the device).
 
     Returns
     -------
     Tensor, same shape as ``log_w``
         Normalised log weights; ``exp`` sums to 1 along ``dim``.
     """
-    shifted = _shifted(log_w, dim)
+    shifted = _shifted(log_w, dim, validate)
     return shifted - torch.logsumexp(shifted, dim=dim, keepdim=True)
 
 
-def effective_sample_size(log_w: Tensor, dim: int = -1) -> Tensor:
+def effective_sample_size(log_w: Tensor, dim: int = -1, *, validate: bool = True) -> Tensor:
     """Effective sample size ``1 / sum_s w_s^2`` of normalised weights (eq. 38).
 
     Computed from unnormalised log weights as ``exp(2 logsumexp(log w) - logsumexp(2 log w))``,
@@ -82,13 +87,15 @@ def effective_sample_size(log_w: Tensor, dim: int = -1) -> Tensor:
         Unnormalised log weights.
     dim : int
         The sample dimension ``S``.
+    validate : bool
+        As for :func:`normalized_log_weights`.
 
     Returns
     -------
     Tensor, shape of ``log_w`` without ``dim``
         ESS in [1, S].
     """
-    shifted = _shifted(log_w, dim)
+    shifted = _shifted(log_w, dim, validate)
     return torch.exp(2 * torch.logsumexp(shifted, dim=dim) - torch.logsumexp(2 * shifted, dim=dim))
 
 
@@ -97,6 +104,8 @@ def resample_if_needed(
     threshold: float,
     resampler: Resampler | str,
     generator: torch.Generator | None = None,
+    *,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Resample the rows whose ESS falls below ``threshold * S`` (eq. 39).
 
@@ -110,6 +119,9 @@ def resample_if_needed(
         A function from :mod:`kaem.samplers.resampling` or its registry name.
     generator : torch.Generator, optional
         Source of randomness, on the device of ``log_w``.
+    validate : bool
+        Check the log weights first, as :func:`normalized_log_weights` does (one read of the
+        device); off, the call never waits for the device.
 
     Returns
     -------
@@ -121,9 +133,8 @@ def resample_if_needed(
     resampled : Tensor, shape (B,), bool
         Which rows were resampled.
 
-    Every row is resampled and the rows that need it are selected on the device, so the call
-    never waits for the device; rows whose weights are not finite (reported by the checks of
-    :func:`normalized_log_weights`) are resampled from uniform weights.
+    Every row is resampled and the rows that need it are selected on the device; rows whose
+    weights are not finite (unchecked) are resampled from uniform weights.
     """
     if log_w.ndim != 2:
         raise ValueError(f"log_w must have shape (B, S), got shape {tuple(log_w.shape)}")
@@ -133,11 +144,11 @@ def resample_if_needed(
         resampler = get_resampler(resampler)
     n_rows, n_samples = log_w.shape
 
-    weights = normalized_log_weights(log_w, dim=-1).exp()
-    resampled = effective_sample_size(log_w, dim=-1) < threshold * n_samples
+    weights = normalized_log_weights(log_w, dim=-1, validate=validate).exp()
+    resampled = effective_sample_size(log_w, dim=-1, validate=False) < threshold * n_samples
     uniform = torch.full_like(weights, 1.0 / n_samples)
     valid = torch.isfinite(weights).all(-1, keepdim=True)
-    drawn = resampler(torch.where(valid, weights, uniform), generator)  # (B, S)
+    drawn = resampler(torch.where(valid, weights, uniform), generator, validate=False)  # (B, S)
     identity = torch.arange(n_samples, device=log_w.device).expand(n_rows, n_samples)
     ancestors = torch.where(resampled.unsqueeze(-1), drawn, identity)
     weights = torch.where(resampled.unsqueeze(-1), uniform, weights)

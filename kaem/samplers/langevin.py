@@ -12,10 +12,11 @@ Conventions shared by every function here:
   detached.
 - A state caches ``(position, log_density, grad)`` so that each step evaluates the target
   once, at the new position.
-- Every kernel returns ``(state, info)``; ``info.nonfinite`` marks the chains whose new log
-  density or gradient is not finite. The runners record the first such step of every chain
-  on the device and check once, after the last step (no host synchronisation per step; none
-  at all inside :func:`kaem.checks.deferred_checks`, whose caller judges the check).
+- Every kernel returns ``(state, info)`` and never raises on a value; ``info.nonfinite`` marks
+  the chains whose new log density or gradient is not finite. The runners record the first
+  such step of every chain on the device (``info.first_nonfinite``), with no host
+  synchronisation, and the caller decides: :func:`kaem.samplers.nonfinite_check` turns the
+  record into a check to read now or later.
 - ``bounds=(low, high)`` confines every coordinate to ``[low, high]`` (a KAEM prior's domain):
   proposals are reflected at both ends, so chains never leave the support. Reflection is the
   boundary condition of the Langevin diffusion whose stationary law is the target restricted
@@ -340,7 +341,6 @@ def ula(
     step_size: float | Tensor,
     n_steps: int,
     generator: torch.Generator | None,
-    check_finite: bool = True,
     bounds: Bounds | None = None,
     grad_norm: bool = True,
 ) -> tuple[Tensor, LangevinInfo]:
@@ -363,11 +363,6 @@ def ula(
         Number of Langevin steps.
     generator : torch.Generator or None
         Source of randomness, on the device of ``z0``.
-    check_finite : bool
-        After the run, raise :class:`NonFiniteError` naming the first step at which a log
-        density or gradient was not finite and the chains it happened in (inside
-        :func:`kaem.checks.deferred_checks`, when its checks are judged). Off, the record is
-        only returned in the info.
     bounds : (float, float) or None
         Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends.
     grad_norm : bool
@@ -393,8 +388,6 @@ def ula(
             grad_norms.append(state.grad.reshape(len(z0), -1).norm(dim=-1).mean())
         state, info = ula_kernel(evaluate, state, step, generator, bounds)
         record.update(info.nonfinite, i + 1)
-    if check_finite:
-        record.check()
     norms = torch.stack(grad_norms) if grad_norms else z0.new_zeros(0)
     return state.position, LangevinInfo(state.log_density, norms, record.count, record.first)
 
@@ -408,7 +401,6 @@ def mala(
     generator: torch.Generator | None,
     n_warmup: int = 0,
     target_accept: float = 0.574,
-    check_finite: bool = True,
     bounds: Bounds | None = None,
 ) -> tuple[Tensor, MALAInfo]:
     """Run MALA on all chains, with per-chain step-size adaptation during warm-up.
@@ -436,10 +428,6 @@ def mala(
         Number of adaptation steps before sampling.
     target_accept : float
         Target acceptance probability in (0, 1).
-    check_finite : bool
-        After the run, raise :class:`NonFiniteError` naming the first step with a non-finite
-        value (non-finite proposals are rejected either way); inside
-        :func:`kaem.checks.deferred_checks`, when its checks are judged.
     bounds : (float, float) or None
         Confine every coordinate to ``[low, high]`` by reflecting proposals at both ends
         (see :func:`mala_step`); adaptation keeps the steps within the limit there.
@@ -482,8 +470,6 @@ def mala(
         state, info = mala_kernel(evaluate, state, eta, generator, bounds)
         record.update(info.nonfinite, n_warmup + i + 1)
         n_accepted = n_accepted + info.accepted.to(step.dtype)
-    if check_finite:
-        record.check()
     acceptance_rate = n_accepted / n_steps if n_steps > 0 else torch.full_like(step, math.nan)
     return state.position, MALAInfo(
         acceptance_rate, step, state.log_density, record.count, record.first

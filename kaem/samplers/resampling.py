@@ -1,10 +1,13 @@
 """Resampling schemes for importance-weighted particles.
 
 Every resampler has the same signature,
-``resampler(weights, generator=None, num_samples=None) -> ancestors``: it takes normalised
-weights of shape ``(..., N)`` and returns int64 ancestor indices into the last dimension, of
-shape ``(..., M)`` with ``M = num_samples or N``. Leading dimensions are independent rows
-(for example one row per data point in a batch) and are handled in one vectorised call.
+``resampler(weights, generator=None, num_samples=None, validate=True) -> ancestors``: it takes
+normalised weights of shape ``(..., N)`` and returns int64 ancestor indices into the last
+dimension, of shape ``(..., M)`` with ``M = num_samples or N``. Leading dimensions are
+independent rows (for example one row per data point in a batch) and are handled in one
+vectorised call. ``validate`` checks the weights' values (finite, non-negative, summing to
+one), which reads them on the host; a caller that made them itself (a softmax) turns it off,
+and the call then never waits for the device.
 
 All four schemes are unbiased: the expected number of copies of particle ``i`` is ``M w_i``.
 They differ in variance: multinomial > residual, stratified > systematic in practice
@@ -19,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kaem.checks import check_count, check_later
+from kaem.checks import check_count
 
 __all__ = [
     "RESAMPLERS",
@@ -32,7 +35,7 @@ __all__ = [
 ]
 
 Resampler = Callable[..., Tensor]
-"""``(weights (..., N), generator=None, num_samples=None) -> ancestors (..., M)``."""
+"""``(weights (..., N), generator=None, num_samples=None, validate=True) -> ancestors (..., M)``."""
 
 _Scheme = Callable[[Tensor, int, "torch.Generator | None"], Tensor]
 
@@ -43,11 +46,12 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _prepare(weights: Tensor, num_samples: int | None) -> tuple[Tensor, int, torch.Size]:
-    """Validate ``weights`` and flatten them to ``(R, N)`` rows that sum to exactly one.
+def _prepare(
+    weights: Tensor, num_samples: int | None, validate: bool
+) -> tuple[Tensor, int, torch.Size]:
+    """Check ``weights`` and flatten them to ``(R, N)`` rows that sum to exactly one.
 
-    Their values are checked on the device (:func:`kaem.checks.check_later`: at once, or
-    when the checks of :func:`kaem.checks.deferred_checks` are judged).
+    Their values are checked only if ``validate`` (:func:`_check_weights`).
 
     Returns
     -------
@@ -73,41 +77,37 @@ def _prepare(weights: Tensor, num_samples: int | None) -> tuple[Tensor, int, tor
 
     rows = weights.reshape(-1, n).to(_work_dtype(weights.device))
     sums = rows.sum(-1)
-    if rows.shape[0] > 0:
+    if validate and rows.shape[0] > 0:
         _check_weights(weights, rows, sums)
-    # Invalid weights were reported above; they are made harmless here, so that nothing
-    # downstream fails on the device before the report is read.
+    # Invalid weights that were not checked are made harmless here, so that nothing downstream
+    # fails on the device.
     rows = rows.nan_to_num(0.0, 0.0, 0.0).clamp_(min=0.0)
     sums = rows.sum(-1, keepdim=True)
     return rows / torch.where(sums > 0, sums, 1.0), num_samples, weights.shape[:-1]
 
 
 def _check_weights(weights: Tensor, rows: Tensor, sums: Tensor) -> None:
-    """Finite, non-negative weights whose rows ``(R, N)`` sum to one (with their ``sums``),
-    checked on the device (:func:`kaem.checks.check_later`), in that order."""
-    check_later(
-        ~torch.isfinite(rows).all(),
-        lambda: ValueError(
-            f"weights must be finite, found {weights[~torch.isfinite(weights)][0].item()}"
-        ),
-    )
-    check_later(
-        rows.amin() < 0,
-        lambda: ValueError(f"weights must be non-negative, found {weights.min().item():.6g}"),
-    )
+    """Raise unless the rows ``(R, N)`` (with their ``sums``) are finite, non-negative and sum
+    to one, in that order; one read of the device."""
     # sqrt(eps) of the caller's dtype: loose enough for a float32 softmax over many particles,
     # tight enough to catch unnormalised weights.
     tol = math.sqrt(torch.finfo(weights.dtype).eps)
     err = (sums - 1).abs()
-
-    def unnormalised() -> ValueError:
+    finite, positive, normalised = torch.stack(
+        [torch.isfinite(rows).all(), rows.amin() >= 0, err.amax() <= tol]
+    ).tolist()
+    if not finite:
+        raise ValueError(
+            f"weights must be finite, found {weights[~torch.isfinite(weights)][0].item()}"
+        )
+    if not positive:
+        raise ValueError(f"weights must be non-negative, found {weights.min().item():.6g}")
+    if not normalised:
         worst = int(err.argmax())
-        return ValueError(
+        raise ValueError(
             f"weights must sum to 1 along the last dimension (tolerance {tol:.2g}); "
             f"row {worst} sums to {sums[worst].item():.6g}"
         )
-
-    check_later(err.amax() > tol, unnormalised)
 
 
 def _inverse_cdf(rows: Tensor, positions: Tensor) -> Tensor:
@@ -146,6 +146,9 @@ _SHARED_DOC = """
         Source of randomness, on the device of ``weights``.
     num_samples : int, optional
         ``M``, the number of ancestors per row; defaults to ``N``.
+    validate : bool
+        Check that the weights are finite, non-negative and sum to one (one read of the
+        device); off, invalid weights give arbitrary valid ancestors.
 
     Returns
     -------
@@ -168,8 +171,9 @@ def _resampler(sorted_output: bool) -> Callable[[_Scheme], Resampler]:
             weights: Tensor,
             generator: torch.Generator | None = None,
             num_samples: int | None = None,
+            validate: bool = True,
         ) -> Tensor:
-            rows, m, batch_shape = _prepare(weights, num_samples)
+            rows, m, batch_shape = _prepare(weights, num_samples, validate)
             if rows.shape[0] == 0:
                 return torch.empty(*batch_shape, m, dtype=torch.int64, device=weights.device)
             return scheme(rows, m, generator).reshape(*batch_shape, m)
@@ -272,7 +276,8 @@ def get_resampler(name: str) -> Resampler:
     Returns
     -------
     Resampler
-        The function, with signature ``(weights, generator=None, num_samples=None)``.
+        The function, with signature ``(weights, generator=None, num_samples=None,
+        validate=True)``.
     """
     try:
         return RESAMPLERS[name]

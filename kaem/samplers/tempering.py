@@ -326,7 +326,6 @@ def tempered(
     n_steps: int,
     generator: torch.Generator | None,
     swap_every: int = 1,
-    check_finite: bool = True,
     callback: Callable[[int, Tensor], None] | None = None,
     bounds: Bounds | None = None,
 ) -> tuple[Tensor, TemperingInfo]:
@@ -364,11 +363,6 @@ def tempered(
         Source of randomness, on the device of ``z0``.
     swap_every : int
         Attempt a swap after every ``swap_every`` steps (the paper: 1). Ignored when ``K = 1``.
-    check_finite : bool
-        After the run, raise :class:`~kaem.samplers.base.NonFiniteError` naming the first step
-        with a non-finite value or gradient and its ``(k, b)`` chains (inside
-        :func:`kaem.checks.deferred_checks`, when its checks are judged); off, only record
-        them.
     callback : callable, optional
         Called as ``callback(step, log_lik)`` after every step (and its swap) with the
         population's log-likelihoods ``(K, B)``, e.g. to accumulate per-temperature averages
@@ -422,8 +416,6 @@ def tempered(
             swapped = swapped + at_pair * swap.accepted.to(z0.dtype).mean()
         if callback is not None:
             callback(i + 1, state.log_lik)
-    if check_finite:
-        record.check("log prior, log-likelihood or gradient")
     rate = torch.where(attempts > 0, swapped / attempts.clamp(min=1), math.nan)
     moves = accepted / n_steps if adjusted else torch.full_like(accepted, math.nan)
     return state.position, TemperingInfo(

@@ -15,6 +15,7 @@ from kaem.training.steps import (
     CRITERIA,
     Progress,
     StepFn,
+    StepResult,
     build_step,
     elbo_step,
     importance_step,
@@ -22,7 +23,7 @@ from kaem.training.steps import (
     lebm_step,
     thermodynamic_step,
 )
-from kaem.training.updates import NonFiniteLossError, Updates
+from kaem.training.updates import NonFiniteLossError, Updates, adam
 
 __all__ = [
     "CRITERIA",
@@ -34,8 +35,10 @@ __all__ = [
     "Progress",
     "ResumeError",
     "StepFn",
+    "StepResult",
     "TrainResult",
     "Updates",
+    "adam",
     "build_step",
     "check_resume",
     "check_setup",

@@ -79,29 +79,26 @@ class GridUpdates:
             posterior=posterior,
         )
 
-    def is_due(self, step: int) -> bool:
-        """Whether ``step`` updates the grids; the schedule stays where it is."""
+    def due(self, step: int) -> bool:
+        """Whether ``step`` updates the grids (a question: the schedule stays where it is)."""
         return step >= self.next_step
 
-    def due(self, step: int) -> bool:
-        """Whether ``step`` updates the grids (advancing the schedule if so)."""
-        if not self.is_due(step):
+    def __call__(self, model: KAEM, x: Tensor, step: int, generator: torch.Generator) -> bool:
+        """Update the grids if ``step`` is due, and move the schedule past it; returns whether
+        anything changed."""
+        if not self.due(step):
             return False
         self.next_step = step + max(1, round(self.interval))
         self.interval /= self.decay
-        return True
-
-    def __call__(self, model: KAEM, x: Tensor, step: int, generator: torch.Generator) -> bool:
-        """Update the grids if ``step`` is due; returns whether anything changed."""
-        if not self.due(step):
-            return False
         if self.posterior is None:
             with torch.no_grad():
                 z = model.prior.sample(self.samples, generator)
         else:
             reps = -(-self.samples // x.shape[0])
             repeated = x.repeat(reps, *([1] * (x.ndim - 1)))[: self.samples]
-            z = sample_posterior(model, repeated, generator=generator, **self.posterior).z
+            post = sample_posterior(model, repeated, generator=generator, **self.posterior)
+            post.check.raise_if_failed()  # the grids follow finite samples only
+            z = post.z
         changed = False
         with torch.no_grad():
             if self.prior:

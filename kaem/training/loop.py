@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +39,11 @@ from tqdm.auto import tqdm
 from kaem.config import TrainConfig, to_dict
 from kaem.inference.posterior import check_langevin_prior
 from kaem.kinds import MODEL_KINDS, kind_of
+from kaem.prior import QUADRATURE_TOLERANCE, EnergyPrior, QuadratureWarning
 from kaem.training.checkpoint import Checkpoint
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
-from kaem.training.steps import Progress, build_step
+from kaem.training.steps import Progress, StepFn, build_step
 from kaem.training.updates import NonFiniteLossError, Updates, adam
 
 __all__ = [
@@ -133,7 +135,7 @@ class EpochBatches:
         return epoch, x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def _training_images(model: nn.Module, images: Any, cfg: TrainConfig) -> Tensor:
+def _training_images(model: nn.Module, images: Any) -> Tensor:
     """``images`` as a tensor, after every check that can fail before any work."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
@@ -211,16 +213,21 @@ def _criteria_of(model: nn.Module) -> tuple[str, ...]:
     return next((k.criteria for k in MODEL_KINDS.values() if isinstance(model, k.cls)), ())
 
 
-def check_setup(model: nn.Module, cfg: TrainConfig) -> None:
+def check_setup(model: nn.Module, cfg: TrainConfig) -> tuple[StepFn, GridUpdates | None]:
     """The checks of :func:`train` that need no data, for a caller to run before any work:
     the criterion exists and suits the model's prior, and its grids can follow samples.
+
+    Returns
+    -------
+    step_fn, grids
+        The criterion's step function and the grid updates (None if off), built on the way.
 
     Raises
     ------
     ValueError
         Naming the setting at fault and what to change.
     """
-    build_step(cfg)
+    step_fn = build_step(cfg)
     kind = kind_of(cfg.criterion)
     if not isinstance(model, kind.cls):
         raise ValueError(
@@ -230,7 +237,28 @@ def check_setup(model: nn.Module, cfg: TrainConfig) -> None:
     _parameter_groups(model, cfg)
     if cfg.criterion in ("ula", "thermodynamic"):
         check_langevin_prior(model, f"train.criterion {cfg.criterion!r}")
-    GridUpdates.from_config(cfg, model)
+    return step_fn, GridUpdates.from_config(cfg, model)
+
+
+def _quadrature_error(model: nn.Module, step: int) -> float:
+    """The prior's :meth:`~kaem.prior.EnergyPrior.quadrature_error` (its largest, in nats) for
+    the log, with a warning above :data:`~kaem.prior.QUADRATURE_TOLERANCE`; NaN for a model
+    without a quadrature prior. Measured at the start, after every grid update and at every
+    checkpoint (the rows of those steps carry it, the others NaN): a function of the step, so
+    a resumed run logs what an uninterrupted one does."""
+    prior = getattr(model, "prior", None)
+    if not isinstance(prior, EnergyPrior):
+        return math.nan
+    error = float(prior.quadrature_error().max())
+    if error > QUADRATURE_TOLERANCE:
+        warnings.warn(
+            f"at step {step} the prior's log normaliser moves by {error:.2g} nats between "
+            f"{prior.n_nodes // 2} and {prior.n_nodes} quadrature nodes: the sampled prior no "
+            "longer resolves its energies; raise model.prior.n_nodes",
+            QuadratureWarning,
+            stacklevel=3,
+        )
+    return error
 
 
 def _total_steps(cfg: TrainConfig, per_epoch: int) -> int:
@@ -272,25 +300,30 @@ def train(
     -------
     TrainResult
     """
-    check_setup(model, cfg)
-    step_fn = build_step(cfg)
-    images = _training_images(model, images, cfg)
+    step_fn, grids = check_setup(model, cfg)
+    images = _training_images(model, images)
     device = resolve_device(device)
     batches = EpochBatches(_images_for(images, device), cfg.batch_size, cfg.seed)
-    grids = GridUpdates.from_config(cfg, model)
     total = _total_steps(cfg, batches.per_epoch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     if cfg.compile:
         compile_model(model)
-    optimizer = adam(_parameter_groups(model, cfg), cfg, device)
+    optimizer = adam(
+        _parameter_groups(model, cfg),
+        lr=cfg.learning_rate,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        device=device,
+    )
     schedule = _lr_schedule(optimizer, cfg.lr_decay)
     rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
     checkpoint = Checkpoint(out_dir / "checkpoint.pt", model, optimizer, rng, grids, to_dict(cfg))
     step, elapsed = checkpoint.restore()
     model.train()
     update = Updates(model, optimizer, step_fn)
+    _quadrature_error(model, step)  # a warning now rather than at the first measured row
     bar = tqdm(
         total=total, initial=step, disable=not progress, desc=f"train[{cfg.criterion}]", unit="step"
     )
@@ -301,23 +334,28 @@ def train(
             t0 = time.perf_counter()
             step += 1
             where = f"at step {step} (epoch {epoch}); the last good checkpoint is {checkpoint.path}"
-            if grids is not None and grids.is_due(step):
+            if grids is not None and grids.due(step):
                 update.settle()  # the grids follow only parameters known to be good
             grid_updated = grids is not None and grids(model, x, step, rng)
+            quadrature = _quadrature_error(model, step) if grid_updated else math.nan
             update(x, rng, Progress(step, total), where)
             seconds = time.perf_counter() - t0
             elapsed += seconds
             logged = step % cfg.log_every == 0 or step == total
             if logged or step % cfg.checkpoint_every == 0:
                 row = update.settle()  # raises for a failed update before anything is written
+            if step % cfg.checkpoint_every == 0:
+                quadrature = _quadrature_error(model, step)
             if logged:
-                extra = {"seconds": seconds, "grid_updated": int(grid_updated)}
+                extra = {
+                    "seconds": seconds,
+                    "grid_updated": int(grid_updated),
+                    "quadrature_error": quadrature,
+                }
                 log.write({"step": step, "epoch": epoch, **row, **extra})
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[1:4]}, refresh=False)
             if step % cfg.checkpoint_every == 0 or step == total:
                 checkpoint.save(step, elapsed)
             bar.update(1)
-    if not checkpoint.path.exists():  # resumed a finished run: nothing new was computed
-        checkpoint.save(step, elapsed)
     model.eval()
     return TrainResult(model, step, checkpoint.path, log.path)

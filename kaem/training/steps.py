@@ -1,29 +1,27 @@
 """Step functions: one per criterion, built once from plain numbers.
 
-A step function maps ``(model, x, generator, progress)`` to ``(loss, metrics)``: the scalar
-whose gradient is the criterion's learning gradient, and the diagnostics to log. The
-factories below take exactly the arguments of the functions they call, so a config section
-feeds them unchanged (:func:`build_step`); the benchmarks call the same step functions.
+A step function maps ``(model, x, generator, progress)`` to a :class:`StepResult`: the
+scalar whose gradient is the criterion's learning gradient, the diagnostics to log, and the
+checks of its samplers' and likelihoods' values. The factories below take exactly the
+arguments of the functions they call, so a config section feeds them unchanged
+(:func:`build_step`); the benchmarks call the same step functions.
 
 A step never waits for the device. Its metrics are detached 0-d tensors on the model's
-device (or Python numbers the host knows already, such as a step size), read by the caller
-when it logs; its checks of non-finite values go through :func:`kaem.checks.check_later`,
-so inside :func:`kaem.checks.deferred_checks` (as :func:`kaem.training.train` runs them) they
-are judged by the caller too. The parameters are fixed during a step
-(:func:`kaem.cache.fixed_parameters`), so cached prior tables are verified once per step.
+device (or Python numbers the host knows already, such as a step size) and its checks are
+flags on the device (:class:`~kaem.checks.Check`); the caller reads both when it next looks
+(:class:`kaem.training.Updates`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from kaem.cache import fixed_parameters
+from kaem.checks import Check
 from kaem.config import TrainConfig
 from kaem.inference.posterior import NonFinitePolicy, sample_posterior, sample_power_posteriors
 from kaem.lebm import lebm_loss
@@ -36,6 +34,7 @@ __all__ = [
     "Metrics",
     "Progress",
     "StepFn",
+    "StepResult",
     "build_step",
     "elbo_step",
     "importance_step",
@@ -55,20 +54,27 @@ class Progress(NamedTuple):
 #: A metric: a detached 0-d tensor on the model's device, or a number the host knows.
 Metric = Tensor | float
 Metrics = dict[str, Metric]
-StepFn = Callable[[nn.Module, Tensor, torch.Generator, Progress], tuple[Tensor, Metrics]]
 
 
-def _with_fixed_parameters(step: StepFn) -> StepFn:
-    """``step`` run inside :func:`kaem.cache.fixed_parameters`."""
+class StepResult(NamedTuple):
+    """What a step function returns.
 
-    @functools.wraps(step)
-    def fixed(
-        model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress
-    ) -> tuple[Tensor, Metrics]:
-        with fixed_parameters():
-            return step(model, x, generator, progress)
+    Attributes
+    ----------
+    loss : Tensor, shape ()
+        The scalar whose gradient is the criterion's learning gradient.
+    metrics : dict
+        Diagnostics to log, by name.
+    checks : tuple of Check
+        The step's value checks (non-finite chains or likelihoods), judged by the caller.
+    """
 
-    return fixed
+    loss: Tensor
+    metrics: Metrics
+    checks: tuple[Check, ...] = ()
+
+
+StepFn = Callable[[nn.Module, Tensor, torch.Generator, Progress], StepResult]
 
 
 def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> StepFn:
@@ -83,14 +89,15 @@ def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> 
             ess_threshold=ess_threshold,
             generator=generator,
         )
-        return loss, {
+        metrics = {
             "nll": -info.log_evidence.mean(),
             "ess": info.ess.mean(),
             "resampled": info.resampled.float().mean(),
             "mse": info.mse,
         }
+        return StepResult(loss, metrics, (info.check,))
 
-    return _with_fixed_parameters(step)
+    return step
 
 
 def elbo_step() -> StepFn:
@@ -98,9 +105,10 @@ def elbo_step() -> StepFn:
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = elbo_loss(model, x, generator=generator)
-        return loss, {"elbo": info.elbo.mean(), "kl": info.kl.mean(), "mse": info.mse}
+        metrics = {"elbo": info.elbo.mean(), "kl": info.kl.mean(), "mse": info.mse}
+        return StepResult(loss, metrics, (info.check,))
 
-    return _with_fixed_parameters(step)
+    return step
 
 
 def langevin_step(
@@ -133,9 +141,9 @@ def langevin_step(
         }
         if sampler == "mala":
             metrics["acceptance"] = post.acceptance
-        return loss, metrics
+        return StepResult(loss, metrics, (post.check,))
 
-    return _with_fixed_parameters(step)
+    return step
 
 
 def thermodynamic_step(
@@ -146,14 +154,18 @@ def thermodynamic_step(
     n_cycles: int,
     swap_every: int,
     n_chains: int,
-    **langevin: Any,
+    sampler: str,
+    n_steps: int,
+    step_size: float,
+    nonfinite: NonFinitePolicy,
+    max_retries: int,
 ) -> StepFn:
     """The steppingstone criterion over power posteriors (eqs. 21-25, 40).
 
     ``n_temps``, ``p_start``, ``p_end`` and ``n_cycles`` set the cyclic schedule of eq. 40;
     ``n_chains`` chains per data point and temperature swap every ``swap_every`` steps; the
-    ``langevin`` settings are those of :func:`langevin_step` (``sampler``, ``n_steps``,
-    ``step_size``, ``nonfinite``, ``max_retries``).
+    Langevin settings (``sampler``, ``n_steps``, ``step_size``, ``nonfinite``,
+    ``max_retries``) are those of :func:`langevin_step`.
     """
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
@@ -169,7 +181,11 @@ def thermodynamic_step(
             swap_every=swap_every,
             generator=generator,
             exact_prior=True,  # power_temperatures starts at exactly 0
-            **langevin,
+            sampler=sampler,
+            n_steps=n_steps,
+            step_size=step_size,
+            nonfinite=nonfinite,
+            max_retries=max_retries,
         )
         loss, info = thermodynamic_loss(model, x, population.z, temperatures, generator=generator)
         trapezium, corrected = thermodynamic_integration(
@@ -183,15 +199,15 @@ def thermodynamic_step(
             "step_size": population.step_size,
             "retries": population.retries,
         }
-        if langevin.get("sampler") == "mala":
+        if sampler == "mala":
             metrics["acceptance"] = population.acceptance.nanmean()
         # The exact t = 0 level takes no swaps: pairs from (1, 2) on. A pair that no swap
         # was proposed to in this step logs NaN.
         for k in range(1, n_temps):
             metrics[f"swap_{k}_{k + 1}"] = population.swap_rate[k]
-        return loss, metrics
+        return StepResult(loss, metrics, (population.check,))
 
-    return _with_fixed_parameters(step)
+    return step
 
 
 def lebm_step(
@@ -216,13 +232,10 @@ def lebm_step(
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = lebm_loss(model, x, n_steps=n_steps, step_size=step_size, generator=generator)
-        return loss, {
-            "log_lik": info.log_lik.mean(),
-            "energy_gap": info.energy_gap,
-            "mse": info.mse,
-        }
+        metrics = {"log_lik": info.log_lik.mean(), "energy_gap": info.energy_gap, "mse": info.mse}
+        return StepResult(loss, metrics)
 
-    return _with_fixed_parameters(step)
+    return step
 
 
 #: Criterion name -> its step function, built from a :class:`~kaem.config.TrainConfig`.

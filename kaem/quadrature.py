@@ -1,4 +1,28 @@
-"""Quadrature rules on a bounded interval, the normaliser, and the piecewise-linear CDF."""
+"""Quadrature on a bounded interval, and exact inverse-transform sampling from it.
+
+Every univariate density of the prior is known up to its normaliser on a bounded domain
+``[a, b]``. A quadrature rule with nodes ``z_n`` and weights ``w_n`` gives the partition
+function (eq. 20),
+
+    Z = sum_n w_n exp(f(z_n)) pi_0(z_n),
+
+and the same numbers define a distribution we can sample *exactly*: node ``n`` owns the cell
+``[e_{n-1}, e_n]`` with ``e_n = a + w_1 + ... + w_n`` (the cells tile ``[a, b]`` because the
+weights sum to ``b - a``; for Gauss-Legendre each node lies inside its own cell by the
+Markov-Stieltjes separation theorem), and carries the mass ``m_n = w_n p(z_n) / Z``. The
+density is constant inside a cell, so the CDF is piecewise linear through the cell edges, and
+its inverse (eq. 13) is a search for the cell plus the cell's linear inverse:
+
+    c = max{c : cdf_c <= u},        z = e_c + (u - cdf_c) * slope_c,
+
+which :func:`inverse_cdf` computes with ``torch.searchsorted`` on any device. That is the
+sampler: the quadrature *defines* the prior that is sampled, and the smooth density that
+``log_prob`` evaluates differs from it by the quadrature's resolution (measured by
+:meth:`kaem.prior.EnergyPrior.quadrature_error`).
+
+All functions are pure tensor functions, batched over leading "row" dimensions (one row per
+univariate density), with no Python loops over rows or samples.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kaem.quadrature import native
-
 __all__ = [
     "CDFTable",
     "QuadratureRule",
     "build_cdf",
     "cdf_from_masses",
     "cell_edges",
+    "inverse_cdf",
+    "inverse_cdf_rows",
     "log_normaliser",
     "nodes_and_weights",
 ]
@@ -151,11 +175,10 @@ def build_cdf(log_density: Tensor, log_weights: Tensor, edges: Tensor) -> CDFTab
 def cdf_from_masses(mass: Tensor, edges: Tensor) -> CDFTable:
     """The piecewise-linear CDF of cells of masses ``mass`` (eq. 20), in any common scale.
 
-    :func:`build_cdf` from masses already out of log space, such as a mixture's
-    ``sum_p alpha_p m_pn``. The masses are accumulated in float64 and divided by their sum,
-    so the CDF starts at exactly 0, ends at exactly 1 and rounds once, when it is stored. The
-    slopes are computed from the stored CDF values, so the distribution that is sampled is
-    the piecewise-linear CDF through them.
+    The masses are accumulated in float64 and divided by their sum, so the CDF starts at
+    exactly 0, ends at exactly 1 and rounds once, when it is stored. The slopes are computed
+    from the stored CDF values, so the distribution that is sampled is the piecewise-linear
+    CDF through them.
 
     Parameters
     ----------
@@ -168,24 +191,64 @@ def cdf_from_masses(mass: Tensor, edges: Tensor) -> CDFTable:
     -------
     CDFTable
     """
-    dtype = mass.dtype
-    width = edges.double().diff().to(dtype)
-    if native.usable(mass, edges):  # the same operations, in one pass over each row
-        mass, n_cells = mass.contiguous(), mass.shape[-1]
-        cdf = mass.new_empty(*mass.shape[:-1], n_cells + 1)
-        slope = torch.empty_like(mass)
-        rows = (-1, n_cells)
-        native.cdf_rows(mass.view(rows), width, cdf.view(-1, n_cells + 1), slope.view(rows))
-        return CDFTable(cdf, edges, slope)
     accumulated = mass.cumsum(dim=-1, dtype=torch.float64)
     cdf = mass.new_empty(*mass.shape[:-1], mass.shape[-1] + 1)
     cdf[..., 0] = 0.0
     torch.div(accumulated, accumulated[..., -1:], out=cdf[..., 1:])  # at most 1, then 1
-    # A difference of stored values is exact wherever the CDF at most doubles from one edge to
-    # the next (Sterbenz), so everywhere but the first cells of the lower tail. A cell of
-    # denormal mass would overflow to an infinite slope, and a draw in it (u = 0 can land
-    # there) to 0 * inf: such slopes are capped at the largest float, so every draw stays
-    # finite and inside its cell (its offset u - cdf_c is at most the cell's mass).
+    # A cell of denormal mass would overflow to an infinite slope, and a draw in it (u = 0
+    # can land there) to 0 * inf: such slopes are capped at the largest float, so every draw
+    # stays finite and inside its cell (its offset u - cdf_c is at most the cell's mass).
     cell_mass = cdf.diff(dim=-1)
-    slope = torch.div(width, cell_mass).clamp_(max=torch.finfo(dtype).max)
+    width = edges.double().diff().to(mass.dtype)
+    slope = torch.div(width, cell_mass).clamp_(max=torch.finfo(mass.dtype).max)
     return CDFTable(cdf, edges, slope.masked_fill_(cell_mass == 0, math.inf))
+
+
+def inverse_cdf(u: Tensor, table: CDFTable) -> Tensor:
+    """Exact inverse of the piecewise-linear CDF (eq. 13): ``z = F^{-1}(u)``.
+
+    The cell ``c`` with ``cdf_c <= u < cdf_{c+1}`` is found by ``searchsorted`` (so a cell of
+    zero mass is never returned), and inside it ``z = e_c + (u - cdf_c) * slope_c``.
+
+    Parameters
+    ----------
+    u
+        Uniform draws in ``[0, 1)``, shape ``(..., S)``: a row of ``S`` draws for each density
+        of ``table`` (``cdf`` of shape ``(..., N + 1)``, the same leading dimensions).
+    table
+        The CDFs (:func:`build_cdf`).
+
+    Returns
+    -------
+    Tensor
+        Samples, shape ``(..., S)``, inside ``[edges[0], edges[-1]]``.
+    """
+    cdf, edges, slope = table
+    cell = torch.searchsorted(cdf, u.contiguous(), right=True).sub_(1)
+    cell.clamp_(0, slope.shape[-1] - 1)
+    z = edges[cell] + (u - cdf.gather(-1, cell)) * slope.gather(-1, cell)
+    return z.clamp_(edges[0], edges[-1])
+
+
+def inverse_cdf_rows(rows: Tensor, u: Tensor, table: CDFTable) -> Tensor:
+    """:func:`inverse_cdf` for draws that each have their own row of ``table``.
+
+    Parameters
+    ----------
+    rows
+        Row of each draw in the flattened batch of ``table``, shape ``(K,)`` (int64).
+    u
+        Draws, shape ``(K,)``.
+    table
+        CDFs with ``cdf`` of shape ``(..., N + 1)``.
+
+    Returns
+    -------
+    Tensor
+        Shape ``(K,)``: ``F_{rows[k]}^{-1}(u[k])``.
+    """
+    cdf, edges, slope = table
+    mine = CDFTable(
+        cdf.reshape(-1, cdf.shape[-1])[rows], edges, slope.reshape(-1, slope.shape[-1])[rows]
+    )
+    return inverse_cdf(u[:, None], mine)[:, 0]
