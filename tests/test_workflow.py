@@ -809,7 +809,8 @@ def test_tiny_run_artifacts_carry_their_settings_and_seeds(tiny_run):
         run = res / "train" / cell / f"seed{seed}"
         written = yaml.safe_load((run / "config.yaml").read_text())
         assert written == resolve_cell(cfg, cell, seed) and written["train"]["seed"] == seed
-        assert (run / f"work-{run_key(written)}" / "checkpoint.pt").exists()
+        work = run / f"work-{run_key(written, cfg['datasets']['tiny'])}"
+        assert (work / "checkpoint.pt").exists()
         meta = samples_metadata(res / "samples" / cell / f"seed{seed}.h5")
         assert meta["n"] == 250 and meta["seed"] == 1 + seed
         assert meta["cell"] == f"{cell}/seed{seed}"
