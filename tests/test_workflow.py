@@ -1066,11 +1066,14 @@ def test_inception_features_of_real_images_through_the_workflow(readers_run):
     np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-4)
 
 
-def test_write_json_writes_non_finite_values_as_null(tmp_path):
-    path = write_json(
-        {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}, tmp_path / "x.json"
-    )
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": 2.0}
+def test_write_json_refuses_non_finite_results_naming_each_and_writes_nothing(tmp_path):
+    path = write_json({"a": 1.0, "c": np.float32(2), "d": None}, tmp_path / "x.json")
+    assert json.loads(path.read_text()) == {"a": 1.0, "c": 2.0, "d": None}
+    before = path.read_bytes()
+    bad = {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}
+    with pytest.raises(FloatingPointError, match=r"x\.json.* a = nan, b\[1\] = inf$"):
+        write_json(bad, path)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
 
 
 def test_the_names_the_schema_and_config_accept_are_the_codes_own():
