@@ -154,10 +154,12 @@ def resolve_run_config(
         if not isinstance(file_cfg, dict):
             raise ConfigError(f"{path}: expected a mapping with model and train sections")
         for section in _SECTIONS:
-            if section in file_cfg and not isinstance(file_cfg[section], dict):
+            value = file_cfg.get(section, {})
+            if not isinstance(value, dict):
+                given = "empty" if value is None else f"{value!r}"
                 raise ConfigError(
-                    f"{path}: {section} is {file_cfg[section]!r}; it must be a mapping of "
-                    "settings (remove it to keep the preset's)"
+                    f"{path}: {section} is {given}; it must be a mapping of settings (leave "
+                    "it out to keep the preset's)"
                 )
         preset_name = file_cfg.pop("preset", preset_name)
     cfg = merge(preset(preset_name) if preset_name else {}, file_cfg)

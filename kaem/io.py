@@ -74,7 +74,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder (so ``os.replace`` is atomic), is flushed to
     disk before the move, and is removed if the block raises or the process is interrupted
-    by an exception. A process killed outright leaves its hidden ``.NAME.PID@HOST.*.tmp``
+    by an exception; an :class:`OSError` of the block (a full disk) names ``path``, not the
+    temporary file. A process killed outright leaves its hidden ``.NAME.PID@HOST.*.tmp``
     file behind; the next write of ``path`` on that host removes it, once no process of that
     id runs. ``path`` itself is never truncated.
     """
@@ -83,7 +84,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _remove_stale_temporaries(path)
     tmp = _temporary_name(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno is None or exc.filename not in (None, str(tmp), tmp):
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file asked for
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
         fd = os.open(tmp, os.O_RDONLY)
@@ -103,7 +109,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     :class:`OSError` that names it rather than PyTorch's own ``RuntimeError``.
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            # PyTorch's zip writer, closed after a failed write, raises a RuntimeError of
+            # its own over the OSError that says what happened.
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

@@ -37,12 +37,15 @@ class CSVLog:
         return csv.DictWriter(self._file, fieldnames=fields, lineterminator="\n")
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append ``row`` and flush it to disk."""
-        if self._writer is None:
-            self._writer = self._dict_writer(list(row))
-            self._writer.writeheader()
-        self._writer.writerow(row)
-        self._file.flush()
+        """Append ``row`` and flush it to disk; an :class:`OSError` (a full disk) names the log."""
+        try:
+            if self._writer is None:
+                self._writer = self._dict_writer(list(row))
+                self._writer.writeheader()
+            self._writer.writerow(row)
+            self._file.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         self._file.close()
