@@ -30,7 +30,8 @@ def one_thread():
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The end-to-end runs (``workflow``, ``slurm``) are ``long`` too: minutes each on two
-    cores. ``make test`` runs them, as CI does; ``make test QUICK=1`` leaves them out."""
+    cores, as are a few tests marked by hand (20 s or more on two busy cores). ``make test``
+    runs them, as CI does; ``make test QUICK=1`` leaves them out."""
     for item in items:
         if item.get_closest_marker("workflow") or item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.long)

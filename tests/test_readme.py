@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import HANG_S
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -15,6 +16,7 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)
 
 
+@pytest.mark.long  # a KAEM at the paper's size, a short training and Langevin chains: 15-45 s
 def test_every_python_block_of_the_readme_runs_as_written(tmp_path):
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 3  # the package, training from Python, the criteria
