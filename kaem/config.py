@@ -4,16 +4,26 @@ Constructors of the model take plain numbers; these dataclasses only carry and v
 numbers. ``from_dict`` rejects unknown keys, wrong types and values out of their range (the
 :class:`Bound` of a field's annotation) with a message naming the key, so a typo or an
 impossible value in a config file fails before any work is done.
+
+Every YAML file and ``--set`` value of the project is read by :func:`load_yaml` and
+:func:`parse_yaml`: numbers as YAML 1.2 and Python read them (``1e-3``, ``1E3``, ``.5`` are
+numbers, where PyYAML's YAML 1.1 reads ``1e-3`` as a string), and a key given twice in one
+mapping is an error naming both lines, never a silent overwrite.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+
+import yaml
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -33,13 +43,136 @@ __all__ = [
     "ThermodynamicConfig",
     "TrainConfig",
     "VAEConfig",
+    "YAMLLoader",
     "from_dict",
+    "load_yaml",
+    "parse_yaml",
     "to_dict",
 ]
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+# ----------------------------------------------------------------------------- YAML
+
+#: Digits with optional single underscores between them, as YAML 1.1 and Python allow.
+_DIGITS = r"[0-9](?:_?[0-9])*"
+
+#: Integers of the YAML 1.2 core schema (decimal, ``0o`` octal, ``0x`` hexadecimal).
+_INT = re.compile(rf"^(?:[-+]?{_DIGITS}|0o[0-7]+|0x[0-9a-fA-F]+)$")
+
+#: Floats of the YAML 1.2 core schema: ``1e-3``, ``1E3``, ``.5``, ``2.``, ``.inf``, ``.nan``.
+_FLOAT = re.compile(
+    rf"^(?:[-+]?(?:\.{_DIGITS}|{_DIGITS}(?:\.(?:{_DIGITS})?)?)(?:[eE][-+]?{_DIGITS})?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the numbers of YAML 1.2 and no duplicate keys.
+
+    Integers and floats are resolved by the YAML 1.2 core schema (``017`` is 17, ``1e-3`` is
+    0.001); booleans, null and the rest are PyYAML's. A key given twice in one mapping raises
+    :class:`yaml.YAMLError` naming its dotted path and both lines (keys brought in by a merge
+    key, ``<<: *anchor``, may be overridden: that is what a merge is for).
+    """
+
+    yaml_implicit_resolvers: typing.ClassVar[dict[str, list[tuple[str, re.Pattern]]]] = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:  # type: ignore[override]
+        text = str(self.construct_scalar(node)).replace("_", "")
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
+        return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+YAMLLoader.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))
+YAMLLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+.0123456789"))
+YAMLLoader.add_constructor(_INT_TAG, YAMLLoader.construct_yaml_int)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    """Raise :class:`yaml.YAMLError` for a key given twice in a mapping under ``node``."""
+    if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key, value in node.value:
+            if key.tag == _MERGE_TAG:
+                continue
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            where = f"{path}.{name}" if path else name
+            ident = (key.tag, str(key.value))
+            if isinstance(key, yaml.ScalarNode) and ident in first:
+                raise yaml.YAMLError(
+                    f"{where} is given twice, at line {first[ident].start_mark.line + 1} and "
+                    f"line {key.start_mark.line + 1}; keep one"
+                )
+            first[ident] = key
+            _refuse_duplicate_keys(value, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{i}]", seen)
+
+
+def parse_yaml(text: str, source: str = "YAML") -> Any:
+    """Parse ``text`` with :class:`YAMLLoader`.
+
+    Parameters
+    ----------
+    text
+        A YAML document (a file's contents, or a ``--set`` value).
+    source
+        What the text is, for messages (a file name, ``--set train.epochs``).
+
+    Raises
+    ------
+    ConfigError
+        ``source: ...`` with the line and column of a syntax error, or the dotted key and
+        both lines of a duplicate key.
+    """
+    try:
+        return yaml.load(text, Loader=YAMLLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """Read the YAML file ``path`` with :class:`YAMLLoader` (see :func:`parse_yaml`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file: not valid YAML (line and column), or a duplicate key (both lines).
+    OSError
+        If the file cannot be read.
+    """
+    path = Path(path)
+    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+
+
+def _yaml12_number(text: str) -> float | None:
+    """The number a YAML 1.1 loader left as the string ``text`` (``"1e-3"``), or None."""
+    if not _FLOAT.match(text) or not isinstance(yaml.safe_load(text), str):
+        return None
+    return float(text.replace("_", ""))
 
 
 #: Keys of the training config that may change between a run and its resumption.
@@ -380,6 +513,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and (number := _yaml12_number(value)) is not None:
+            return number  # 1e-3 from a YAML 1.1 loader (Snakemake's, say) is still a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -401,6 +536,9 @@ def from_dict(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -
         Its values; missing keys take the defaults.
     path
         Dotted prefix used in error messages.
+
+    A number field also takes a string that YAML 1.2 reads as a number and a YAML 1.1 loader
+    (such as ``yaml.safe_load``) left as a string: ``"1e-3"`` is 0.001.
 
     Raises
     ------

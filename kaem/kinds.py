@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from kaem.config import LEBMConfig, ModelConfig, VAEConfig
-from kaem.io import read_checkpoint
+from kaem.io import check_finite_parameters, read_checkpoint
 from kaem.lebm import LEBM, build_lebm
 from kaem.model import KAEM, build_model
 from kaem.vae import VAE, build_vae
@@ -76,5 +76,6 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
         raise RuntimeError(f"checkpoint {path} holds a {name!r}, which kaem cannot rebuild")
     model = MODEL_KINDS[name].build(state["model_config"])
     model.load_state_dict(state["model"])
+    check_finite_parameters(model, f"checkpoint {path}")
     model.eval()
     return model

@@ -27,6 +27,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end runs (``workflow``, ``slurm``) are ``long`` too: minutes each on two
+    cores, as are a few tests marked by hand (20 s or more on two busy cores). ``make test``
+    runs them, as CI does; ``make test QUICK=1`` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("workflow") or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.long)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     ci = os.environ.get("CI", "")
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, CI={ci}"

@@ -1,4 +1,4 @@
-"""Small models and data that several test modules build."""
+"""Small models and data that several test modules build, and the tests' time limit."""
 
 import torch
 
@@ -7,6 +7,12 @@ from kaem.generators import Generator
 from kaem.kan import KANLayer
 from kaem.prior import UnivariateEnergyPrior
 from kaem.reference import ReferencePrior
+
+#: Seconds a test waits for a subprocess (a Snakemake run, a training, a daemon) before it
+#: calls it hung. A time limit in a test catches a hang, never slowness: the whole tiny
+#: workflow takes one to four minutes on two cores beside other work, so this is far beyond
+#: any run that is merely slow.
+HANG_S = 45 * 60
 
 #: A KAEM small enough to train for a dozen steps in a test: 8x8 images, P = 3, Q = 5.
 TINY_MODEL = {

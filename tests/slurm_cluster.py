@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import HANG_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USER_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
@@ -163,7 +164,7 @@ def describe_node() -> dict[str, str]:
         Keys such as ``NodeName``, ``CPUs``, ``CoresPerSocket``, ``RealMemory`` (MB).
     """
     out = subprocess.run(
-        [_require("slurmd"), "-C"], capture_output=True, text=True, check=True, timeout=30
+        [_require("slurmd"), "-C"], capture_output=True, text=True, check=True, timeout=300
     ).stdout
     first = out.splitlines()[0]
     pairs = dict(item.split("=", 1) for item in first.split() if "=" in item)
@@ -551,7 +552,7 @@ class SlurmCluster:
         """Environment in which SLURM clients and Snakemake use this cluster."""
         return client_env(self.conf, base, [self.root / "bin"])
 
-    def run(self, *cmd: str, check: bool = True, timeout_s: float = 60.0) -> str:
+    def run(self, *cmd: str, check: bool = True, timeout_s: float = 300.0) -> str:
         """Run a SLURM client command against this cluster; return its stdout."""
         proc = subprocess.run(
             list(cmd),
@@ -692,7 +693,7 @@ class SlurmCluster:
         profile: Path,
         workdir: Path,
         snakefile: Path | None = None,
-        timeout_s: int = 240,
+        timeout_s: int = HANG_S,
     ) -> subprocess.CompletedProcess[str]:
         """Run Snakemake with ``profile`` on this cluster, killed after ``timeout_s``.
 
@@ -712,7 +713,7 @@ class SlurmCluster:
         snakefile : Path, optional
             The Snakefile; Snakemake's own lookup in ``workdir`` when None.
         timeout_s : int
-            Wall-clock limit in seconds.
+            Wall-clock limit in seconds: only a hang reaches the default (helpers.HANG_S).
 
         Returns
         -------
@@ -803,7 +804,7 @@ def _start_munged(munge_dir: Path, log_dir: Path) -> None:
         )
         return cred.returncode == 0
 
-    if not _wait(answers, 15.0):
+    if not _wait(answers, 120.0):
         raise RuntimeError(f"munged did not answer on {socket_path}")
 
 
@@ -819,7 +820,7 @@ def _launch(cmd: list[str], out_file: Path, **kwargs: Any) -> tuple[int, str]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            timeout=60,
+            timeout=300,
             check=False,
             **kwargs,
         )
@@ -829,7 +830,7 @@ def _launch(cmd: list[str], out_file: Path, **kwargs: Any) -> tuple[int, str]:
 def _start_daemon(cmd: list[str], pid_file: Path, log_file: Path, name: str) -> None:
     status, output = _launch(cmd, log_file.with_name(f"{name}.console"))
     if status != 0 or not _wait(
-        lambda: (pid := _read_pid(pid_file)) is not None and process_running(pid), 15.0
+        lambda: (pid := _read_pid(pid_file)) is not None and process_running(pid), 120.0
     ):
         log = log_file.read_text() if log_file.exists() else ""
         raise RuntimeError(f"{name} did not start (exit {status}): {output}\n{_tail(log)}")
@@ -840,7 +841,7 @@ def start_cluster(
     partitions: Sequence[str] = ("debug",),
     *,
     memory_fraction: float = 0.8,
-    timeout_s: float = 60.0,
+    timeout_s: float = 300.0,
 ) -> SlurmCluster:
     """Configure and start munged, slurmctld and slurmd for a one-node cluster.
 

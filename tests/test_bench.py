@@ -16,6 +16,7 @@ from kaem.bench.sweeps import SWEEPS, run_sweep
 from kaem.workflow.costs import plot_sweep, sweep_table
 
 
+@pytest.mark.long  # every series of a sweep, each in its own process: 20-30 s on two cores
 def test_a_sweep_measures_every_series_at_every_value_with_its_spread():
     out = run_sweep("prior_samples", "cpu", repeats=2, values=[4, 1], progress=False)
     series = list(SWEEPS["prior_samples"].series)

@@ -15,8 +15,10 @@ from kaem.data import to_uint8
 from kaem.features import (
     ClassifierFeatures,
     InceptionFeatures,
+    accuracy_threshold,
     extract_features,
     find_inception_weights,
+    fit_classifier,
     load_classifier,
     sample_batches,
     save_classifier,
@@ -129,6 +131,19 @@ def test_save_and_load_round_trip(tmp_path, digits, trained, one_thread):
         load_classifier(tmp_path / "other.pt")
 
 
+def test_a_fitted_classifier_records_its_quality_in_its_file(tmp_path):
+    from kaem.data import prepare_dataset
+
+    data = prepare_dataset("tiny", tmp_path / "tiny.h5", n_train=200, n_test=30, progress=False)
+    settings = {"epochs": 1, "width": 2, "feature_dim": 4, "progress": False}
+    summary = fit_classifier(data, tmp_path / "c.pt", **settings)
+    quality = load_classifier(tmp_path / "c.pt").quality
+    assert quality == {k: summary[k] for k in quality}
+    assert quality["chance"] == 0.1 and quality["threshold"] == accuracy_threshold(10) == 0.55
+    assert quality["n_holdout"] == 20 and 0 <= quality["holdout_accuracy"] <= 1
+    assert ClassifierFeatures.from_file(tmp_path / "c.pt").quality == quality
+
+
 def test_train_classifier_rejects_bad_input(digits):
     x, y, _, _ = digits
     g = torch.Generator().manual_seed(0)
@@ -182,6 +197,19 @@ def test_to_uint8_rounds():
     u = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     assert torch.equal(to_uint8(u), u)
     assert torch.equal(to_uint8(u.float() / 255.0), u)
+
+
+def test_images_with_nan_are_refused_not_quantised_or_drawn_blank(tmp_path):
+    from kaem.workflow.plots import plot_image_grid
+
+    images = torch.rand(4, 1, 8, 8)
+    images[1, 0, :2, :] = float("nan")
+    images[2, 0, 0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"^17 of 256 pixel values are NaN or infinite"):
+        to_uint8(images)
+    with pytest.raises(FloatingPointError, match=r"grid\.png: not drawn, 17 of 256 pixel"):
+        plot_image_grid(images, tmp_path / "grid.png")
+    assert not list(tmp_path.iterdir())
 
 
 def test_extract_features_rejects_bad_input():

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import slurm_cluster as helper
 import yaml
+from helpers import HANG_S
 from slurm_cluster import (
     TEST_PROFILE_KEYS,
     USER_PROFILE,
@@ -119,7 +120,7 @@ def test_snakemake_applies_the_user_profile_to_the_workflows_rules(tmp_path):
         env=client_env(None),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

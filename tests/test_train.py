@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY_MODEL, tiny_images
+from helpers import HANG_S, TINY_MODEL, tiny_images
 
 from kaem.config import TrainConfig, from_dict
 from kaem.kinds import load_model
 from kaem.model import build_model
 from kaem.prior import QUADRATURE_TOLERANCE, QuadratureWarning
-from kaem.training import NonFiniteLossError, train
+from kaem.training import EpochBatches, NonFiniteLossError, ResumeError, train
 
 MODEL = TINY_MODEL
 _images = tiny_images
@@ -130,7 +130,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, one_thread) -> No
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline and proc.poll() is None:
         log = out / "log.csv"
         if (
@@ -287,3 +287,33 @@ def test_learning_rates_decay_once_an_epoch_and_a_resume_keeps_the_schedule(tmp_
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     with pytest.raises(ValueError, match=r"lr_decay"):
         from_dict(TrainConfig, {"lr_decay": 1.5})
+
+
+def test_a_non_finite_loss_names_a_checkpoint_that_exists_or_says_there_is_none(tmp_path):
+    images = _images().float() / 255
+    second = int(EpochBatches(images, 16, seed=0).order(0)[16])  # in the second batch alone
+    images[second] = float("nan")
+    path = tmp_path / "a" / "checkpoint.pt"
+    with pytest.raises(NonFiniteLossError) as failed:
+        train(build_model(MODEL), images, _cfg(checkpoint_every=1), path.parent, progress=False)
+    assert f"at step 2 (epoch 0); the last good checkpoint is {path}, at step 1" in str(
+        failed.value
+    )
+    assert torch.load(path, weights_only=False)["step"] == 1
+    with pytest.raises(NonFiniteLossError) as failed:
+        train(build_model(MODEL), images, _cfg(), tmp_path / "b", progress=False)
+    assert (
+        "at step 2 (epoch 0); no checkpoint has been written yet (the first was to be written "
+        "at step 4)" in str(failed.value)
+    )
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+def test_a_resume_on_other_images_or_for_fewer_steps_is_refused_and_changes_nothing(tmp_path):
+    train(build_model(MODEL), _images(), _cfg(max_steps=4), tmp_path, progress=False)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ResumeError, match=r"trained on images given in memory \(64 images of"):
+        train(build_model(MODEL), _images(seed=1), _cfg(), tmp_path, progress=False)
+    with pytest.raises(ResumeError, match=r"train.max_steps=3 asks for fewer steps than the 4"):
+        train(build_model(MODEL), _images(), _cfg(max_steps=3), tmp_path, progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files

@@ -30,18 +30,24 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import TINY_LEBM
+from helpers import HANG_S, TINY_LEBM
 from matplotlib.image import imread
 from PIL import Image
 
-from kaem.config import ModelConfig, from_dict
+from kaem.config import ConfigError, ModelConfig, TrainConfig, from_dict
 from kaem.data import iter_samples, load_images, read_samples, samples_metadata, write_samples
 from kaem.features import find_inception_weights
 from kaem.kinds import load_model
 from kaem.metrics import extrapolate_to_infinity
 from kaem.model import build_model
 from kaem.presets import preset
-from kaem.workflow.artifacts import cell_metrics, load_features, save_features, write_json
+from kaem.workflow.artifacts import (
+    cell_metrics,
+    dataset_features,
+    load_features,
+    save_features,
+    write_json,
+)
 from kaem.workflow.config import (
     WorkflowConfigError,
     cell_info,
@@ -50,6 +56,7 @@ from kaem.workflow.config import (
     check_models,
     load_config,
     load_schema,
+    read_config,
     resolve_cell,
     run_key,
     validate_config,
@@ -57,6 +64,8 @@ from kaem.workflow.config import (
 from kaem.workflow.tables import (
     PAPER_TABLES,
     benchmark_table,
+    cells_table,
+    extractors_table,
     metrics_table,
     seeds_note,
     thermodynamic_note,
@@ -90,9 +99,9 @@ def snakemake_command(workdir: Path, config: Path, *args: str) -> list[str]:
 
 
 def snakemake(
-    workdir: Path, config: Path, *args: str, timeout: int = 300
+    workdir: Path, config: Path, *args: str, timeout: int = HANG_S
 ) -> subprocess.CompletedProcess:
-    """Run :func:`snakemake_command` and capture its output."""
+    """Run :func:`snakemake_command` and capture its output (killed only if it hangs)."""
     return subprocess.run(
         snakemake_command(workdir, config, *args),
         cwd=workdir,
@@ -546,6 +555,120 @@ def test_a_metrics_table_gives_the_mean_and_spread_across_seeds_and_flags_poor_f
     assert "standard deviation across seeds" in note and "R^2 below 0.9" in note
 
 
+def _quality(accuracy: float) -> dict:
+    return {"holdout_accuracy": accuracy, "chance": 0.1, "threshold": 0.55, "n_classes": 10}
+
+
+def test_every_score_sits_beside_its_extractors_accuracy_flagged_when_it_cannot_see():
+    blind = {**_run(0, 0.0012), "extractor": "classifier", "extractor_quality": _quality(0.067)}
+    sees = {**_run(0, 25.0), "extractor": "classifier", "extractor_quality": _quality(0.97)}
+    unknown = {**_run(0, 30.0), "extractor": "classifier"}
+    inception = {**_run(0, 40.0), "extractor": "inception", "extractor_quality": None}
+    rows = {
+        "blind": ("a", [blind]),
+        "sees": ("b", [sees]),
+        "unknown": ("c", [unknown]),
+        "inception": ("d", [inception]),
+    }
+    df = metrics_table(rows).set_index("model")
+    assert df.loc["blind", "extractor accuracy"] == 0.067
+    assert df.loc["blind", "flags"].startswith("extractor accuracy 0.067 < 0.55 (chance 0.10)")
+    assert df.loc["sees", "extractor accuracy"] == 0.97
+    assert "extractor" not in df.loc["sees", "flags"]
+    assert df.loc["unknown", "flags"].startswith("extractor accuracy not recorded")
+    assert math.isnan(df.loc["inception", "extractor accuracy"])
+    assert "extractor" not in df.loc["inception", "flags"]
+    md = to_markdown(df.reset_index())
+    assert "| blind | a | 1 | 0.0012 |" in md and "| 0.067 |" in md  # never 0.00
+    assert "extractor accuracy" in seeds_note(rows)
+    cells = cells_table(
+        [{"name": "a", "dataset": "tiny", "model": "KAEM", "sampler": "IS", "seeds": (0,)}],
+        {"a": [blind]},
+    )
+    assert cells.loc[0, "extractor accuracy"] == 0.067 and "0.067 < 0.55" in cells.loc[0, "flags"]
+    table = extractors_table({"tiny": {**_quality(0.067), "test_accuracy": 0.05}})
+    assert table.loc[0, "chance"] == 0.1 and "0.067 < 0.55" in table.loc[0, "flags"]
+
+
+def test_the_classifiers_quality_travels_with_its_features_into_the_metrics(tmp_path):
+    from kaem.features import Classifier, build_extractor, save_classifier
+
+    classifier = Classifier(1, (8, 8), 10, width=2, feature_dim=3)
+    classifier.reset_parameters(torch.Generator().manual_seed(0))
+    save_classifier(classifier, tmp_path / "c.pt", quality=_quality(0.067))
+    extractor = build_extractor("classifier", classifier=tmp_path / "c.pt")
+    assert extractor.quality == _quality(0.067)
+    data = tmp_path / "tiny.h5"
+    from kaem.data import prepare_dataset
+
+    prepare_dataset("tiny", data, n_train=60, n_test=10, progress=False)
+    common = {"kind": "classifier", "progress": False}
+    real = dataset_features(data, tmp_path / "real.npz", extractor, **common)
+    held = dataset_features(data, tmp_path / "held.npz", extractor, start=20, **common)
+    assert load_features(real)[1]["extractor_quality"] == _quality(0.067)
+    kid = {"kid_subsets": 2, "kid_subset_size": 10, "progress": False}
+    out = cell_metrics(real, held, [10, 20, 30], seed=0, **kid)
+    assert out["extractor_quality"] == _quality(0.067)
+    # Features of another classifier (another quality) are never compared with these.
+    save_features(load_features(held)[0], tmp_path / "other.npz", {
+        "extractor": "classifier", "extractor_quality": _quality(0.9)
+    })  # fmt: skip
+    with pytest.raises(ValueError, match="two different extractors"):
+        cell_metrics(real, tmp_path / "other.npz", [10, 20, 30], seed=0, **kid)
+
+
+def test_a_table_refuses_a_score_that_is_missing_or_not_finite(tmp_path):
+    import runpy
+
+    main = runpy.run_path(str(REPO / "workflow" / "scripts" / "tables.py"))["main"]
+    log = tmp_path / "log.csv"
+    log.write_text("step,seconds\n1,0.5\n")
+    good = {**_run(0, 25.0), "extractor": "inception"}
+    for name, scores in (("good", good), ("nan", {**good, "fid_inf": None})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(scores))
+    table = {
+        "name": "t",
+        "kind": "metrics",
+        "title": "t",
+        "paper": None,
+        "rows": {"A": "a"},
+        "cells": [],
+        "metrics": {"a": [str(tmp_path / "nan.json")]},
+        "logs": {"a": [str(log)]},
+        "real_metrics": None,
+    }
+    with pytest.raises(
+        ValueError, match=r"nan\.json: scores missing or not finite: fid_inf = None"
+    ):
+        main(table, tmp_path / "t")
+    assert not list(tmp_path.glob("t.*"))
+    table["metrics"] = {"a": [str(tmp_path / "good.json")]}
+    assert sorted(main(table, tmp_path / "t")) == ["csv", "md", "tex"]
+
+
+def test_a_workflow_config_is_read_as_written(tmp_path):
+    text = TINY.read_text().replace("train: {learning_rate: 0.001}", "train: {learning_rate: 1e-3}")
+    assert "1e-3" in text
+    good = tmp_path / "good.yaml"
+    good.write_text(text)
+    cfg = load_config(read_config([good], {"seeds": "[3]"}), SCHEMA)
+    assert resolve_cell(cfg, "tiny_vae")["train"]["learning_rate"] == 0.001
+    assert cell_seeds(cfg, "tiny_vae") == [3]  # a --config value read as YAML: a list of ints
+    # A string that a YAML 1.1 loader (Snakemake's) left in place is still a number.
+    parsed = yaml.safe_load(text)
+    assert parsed["cells"]["tiny_vae"]["override"]["train"]["learning_rate"] == "1e-3"
+    cfg = load_config(parsed, SCHEMA)
+    assert from_dict(TrainConfig, resolve_cell(cfg, "tiny_vae")["train"]).learning_rate == 0.001
+    # Two cells of one name: both lines are named, nothing is kept silently.
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(text.replace("  tiny_vae:\n", "  tiny_is:\n    dataset: tiny\n  tiny_vae:\n", 1))
+    first = text.splitlines().index("  tiny_is:") + 1
+    second = dup.read_text().splitlines().index("  tiny_is:", first) + 1
+    with pytest.raises(ConfigError, match=rf"dup\.yaml: cells\.tiny_is is given twice, at line "
+                       rf"{first} and line {second}"):  # fmt: skip
+        read_config([dup])
+
+
 def test_every_reference_figure_names_a_described_source(tmp_path):
     from kaem.workflow.references import load_references, reference_caption
 
@@ -686,6 +809,14 @@ def test_a_bad_config_stops_snakemake_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "metrics.seed: 'zero' is not of type 'integer'" in proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+    # Two cells of one name, which Snakemake's own YAML reading would silently merge.
+    text = TINY.read_text()
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(text.replace("  tiny_vae:\n", "  tiny_is:\n    dataset: tiny\n  tiny_vae:\n", 1))
+    proc = snakemake(tmp_path, dup, "--cores", "1")
+    assert proc.returncode != 0
+    assert f"{dup}: cells.tiny_is is given twice, at line 15 and line" in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
 # ----------------------------------------------------------------------------- the tiny run
@@ -809,7 +940,8 @@ def test_tiny_run_artifacts_carry_their_settings_and_seeds(tiny_run):
         run = res / "train" / cell / f"seed{seed}"
         written = yaml.safe_load((run / "config.yaml").read_text())
         assert written == resolve_cell(cfg, cell, seed) and written["train"]["seed"] == seed
-        assert (run / f"work-{run_key(written)}" / "checkpoint.pt").exists()
+        work = run / f"work-{run_key(written, cfg['datasets']['tiny'])}"
+        assert (work / "checkpoint.pt").exists()
         meta = samples_metadata(res / "samples" / cell / f"seed{seed}.h5")
         assert meta["n"] == 250 and meta["seed"] == 1 + seed
         assert meta["cell"] == f"{cell}/seed{seed}"
@@ -926,7 +1058,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     )
     work = tmp_path / "results" / "train" / "tiny_thermo" / "seed0"
     checkpoints: list[Path] = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             checkpoints = list(work.glob("work-*/checkpoint.pt"))
@@ -1065,11 +1197,14 @@ def test_inception_features_of_real_images_through_the_workflow(readers_run):
     np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-4)
 
 
-def test_write_json_writes_non_finite_values_as_null(tmp_path):
-    path = write_json(
-        {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}, tmp_path / "x.json"
-    )
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": 2.0}
+def test_write_json_refuses_non_finite_results_naming_each_and_writes_nothing(tmp_path):
+    path = write_json({"a": 1.0, "c": np.float32(2), "d": None}, tmp_path / "x.json")
+    assert json.loads(path.read_text()) == {"a": 1.0, "c": 2.0, "d": None}
+    before = path.read_bytes()
+    bad = {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}
+    with pytest.raises(FloatingPointError, match=r"x\.json.* a = nan, b\[1\] = inf$"):
+        write_json(bad, path)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
 
 
 def test_the_names_the_schema_and_config_accept_are_the_codes_own():

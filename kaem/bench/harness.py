@@ -21,7 +21,8 @@ import torch
 
 from kaem.bench.cases import BENCHMARKS, SMALL_BATCH, SUITES
 from kaem.bench.sweeps import SWEEPS, run_sweep
-from kaem.cli import positive_int
+from kaem.cli import positive_int, thread_count
+from kaem.training import resolve_device
 
 __all__ = ["RATIOS", "BenchResult", "main", "measure", "payload", "ratios", "run_benchmarks"]
 
@@ -277,7 +278,7 @@ def main(
         "--samples", type=positive_int, default=10_000, help="prior samples per call"
     )
     parser.add_argument(
-        "--only", nargs="*", choices=list(BENCHMARKS), help="benchmarks to run (default: a suite)"
+        "--only", nargs="+", choices=list(BENCHMARKS), help="benchmarks to run (default: a suite)"
     )
     parser.add_argument(
         "--suite",
@@ -287,7 +288,9 @@ def main(
         "SVHN settings (minutes on a CPU); all: both",
     )
     parser.add_argument(
-        "--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)"
+        "--threads",
+        type=thread_count,
+        help="CPU threads, at most the cores this process may run on (default: PyTorch's choice)",
     )
     parser.add_argument(
         "--sweep",
@@ -301,6 +304,10 @@ def main(
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.values and not args.sweep:

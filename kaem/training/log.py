@@ -17,7 +17,8 @@ class CSVLog:
 
     Opening it keeps only the rows up to ``keep_upto`` (the step of the checkpoint a run
     resumes from): later rows are recomputed, so a resumed log equals an uninterrupted one.
-    The columns are those of the first row written.
+    The columns are those of the first row written; lines end in ``\\n`` on every platform
+    (the csv module's default is ``\\r\\n``).
     """
 
     def __init__(self, path: Path, keep_upto: int) -> None:
@@ -26,19 +27,25 @@ class CSVLog:
         fields = list(rows[0]) if rows else None
         with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             if fields:
-                writer = csv.DictWriter(f, fieldnames=fields)
+                writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
                 writer.writeheader()
                 writer.writerows(rows)
         self._file = path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=fields) if fields else None
+        self._writer = self._dict_writer(fields) if fields else None
+
+    def _dict_writer(self, fields: list[str]) -> csv.DictWriter:
+        return csv.DictWriter(self._file, fieldnames=fields, lineterminator="\n")
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append ``row`` and flush it to disk."""
-        if self._writer is None:
-            self._writer = csv.DictWriter(self._file, fieldnames=list(row))
-            self._writer.writeheader()
-        self._writer.writerow(row)
-        self._file.flush()
+        """Append ``row`` and flush it to disk; an :class:`OSError` (a full disk) names the log."""
+        try:
+            if self._writer is None:
+                self._writer = self._dict_writer(list(row))
+                self._writer.writeheader()
+            self._writer.writerow(row)
+            self._file.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         self._file.close()

@@ -1,12 +1,18 @@
 """The training loop: Adam, seeds, progress bar, CSV log, grid updates, atomic checkpoints.
 
-A run writes two files into its folder:
+A run writes these files into its folder:
 
 * ``checkpoint.pt``: everything needed to continue (model, optimiser, step, random-generator
-  state, grid-update schedule), replaced atomically every ``checkpoint_every`` steps and at
-  the end (:class:`~kaem.training.checkpoint.Checkpoint`);
+  state, grid-update schedule, the training data's record), replaced atomically every
+  ``checkpoint_every`` steps and at the end (:class:`~kaem.training.checkpoint.Checkpoint`);
 * ``log.csv``: one row per logged step (loss, criterion diagnostics, seconds, grid updates;
-  :class:`~kaem.training.log.CSVLog`).
+  :class:`~kaem.training.log.CSVLog`);
+* ``config.yaml``: the resolved settings, ``model`` (every field of the model's config) and
+  ``train``, written once every check of a resumed run has passed;
+* ``data.json``: the training data it was trained on, path, shape and SHA-256
+  (:func:`~kaem.training.checkpoint.data_record`); a resume on other data is refused;
+* ``.lock``: held while a process trains in the folder (:func:`kaem.io.folder_lock`), so a
+  second one is refused instead of both writing the same files.
 
 The loop does not wait for the device between those writes: losses, metrics and the checks
 for non-finite values stay on the device until a log row, a checkpoint or a grid update
@@ -22,6 +28,8 @@ where PyTorch is deterministic).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -33,14 +41,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kaem.config import TrainConfig, to_dict
 from kaem.inference.posterior import check_langevin_prior
+from kaem.io import atomic_write_text, folder_lock
 from kaem.kinds import MODEL_KINDS, kind_of
 from kaem.prior import QUADRATURE_TOLERANCE, EnergyPrior, QuadratureWarning
-from kaem.training.checkpoint import Checkpoint
+from kaem.training.checkpoint import Checkpoint, check_steps, data_record
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
 from kaem.training.steps import Progress, StepFn, build_step
@@ -52,6 +62,7 @@ __all__ = [
     "TrainResult",
     "check_setup",
     "compile_model",
+    "planned_steps",
     "resolve_device",
     "train",
 ]
@@ -261,11 +272,32 @@ def _quadrature_error(model: nn.Module, step: int) -> float:
     return error
 
 
-def _total_steps(cfg: TrainConfig, per_epoch: int) -> int:
-    total = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * per_epoch)
-    if total < 1:
-        raise ValueError(f"training would run {total} steps; raise epochs or max_steps")
-    return total
+def planned_steps(cfg: TrainConfig, n_images: int) -> int:
+    """The step a run of ``cfg`` on ``n_images`` training images ends at.
+
+    ``train.max_steps`` if set, else ``epochs`` times the ``n_images // batch_size`` batches
+    of an epoch, rounded up.
+
+    Raises
+    ------
+    ValueError
+        If the batch is larger than the data, naming both.
+    """
+    if n_images < cfg.batch_size:
+        raise ValueError(
+            f"train.batch_size {cfg.batch_size} exceeds the {n_images} training images"
+        )
+    per_epoch = n_images // cfg.batch_size
+    return cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * per_epoch)
+
+
+def _write_settings(model: nn.Module, cfg: TrainConfig, data: Any, out_dir: Path) -> None:
+    """``config.yaml`` (the resolved settings) and ``data.json`` of a run folder."""
+    config = getattr(model, "config", None)
+    settings = {"model": to_dict(config)} if dataclasses.is_dataclass(config) else {}
+    settings["train"] = to_dict(cfg)
+    atomic_write_text(yaml.safe_dump(settings, sort_keys=False), out_dir / "config.yaml")
+    atomic_write_text(json.dumps(data, indent=2) + "\n", out_dir / "data.json")
 
 
 def train(
@@ -276,6 +308,7 @@ def train(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
+    data: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``images`` with the criterion of ``cfg``; resume if a checkpoint exists.
 
@@ -295,67 +328,94 @@ def train(
         Where to train; CUDA when available if not given.
     progress
         Show a tqdm progress bar.
+    data
+        The record of ``images`` (:func:`~kaem.training.checkpoint.data_record`, with the
+        file they came from); computed from ``images`` if not given.
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    ResumeError
+        If the folder's checkpoint was written with other settings or on other data, or has
+        done more steps than ``cfg`` asks for.
+    FolderInUseError
+        If another process trains in ``out_dir``.
     """
     step_fn, grids = check_setup(model, cfg)
     images = _training_images(model, images)
+    total = planned_steps(cfg, len(images))
+    data = data_record(images) if data is None else data
     device = resolve_device(device)
-    batches = EpochBatches(_images_for(images, device), cfg.batch_size, cfg.seed)
-    total = _total_steps(cfg, batches.per_epoch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.to(device)
-    if cfg.compile:
-        compile_model(model)
-    optimizer = adam(
-        _parameter_groups(model, cfg),
-        lr=cfg.learning_rate,
-        betas=cfg.betas,
-        eps=cfg.eps,
-        device=device,
-    )
-    schedule = _lr_schedule(optimizer, cfg.lr_decay)
-    rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", model, optimizer, rng, grids, to_dict(cfg))
-    step, elapsed = checkpoint.restore()
-    model.train()
-    update = Updates(model, optimizer, step_fn)
-    _quadrature_error(model, step)  # a warning now rather than at the first measured row
-    bar = tqdm(
-        total=total, initial=step, disable=not progress, desc=f"train[{cfg.criterion}]", unit="step"
-    )
-    with bar, CSVLog(out_dir / "log.csv", keep_upto=step) as log:
-        while step < total:
-            epoch, x = batches.batch(step, device)
-            schedule(epoch)
-            t0 = time.perf_counter()
-            step += 1
-            where = f"at step {step} (epoch {epoch}); the last good checkpoint is {checkpoint.path}"
-            if grids is not None and grids.due(step):
-                update.settle()  # the grids follow only parameters known to be good
-            grid_updated = grids is not None and grids(model, x, step, rng)
-            quadrature = _quadrature_error(model, step) if grid_updated else math.nan
-            update(x, rng, Progress(step, total), where)
-            seconds = time.perf_counter() - t0
-            elapsed += seconds
-            logged = step % cfg.log_every == 0 or step == total
-            if logged or step % cfg.checkpoint_every == 0:
-                row = update.settle()  # raises for a failed update before anything is written
-            if step % cfg.checkpoint_every == 0:
-                quadrature = _quadrature_error(model, step)
-            if logged:
-                extra = {
-                    "seconds": seconds,
-                    "grid_updated": int(grid_updated),
-                    "quadrature_error": quadrature,
-                }
-                log.write({"step": step, "epoch": epoch, **row, **extra})
-                bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[1:4]}, refresh=False)
-            if step % cfg.checkpoint_every == 0 or step == total:
-                checkpoint.save(step, elapsed)
-            bar.update(1)
-    model.eval()
-    return TrainResult(model, step, checkpoint.path, log.path)
+    with folder_lock(out_dir):  # one process at a time in a run folder
+        batches = EpochBatches(_images_for(images, device), cfg.batch_size, cfg.seed)
+        model.to(device)
+        if cfg.compile:
+            compile_model(model)
+        groups = _parameter_groups(model, cfg)
+        optimizer = adam(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, device=device)
+        schedule = _lr_schedule(optimizer, cfg.lr_decay)
+        rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
+        path = out_dir / "checkpoint.pt"
+        checkpoint = Checkpoint(path, model, optimizer, rng, grids, to_dict(cfg), data)
+        step, elapsed = checkpoint.restore()
+        check_steps(path, step, total, to_dict(cfg))
+        _write_settings(model, cfg, data, out_dir)
+        saved = step if path.exists() else None  # the step of the last good checkpoint
+        model.train()
+        update = Updates(model, optimizer, step_fn)
+        _quadrature_error(model, step)  # a warning now rather than at the first measured row
+        bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train[{cfg.criterion}]")
+        with bar, CSVLog(out_dir / "log.csv", keep_upto=step) as log:
+            while step < total:
+                epoch, x = batches.batch(step, device)
+                schedule(epoch)
+                t0 = time.perf_counter()
+                step += 1
+                where = _where(step, epoch, path, saved, min(cfg.checkpoint_every, total))
+                if grids is not None and grids.due(step):
+                    update.settle()  # the grids follow only parameters known to be good
+                grid_updated = grids is not None and grids(model, x, step, rng)
+                quadrature = _quadrature_error(model, step) if grid_updated else math.nan
+                update(x, rng, Progress(step, total), where)
+                seconds = time.perf_counter() - t0
+                elapsed += seconds
+                logged = step % cfg.log_every == 0 or step == total
+                if logged or step % cfg.checkpoint_every == 0:
+                    row = update.settle()  # raises for a failed update before anything is written
+                if step % cfg.checkpoint_every == 0:
+                    quadrature = _quadrature_error(model, step)
+                if logged:
+                    extra = {"seconds": seconds, "grid_updated": int(grid_updated)}
+                    log.write(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            **row,
+                            **extra,
+                            "quadrature_error": quadrature,
+                        }
+                    )
+                    bar.set_postfix(
+                        {k: f"{v:.4g}" for k, v in list(row.items())[1:4]}, refresh=False
+                    )
+                if step % cfg.checkpoint_every == 0 or step == total:
+                    checkpoint.save(step, elapsed)
+                    saved = step
+                bar.update(1)
+        model.eval()
+        return TrainResult(model, step, checkpoint.path, log.path)
+
+
+def _where(step: int, epoch: int, path: Path, saved: int | None, first: int) -> str:
+    """Where an update sits, for its error: its step and the last good checkpoint, if any."""
+    if saved is None:
+        return (
+            f"at step {step} (epoch {epoch}); no checkpoint has been written yet (the first was "
+            f"to be written at step {first})"
+        )
+    return f"at step {step} (epoch {epoch}); the last good checkpoint is {path}, at step {saved}"

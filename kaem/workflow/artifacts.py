@@ -1,7 +1,8 @@
 """The workflow's result files: JSON summaries, cached feature files, metrics per cell.
 
 Feature files are ``.npz`` archives holding ``features`` (float32 ``(n, d)``) and ``meta``
-(a JSON text: extractor, source file, image count), written atomically. Real-data features
+(a JSON text: extractor, its quality where measured, source file, image count), written
+atomically. Real-data features
 are computed once per dataset and shared by every cell; generated features once per cell.
 :func:`cell_metrics` turns a pair of feature files into the paper's effectively unbiased
 FID_inf and KID_inf (section 4.1; Chong and Forsyth, 2020): the metric on random generated
@@ -11,7 +12,6 @@ subsets at each size ``N``, regressed on ``1 / N``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +23,7 @@ from torch import nn
 
 from kaem.data import iter_samples, load_images
 from kaem.features import extract_features
-from kaem.io import atomic_path, atomic_write_text
+from kaem.io import atomic_path, atomic_write_text, non_finite
 from kaem.metrics import (
     extrapolate_to_infinity,
     feature_statistics,
@@ -43,11 +43,20 @@ __all__ = [
 
 
 def write_json(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON, atomically. Non-finite floats are written as null."""
+    """Write ``data`` as indented JSON, atomically.
+
+    Raises
+    ------
+    FloatingPointError
+        If a number in ``data`` is NaN or infinite, naming each; nothing is written.
+    """
+    bad = non_finite(data)
+    if bad:
+        raise FloatingPointError(
+            f"{path}: not written, these results are not finite: {', '.join(bad)}"
+        )
 
     def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
         if isinstance(v, Mapping):
             return {str(k): clean(x) for k, x in v.items()}
         if isinstance(v, list | tuple):
@@ -132,6 +141,7 @@ def dataset_features(
     )
     meta = {
         "extractor": kind,
+        "extractor_quality": getattr(extractor, "quality", None),
         "source": str(data),
         "split": split,
         "start": start,
@@ -155,7 +165,12 @@ def sample_features(
     feats = extract_features(
         batches, extractor, batch_size=batch_size, device=device, progress=progress
     )
-    meta = {"extractor": kind, "source": str(samples), "n": int(feats.shape[0])}
+    meta = {
+        "extractor": kind,
+        "extractor_quality": getattr(extractor, "quality", None),
+        "source": str(samples),
+        "n": int(feats.shape[0]),
+    }
     return save_features(feats, out, meta)
 
 
@@ -190,9 +205,11 @@ def cell_metrics(
     -------
     dict
         ``sizes``, ``fid`` and ``kid`` (one value per size), ``fid_inf``, ``fid_se``,
-        ``fid_r2``, ``kid_inf``, ``kid_se``, ``kid_r2``, the slopes, the extractor and counts,
-        and ``kid_largest`` with ``kid_largest_std``: the unbiased KID of a fresh subset of the
-        largest size and the standard deviation of its MMD^2 over the KID subsets.
+        ``fid_r2``, ``kid_inf``, ``kid_se``, ``kid_r2``, the slopes, the extractor, its
+        quality (``extractor_quality``: a classifier's accuracy, None for Inception) and
+        counts, and ``kid_largest`` with ``kid_largest_std``: the unbiased KID of a fresh
+        subset of the largest size and the standard deviation of its MMD^2 over the KID
+        subsets.
     """
     real_feats, real_meta = load_features(real)
     gen_feats, gen_meta = load_features(generated)
@@ -201,6 +218,15 @@ def cell_metrics(
             f"{real} holds {real_meta.get('extractor')!r} features but {generated} holds "
             f"{gen_meta.get('extractor')!r} features"
         )
+    if real_meta.get("extractor_quality") != gen_meta.get("extractor_quality"):
+        raise ValueError(
+            f"{real} and {generated} hold features of two different extractors (qualities "
+            f"{real_meta.get('extractor_quality')} and {gen_meta.get('extractor_quality')})"
+        )
+    for path, feats in ((real, real_feats), (generated, gen_feats)):
+        bad = int((~np.isfinite(feats)).sum())
+        if bad:
+            raise FloatingPointError(f"{path}: {bad} of {feats.size} feature values are not finite")
     sizes = sorted(int(s) for s in sizes)
     g = torch.Generator().manual_seed(seed)
     fid = metric_at_sizes(
@@ -227,6 +253,7 @@ def cell_metrics(
     )
     out: dict[str, Any] = {
         "extractor": real_meta.get("extractor"),
+        "extractor_quality": real_meta.get("extractor_quality"),
         "n_real": int(real_feats.shape[0]),
         "n_generated": int(gen_feats.shape[0]),
         "sizes": sizes,

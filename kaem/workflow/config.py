@@ -1,8 +1,9 @@
 """The workflow's configuration: schema validation with defaults, and cells built from presets.
 
 The Snakemake workflow (``Snakefile``, ``workflow/``) reads one YAML file describing datasets,
-training *cells* and evaluation settings. :func:`load_config` checks it in two passes before
-any job runs:
+training *cells* and evaluation settings. :func:`read_config` reads it as the user wrote it
+(YAML 1.2 numbers such as ``1e-3``; a key or cell name given twice is an error naming both
+lines), and :func:`load_config` checks it in two passes before any job runs:
 
 1. the JSON schema (``workflow/schemas/config.schema.yaml``): names, types and ranges, with
    the schema's defaults filled in;
@@ -23,7 +24,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +38,8 @@ from kaem.config import (
     ModelConfig,
     TrainConfig,
     from_dict,
+    load_yaml,
+    parse_yaml,
 )
 from kaem.data import DATASETS
 from kaem.kinds import kind_of
@@ -57,6 +60,7 @@ __all__ = [
     "job_context",
     "load_config",
     "load_schema",
+    "read_config",
     "real_row_errors",
     "resolve_cell",
     "resolve_device",
@@ -81,13 +85,51 @@ class WorkflowConfigError(ConfigError):
     """The workflow configuration is invalid; the message lists every fault with its key."""
 
 
+# ----------------------------------------------------------------------------- reading
+
+
+def read_config(
+    files: Sequence[str | os.PathLike], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The workflow configuration as the user wrote it: ``files``, then ``--config`` values.
+
+    Snakemake reads config files with PyYAML's YAML 1.1, where ``1e-3`` is a string and the
+    second of two equal keys silently wins; the workflow reads the same files again here with
+    :func:`kaem.config.load_yaml`. Mappings merge as Snakemake merges them.
+
+    Parameters
+    ----------
+    files
+        The config files, in the order Snakemake read them (``workflow.configfiles``).
+    overrides
+        ``--config`` values by key: the text after ``KEY=`` (read as YAML here), or a value
+        Snakemake has already parsed.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and line(s) of invalid YAML or a duplicate key.
+    """
+    config: dict[str, Any] = {}
+    for path in files:
+        data = load_yaml(path)
+        if data is None:
+            continue
+        if not isinstance(data, Mapping):
+            raise WorkflowConfigError(f"{path}: expected a mapping of settings, got {data!r}")
+        config = merge(config, data)
+    for key, value in (overrides or {}).items():
+        parsed = parse_yaml(value, f"--config {key}") if isinstance(value, str) else value
+        config = merge(config, {key: parsed})
+    return config
+
+
 # ----------------------------------------------------------------------------- schema
 
 
 def load_schema(path: str | os.PathLike) -> dict[str, Any]:
     """Read a JSON schema written in YAML."""
-    with open(path) as f:
-        schema = yaml.safe_load(f)
+    schema = load_yaml(path)
     if not isinstance(schema, dict):
         raise ValueError(f"{path} does not hold a JSON schema (a mapping)")
     return schema
@@ -246,16 +288,25 @@ def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
     return sorted(int(s) for s in sizes)
 
 
-def run_key(cfg: Mapping[str, Any]) -> str:
+#: Settings of a dataset that change which images its cells train on.
+_DATA_KEYS = ("source", "n_train", "n_test", "seed")
+
+
+def run_key(cfg: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> str:
     """A short hash of the settings a training checkpoint depends on.
 
     Keys that a resumed run may change (:data:`kaem.config.RESUMABLE_KEYS`, such as
     ``epochs``) are left out, so a longer run continues from a shorter one's checkpoint,
     while any other change starts afresh in a new folder instead of failing on a mismatched
-    checkpoint.
+    checkpoint. The same holds for ``dataset`` (the cell's entry of ``datasets``): a change
+    of the settings that make its images (``source``, ``n_train``, ``n_test``, ``seed``)
+    trains afresh, where resuming would be refused as training on other data.
     """
     train = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_KEYS}
-    text = json.dumps({"model": cfg.get("model", {}), "train": train}, sort_keys=True)
+    key: dict[str, Any] = {"model": cfg.get("model", {}), "train": train}
+    if dataset is not None:
+        key["data"] = {k: dataset.get(k) for k in _DATA_KEYS}
+    text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

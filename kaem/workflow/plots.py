@@ -209,8 +209,20 @@ def plot_prior_top(
 
 
 def plot_image_grid(images: Tensor, path: str | os.PathLike, *, nrow: int = 10) -> Path:
-    """A grid of images ``(n, C, H, W)`` in ``[0, 1]`` (greyscale or RGB)."""
-    images = images.detach().cpu().float().clamp(0, 1)
+    """A grid of images ``(n, C, H, W)`` in ``[0, 1]`` (greyscale or RGB).
+
+    Raises
+    ------
+    FloatingPointError
+        If a pixel is NaN or infinite: it would be drawn blank.
+    """
+    images = images.detach().cpu().float()
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise FloatingPointError(
+            f"{path}: not drawn, {bad} of {images.numel()} pixel values are NaN or infinite"
+        )
+    images = images.clamp(0, 1)
     n, c, h, w = images.shape
     ncol = int(np.ceil(n / nrow))
     canvas = torch.ones(c, ncol * (h + 2) + 2, nrow * (w + 2) + 2)
@@ -357,11 +369,9 @@ def draw_figure(
 
 
 def _schedule_of_cell(config: str, log: str, path: str | os.PathLike) -> Path:
-    import yaml
+    from kaem.config import TrainConfig, from_dict, load_yaml
 
-    from kaem.config import TrainConfig, from_dict
-
-    settings = yaml.safe_load(Path(config).read_text())
+    settings = load_yaml(config)
     thermo = from_dict(TrainConfig, settings["train"], "train").thermodynamic
     steps = int(pd.read_csv(log)["step"].max())
     return plot_temperature_schedule(

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kaem.config import load_yaml
 
 __all__ = [
     "PAPER_COLUMNS",
@@ -44,7 +44,7 @@ def load_references(path: str | None = None) -> dict[str, Any]:
         If a row names a source that ``sources`` does not describe, or a paper column that
         is not one of :data:`PAPER_COLUMNS`.
     """
-    data = yaml.safe_load(Path(path or _FILE).read_text())
+    data = load_yaml(Path(path or _FILE))
     sources, tables = data["sources"], data["tables"]
     for name, table in tables.items():
         for label, row in table["rows"].items():

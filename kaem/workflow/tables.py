@@ -26,6 +26,7 @@ from kaem.workflow.references import (
 )
 
 __all__ = [
+    "EXTRACTOR_COLUMN",
     "METRIC_COLUMNS",
     "PAPER_BENCHMARK_CLAIMS",
     "PAPER_COLUMNS",
@@ -33,6 +34,8 @@ __all__ = [
     "R2_FLAG",
     "benchmark_table",
     "cells_table",
+    "check_scores",
+    "extractor_flag",
     "extractors_table",
     "metrics_table",
     "seeds_note",
@@ -58,6 +61,57 @@ METRIC_COLUMNS: dict[str, str] = {
 
 #: A regression whose R^2 is below this is flagged in a metrics table.
 R2_FLAG = 0.9
+
+#: The column with the held-out accuracy of the classifier whose features gave the scores.
+EXTRACTOR_COLUMN = "extractor accuracy"
+
+
+def check_scores(metrics: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Refuse a metrics record (:func:`kaem.workflow.artifacts.cell_metrics`) whose scores
+    are missing or not finite: a table never shows a NaN, infinite or blank score.
+
+    Raises
+    ------
+    ValueError
+        Naming ``source`` and each score at fault.
+    """
+    bad = [
+        key
+        for key in METRIC_COLUMNS.values()
+        if not isinstance(metrics.get(key), int | float) or not math.isfinite(metrics[key])
+    ]
+    if bad:
+        shown = ", ".join(f"{k} = {metrics.get(k)!r}" for k in bad)
+        raise ValueError(f"{source}: scores missing or not finite: {shown}; rerun its metrics")
+
+
+def _extractor_accuracy(runs: Sequence[Mapping[str, Any]]) -> float:
+    """The held-out accuracy of the runs' classifier (NaN for Inception or unrecorded)."""
+    qualities = [r.get("extractor_quality") for r in runs]
+    values = [q["holdout_accuracy"] for q in qualities if q and "holdout_accuracy" in q]
+    return float(min(values)) if values else _NAN
+
+
+def extractor_flag(runs: Sequence[Mapping[str, Any]]) -> str:
+    """A flag for scores whose extractor cannot tell the classes apart, or whose quality
+    was never measured (a classifier saved before it was recorded); empty otherwise.
+
+    A classifier is flagged below :func:`kaem.features.accuracy_threshold` (halfway from
+    chance to perfect), with its accuracy and the chance level.
+    """
+    if not runs or all(r.get("extractor") != "classifier" for r in runs):
+        return ""
+    qualities = [r.get("extractor_quality") for r in runs]
+    if any(not q or "holdout_accuracy" not in q for q in qualities):
+        return "extractor accuracy not recorded"
+    worst = min(qualities, key=lambda q: q["holdout_accuracy"])
+    if worst["holdout_accuracy"] < worst["threshold"]:
+        return (
+            f"extractor accuracy {worst['holdout_accuracy']:.3f} < {worst['threshold']:.2f} "
+            f"(chance {worst['chance']:.2f})"
+        )
+    return ""
+
 
 _NAN = math.nan
 
@@ -109,8 +163,9 @@ def _sd(values: np.ndarray) -> float:
 
 
 def _flags(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Which regressions have R^2 below :data:`R2_FLAG` (naming the seeds), and a single seed."""
-    flags = []
+    """An extractor that cannot see (:func:`extractor_flag`), which regressions have R^2
+    below :data:`R2_FLAG` (naming the seeds), and a single seed."""
+    flags = [extractor_flag(runs)] if extractor_flag(runs) else []
     for metric in ("fid", "kid"):
         low = [r for r in runs if r.get(f"{metric}_r2") is not None and r[f"{metric}_r2"] < R2_FLAG]
         if low:
@@ -138,6 +193,7 @@ def _score_columns(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out["KID sd"] = _sd(v["KID"])
     out["KID subsets sd"] = _mean(v["KID subsets sd"])
     out["train seconds"] = _mean(_values(runs, "train_seconds"))
+    out[EXTRACTOR_COLUMN] = _extractor_accuracy(runs)
     out["flags"] = _flags(runs) if runs else ""
     return out
 
@@ -173,7 +229,9 @@ def metrics_table(
         ``model``, ``cell``, ``seeds``; per metric the mean across seeds, its standard
         deviation across seeds (``sd``, NaN for one seed), the mean regression standard error
         and the lowest R^2; ``KID`` at the largest N with ``KID sd`` across seeds and ``KID
-        subsets sd`` over its subsets; ``train seconds``; ``flags`` (an R^2 below
+        subsets sd`` over its subsets; ``train seconds``; ``extractor accuracy`` (the
+        held-out accuracy of the classifier whose features gave the scores, NaN for
+        Inception); ``flags`` (an extractor below its threshold, an R^2 below
         :data:`R2_FLAG`, a single seed); then the reference columns.
     """
     if paper is not None and paper not in PAPER_TABLES:
@@ -198,7 +256,10 @@ def seeds_note(rows: Mapping[str, tuple[str, Runs]], paper: str | None = None) -
         "Per cell: the mean over its training seeds, the standard deviation across seeds (sd), "
         "the mean standard error of the 1/N regression (SE) and its lowest R^2; KID at the "
         "largest N is unbiased, so a KID_inf regression with R^2 near 0 is expected and KID "
-        f"is the column to read. Flags mark an R^2 below {R2_FLAG}."
+        f"is the column to read. Flags mark an R^2 below {R2_FLAG}. The extractor accuracy is "
+        "the held-out accuracy of the classifier whose features gave the scores (a dash: the "
+        "Inception network); below halfway from chance to perfect (0.55 for ten classes) it is "
+        "flagged, as its features cannot tell the classes apart and the scores mean little."
     ]
     if single:
         parts.append(f"A single seed, so no spread across seeds: {', '.join(single)}.")
@@ -238,17 +299,20 @@ def cells_table(cells: Sequence[Mapping[str, Any]], metrics: Mapping[str, Runs])
                     "steps": run.get("steps", _NAN),
                     "train seconds": run.get("train_seconds", _NAN),
                     "extractor": m.get("extractor", "-"),
+                    EXTRACTOR_COLUMN: _extractor_accuracy([m]),
                     **{
                         c: _NAN if m.get(k) is None else float(m[k])
                         for c, k in METRIC_COLUMNS.items()
                     },
+                    "flags": extractor_flag([m]),
                 }
             )
     return pd.DataFrame.from_records(records)
 
 
 def extractors_table(accuracies: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Feature classifiers per dataset: held-out and test accuracy.
+    """Feature classifiers per dataset: held-out and test accuracy, chance, and a flag below
+    :func:`kaem.features.accuracy_threshold`.
 
     Parameters
     ----------
@@ -264,6 +328,8 @@ def extractors_table(accuracies: Mapping[str, Mapping[str, Any]]) -> pd.DataFram
             "holdout accuracy": acc.get("holdout_accuracy", _NAN),
             "test images": acc.get("n_test", _NAN),
             "test accuracy": acc.get("test_accuracy", _NAN),
+            "chance": acc.get("chance", _NAN),
+            "flags": extractor_flag([{"extractor": "classifier", "extractor_quality": acc}]),
         }
         for name, acc in accuracies.items()
     ]
@@ -275,6 +341,8 @@ def extractors_table(accuracies: Mapping[str, Mapping[str, Any]]) -> pd.DataFram
         "holdout accuracy",
         "test images",
         "test accuracy",
+        "chance",
+        "flags",
     ]
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -334,6 +402,14 @@ def benchmark_table(
 # ----------------------------------------------------------------------------- writers
 
 
+def _decimals(value: float, places: int) -> str:
+    """``value`` to ``places`` decimals, or to three significant digits where those decimals
+    would show a value that is not zero as zero (an FID of 0.0012 is not 0.00)."""
+    if value != 0 and abs(value) < 0.5 * 10.0**-places:
+        return f"{value:.3g}"
+    return f"{value:.{places}f}"
+
+
 def _format(column: str, value: Any) -> str:
     """A cell as text: rounding chosen by the column, missing values as a dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -342,14 +418,14 @@ def _format(column: str, value: Any) -> str:
         return str(value)
     name = column.removeprefix("paper ")
     if name == "FID_inf":
-        return f"{value:.2f}"
+        return _decimals(value, 2)
     if name in ("KID_inf", "KID", "KID_inf sd", "KID sd", "KID subsets sd"):
-        return f"{value:.4f}"
+        return _decimals(value, 4)
     if name in ("FID_inf sd", "later FID_inf", "logs FID_inf min", "logs FID_inf max"):
-        return f"{value:.2f}"
+        return _decimals(value, 2)
     if name.endswith("SE"):
         return f"{value:.3g}"
-    if name.endswith(("R2", "accuracy")):
+    if name.endswith(("R2", "accuracy")) or name == "chance":
         return f"{value:.3f}"
     if name == "peak MiB":
         return f"{value:.1f}"

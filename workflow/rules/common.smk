@@ -10,7 +10,6 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(REPO))
 
 from kaem.workflow.config import (
-    WorkflowConfigError,
     benchmark_sweeps,
     cell_info,
     cell_seeds,
@@ -18,20 +17,38 @@ from kaem.workflow.config import (
     check_models,
     load_config,
     load_schema,
+    read_config,
     resolve_cell,
     run_key,
 )
+from kaem.config import ConfigError
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
-# Validate before any job is planned; defaults of the schema are filled into `config`. The
-# main process also builds every model once (about 0.1 s each), which the jobs, already
+
+def config_overrides():
+    """The `--config KEY=VALUE` values as written (Snakemake reads a nested VALUE's numbers
+    as strings), falling back to Snakemake's own reading of a key it got otherwise."""
+    raw = dict(
+        arg.split("=", 1)
+        for arg in workflow.config_settings.config_args or ()
+        if isinstance(arg, str) and "=" in arg
+    )
+    given = workflow.config_settings.config
+    return {key: raw.get(key, value) for key, value in given.items()}
+
+
+# The config files are read again as written (YAML 1.2 numbers, no duplicate keys or cells),
+# then validated before any job is planned; defaults of the schema are filled into `config`.
+# The main process also builds every model once (about 0.1 s each), which the jobs, already
 # checked, skip.
 try:
-    _filled = load_config(config, load_schema(SCHEMA))
+    _filled = load_config(
+        read_config(workflow.configfiles, config_overrides()), load_schema(SCHEMA)
+    )
     if workflow.is_main_process:
         check_models(_filled)
-except WorkflowConfigError as err:
+except ConfigError as err:
     raise WorkflowError(str(err)) from None
 config.clear()
 config.update(_filled)
@@ -169,8 +186,9 @@ def cell_settings(wildcards):
 
 def cell_workdir(wildcards):
     """Checkpoints live outside the job's outputs, which Snakemake deletes before a rerun;
-    the folder is named by the settings, so only a run with the same settings resumes."""
-    key = run_key(cell_settings(wildcards))
+    the folder is named by the settings and the dataset's, so only a run with the same
+    settings on the same data resumes."""
+    key = run_key(cell_settings(wildcards), config["datasets"][cell_dataset(wildcards.cell)])
     return f"{run_dir(wildcards.cell, wildcards.seed)}/work-{key}"
 
 

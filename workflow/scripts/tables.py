@@ -15,6 +15,7 @@ from kaem.workflow.costs import sweep_table
 from kaem.workflow.tables import (
     benchmark_table,
     cells_table,
+    check_scores,
     extractors_table,
     metrics_table,
     seeds_note,
@@ -28,10 +29,17 @@ def _training(log: str) -> dict:
     return {"steps": int(df["step"].max()), "train_seconds": float(df["seconds"].sum())}
 
 
+def _scores(path: str) -> dict:
+    """A metrics file, refused if a score in it is missing or not finite."""
+    metrics = read_json(path)
+    check_scores(metrics, path)
+    return metrics
+
+
 def _runs(table: dict, cell: str) -> list[dict]:
     """Per seed of ``cell``: its metrics with the training steps and seconds of its log."""
     return [
-        {**read_json(metrics), **_training(log)}
+        {**_scores(metrics), **_training(log)}
         for metrics, log in zip(table["metrics"][cell], table["logs"][cell], strict=True)
     ]
 
@@ -42,7 +50,7 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
     kind, note = table["kind"], None
     if kind == "metrics":
         rows = {label: (cell, scores[cell]) for label, cell in table["rows"].items()}
-        real = read_json(table["real_metrics"]) if table.get("real_metrics") else None
+        real = _scores(table["real_metrics"]) if table.get("real_metrics") else None
         df = metrics_table(rows, table.get("paper"), real=real)
         notes = (seeds_note(rows, table.get("paper")), thermodynamic_note(table["cells"]))
         note = " ".join(n for n in notes if n)

@@ -13,7 +13,7 @@ import torch
 from kaem.config import TrainConfig, from_dict
 from kaem.data import load_images
 from kaem.io import atomic_path
-from kaem.training import train
+from kaem.training import data_record, train
 from kaem.workflow.config import build_cell_model, job_context, resolve_device, write_yaml
 
 
@@ -36,7 +36,6 @@ def main(
     model = build_cell_model(settings)
     images, _ = load_images(data, "train")
     work = Path(workdir)
-    write_yaml(settings, work / "config.yaml")
     result = train(
         model,
         torch.from_numpy(images),
@@ -44,6 +43,7 @@ def main(
         work,
         device=resolve_device(device),
         progress=progress,
+        data=data_record(images, data),
     )
     for src, dst in ((result.log, log_out), (result.checkpoint, model_out)):
         with atomic_path(dst) as tmp:
