@@ -34,6 +34,7 @@ from helpers import HANG_S, TINY_LEBM
 from matplotlib.image import imread
 from PIL import Image
 
+from kaem.bench.sweeps import SWEEPS
 from kaem.config import ConfigError, ModelConfig, TrainConfig, from_dict
 from kaem.data import iter_samples, load_images, read_samples, samples_metadata, write_samples
 from kaem.features import find_inception_weights
@@ -841,9 +842,12 @@ def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
     # speed-up of Langevin over ITS at each.
     sweep = pd.read_csv(tables / "sweep_prior_samples.csv")
     points = sweep[sweep["seconds"].notna()]
-    assert len(points) == 4 * 3 and (points["seconds"] > 0).all()
+    series = SWEEPS["prior_samples"].series
+    assert len(points) == len(series) * 3 and (points["seconds"] > 0).all()
     ratio = sweep.set_index(["series", "value"])["speed-up"]
     assert np.isfinite(ratio["Langevin, 60 steps (81) / ITS, NIST prior (3,240)"]).all()
+    compiled = "ITS, NIST prior (3,240) / ITS compiled, NIST prior (3,240)"
+    assert np.isfinite(ratio[compiled]).all()
     assert set(pd.read_csv(tables / "sweep_is_step_nz.csv")["value"]) == {10, 20}
     ours = ["FID_inf", "FID SE", "FID R2", "KID_inf", "KID SE", "KID R2", "KID"]
     tiny = pd.read_csv(tables / "tiny.csv")
