@@ -2,8 +2,8 @@
 how to build it.
 
 Pang et al. (2020)'s latent EBM prior, the peer of KAEM's inverse-transform sampling, is
-:class:`kaem.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (LeakyReLU 0.2) on
-an ``N(0, I)`` base, sampled by 60 ULA steps.
+:class:`kaem.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (GELU, as their
+``train_svhn.py`` trains it) on an ``N(0, I)`` base, sampled by 60 ULA steps.
 """
 
 from __future__ import annotations

@@ -179,15 +179,18 @@ def compile_model(model: nn.Module, **options: Any) -> list[str]:
     return names
 
 
-def _lr_schedule(optimizer: torch.optim.Optimizer, decay: float) -> Callable[[int], None]:
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, decay: float, lag: int = 0
+) -> Callable[[int], None]:
     """Pang et al.'s schedule: in epoch ``e`` (from 0) every group learns at its configured
-    rate times ``decay ** e``. It is a function of the epoch alone, so a resumed run needs no
-    state for it; call this before a checkpoint restores the optimiser's decayed rates."""
+    rate times ``decay ** max(0, e - lag)`` (their scripts: 0.998 with a lag of 1). It is a
+    function of the epoch alone, so a resumed run needs no state for it; call this before a
+    checkpoint restores the optimiser's decayed rates."""
     base = [group["lr"] for group in optimizer.param_groups]
 
     def set_epoch(epoch: int) -> None:
         for group, lr in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * decay**epoch
+            group["lr"] = lr * decay ** max(0, epoch - lag)
 
     return set_epoch
 
@@ -285,7 +288,7 @@ def train(
     if cfg.compile:
         compile_model(model)
     optimizer = adam(_parameter_groups(model, cfg), cfg, device)
-    schedule = _lr_schedule(optimizer, cfg.lr_decay)
+    schedule = _lr_schedule(optimizer, cfg.lr_decay, cfg.lr_decay_lag)
     rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
     checkpoint = Checkpoint(out_dir / "checkpoint.pt", model, optimizer, rng, grids, to_dict(cfg))
     step, elapsed = checkpoint.restore()
