@@ -30,6 +30,7 @@ from kaem.samplers import EvidenceEstimate, log_mean_exp_with_stderr, power_temp
 __all__ = [
     "EvidenceEstimate",
     "SteppingstoneEstimate",
+    "check_estimable",
     "evaluate_log_evidence",
     "importance_log_evidence",
     "log_mean_exp_with_stderr",
@@ -202,7 +203,7 @@ def evaluate_log_evidence(
     """
     from kaem.vae import VAE, importance_weighted_bound  # kaem.vae imports this package
 
-    _check_estimable(model, VAE)
+    check_estimable(model)
     # Images go to the model's device, and the generator lives there too (a CPU generator
     # cannot drive draws on CUDA).
     device = next(model.parameters()).device
@@ -261,12 +262,24 @@ def evaluate_log_evidence(
     return {**{name: _average(e, pixels) for name, e in parts.items()}, **skipped}
 
 
-def _check_estimable(model: torch.nn.Module, vae: type) -> None:
-    if not isinstance(model, KAEM | vae):
+def check_estimable(model: torch.nn.Module) -> None:
+    """Raise unless :func:`evaluate_log_evidence` has an estimator for ``model``'s kind.
+
+    Raises
+    ------
+    ValueError
+        One line: held-out ``log p(x)`` needs exact prior samples (KAEM) or an amortised
+        proposal (VAE), and why the model's kind has neither (its ``no_evidence``).
+    """
+    from kaem.vae import VAE  # kaem.vae imports this package
+
+    if not isinstance(model, KAEM | VAE):
+        why = getattr(
+            type(model), "no_evidence", "it has neither exact prior samples nor a proposal"
+        )
         raise ValueError(
-            f"held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
-            f"(VAE); a {type(model).__name__}'s prior has an intractable normaliser and only "
-            "short-run Langevin samples, so no estimate here would be unbiased"
+            "held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
+            f"(VAE); a {type(model).__name__} has neither: {why}"
         )
 
 

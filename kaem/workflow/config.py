@@ -74,6 +74,7 @@ _CRITERION_NAMES = {
     "thermodynamic": "thermodynamic",
     "elbo": "ELBO",
     "lebm": "short-run ULA",
+    "ddpm": "noise prediction",
 }
 
 
