@@ -13,6 +13,7 @@ from kaem.workflow.config import (
     WorkflowConfigError,
     benchmark_sweeps,
     cell_info,
+    cell_sampler,
     cell_seeds,
     cell_sizes,
     check_models,
@@ -182,6 +183,11 @@ def sampling_seed(wildcards):
 def cell_gpu(wildcards):
     """One GPU for the cells of a dataset configured with ``gpu: true``."""
     return int(config["datasets"][cell_dataset(wildcards.cell)]["gpu"])
+
+
+def cell_sampler_param(wildcards):
+    """A DDPM cell's scheduler, steps and eta for its generated set (empty: the default)."""
+    return cell_sampler(config, wildcards.cell)
 
 
 def sample_count(wildcards):

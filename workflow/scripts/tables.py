@@ -16,6 +16,7 @@ from kaem.workflow.tables import (
     benchmark_table,
     cells_table,
     extractors_table,
+    likelihood_note,
     metrics_table,
     seeds_note,
     thermodynamic_note,
@@ -44,7 +45,11 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
         rows = {label: (cell, scores[cell]) for label, cell in table["rows"].items()}
         real = read_json(table["real_metrics"]) if table.get("real_metrics") else None
         df = metrics_table(rows, table.get("paper"), real=real)
-        notes = (seeds_note(rows, table.get("paper")), thermodynamic_note(table["cells"]))
+        notes = (
+            seeds_note(rows, table.get("paper")),
+            likelihood_note(table["rows"], table["cells"]),
+            thermodynamic_note(table["cells"]),
+        )
         note = " ".join(n for n in notes if n)
     elif kind == "cells":
         records = [
