@@ -999,7 +999,21 @@ def test_a_ddpm_cell_is_planned_trained_sampled_and_scored(tmp_path):
     samples = tmp_path / "results" / "samples" / "tiny_ddpm" / "seed0.h5"
     meta = samples_metadata(samples)
     assert json.loads(meta["sampler"]) == {"scheduler": "ddim", "steps": 4, "eta": 0.0}
-    assert read_samples(samples).shape == (250, 1, 8, 8)
+    drawn = read_samples(samples)
+    assert drawn.shape == (250, 1, 8, 8)
+    # Drawn with the cell's four DDIM steps from the sampling seed, not the model's default.
+    model = load_model(run / "model.pt")
+    for options, same in (({"scheduler": "ddim", "steps": 4, "eta": 0.0}, True), (None, False)):
+        again = write_samples(
+            model,
+            tmp_path / "again.h5",
+            250,
+            generator=torch.Generator().manual_seed(1),
+            batch_size=100,
+            progress=False,
+            options=options,
+        )
+        assert np.array_equal(read_samples(again), drawn) == same
     metrics = json.loads((tmp_path / metrics_file("tiny_ddpm", 0)).read_text())
     assert math.isfinite(metrics["fid_inf"]) and metrics["sizes"] == [100, 150, 200, 250]
     table = pd.read_csv(tmp_path / "results" / "tables" / "ddpm.csv")

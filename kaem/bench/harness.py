@@ -38,6 +38,10 @@ class BenchResult:
     device: str
     seconds_min: float | None = None
     seconds_max: float | None = None
+    #: Median CPU time of this process over the timed calls (all its threads): on a machine
+    #: shared with other work, a one-thread call's CPU time is what its wall time would be
+    #: with the machine to itself, where its wall time also counts the waits.
+    cpu_seconds: float | None = None
 
 
 def _read_status(key: str) -> float | None:
@@ -119,17 +123,25 @@ def measure(
             setup()
         fn()
         calls += 1
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         if setup is not None:
             setup()
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return BenchResult(
-        name, statistics.median(times), peak, repeats, str(device), min(times), max(times)
+        name,
+        statistics.median(times),
+        peak,
+        repeats,
+        str(device),
+        min(times),
+        max(times),
+        statistics.median(cpu),
     )
 
 

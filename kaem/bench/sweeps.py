@@ -246,7 +246,7 @@ def _measure_case(
     r = measure(label, lambda: partial(timed), repeats=reps, device=device, setup=case.setup)
     scale = case.steps / timed
     row = asdict(r)
-    for key in ("seconds", "seconds_min", "seconds_max"):
+    for key in ("seconds", "seconds_min", "seconds_max", "cpu_seconds"):
         row[key] = row[key] * scale
     return {**row, "steps": case.steps, "timed_steps": timed, "scale": scale}
 
