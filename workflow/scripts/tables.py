@@ -74,10 +74,17 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
             raise ValueError("a sweep table needs the sweep's results")
         sweep = read_json(bench)
         df = sweep_table(sweep)
+        timing = (
+            " The timing column says which chains were timed over their first steps (at most "
+            f"{sweep.get('timed_image_steps')} images x steps a call) and scaled by the step "
+            "count: each step costs the same."
+            if "timing" in df
+            else ""
+        )
         note = (
             f"{sweep['x_label']} in the value column; median seconds over the repeats with the "
             f"fastest and slowest, peak MiB of the first call, on {sweep['device_name']} "
-            f"({sweep['threads']} threads). {sweep.get('notes') or ''}"
+            f"({sweep['threads']} threads). {sweep.get('notes') or ''}{timing}"
         ).strip()
     else:
         raise ValueError(f"unknown table kind {kind!r}")
