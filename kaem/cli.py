@@ -290,7 +290,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from kaem.data import load_images
-    from kaem.inference.evidence import evaluate_log_evidence
+    from kaem.inference.evidence import check_estimable, evaluate_log_evidence
     from kaem.io import atomic_write_text, non_finite
     from kaem.kinds import load_model
 
@@ -299,6 +299,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.out:
         _check_writable(Path(args.out), "--out")
     model = load_model(checkpoint)
+    check_estimable(model)  # before the images are read
     images, _ = load_images(data, args.split)
     if args.n_images > len(images):
         _status(f"kaem: the {args.split} split of {data} has {len(images)} images; using all")

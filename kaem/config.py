@@ -31,6 +31,8 @@ __all__ = [
     "BasisName",
     "Bound",
     "ConfigError",
+    "DDPMConfig",
+    "EnergyActivationName",
     "GeneratorConfig",
     "GridUpdateConfig",
     "ImportanceConfig",
@@ -253,6 +255,9 @@ class ReferenceConfig:
 #: (:data:`kaem.bases.BASES`, :data:`kaem.kan.ACTIVATIONS`).
 BasisName = Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"]
 ActivationName = Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"]
+#: Activations of Pang et al.'s energy MLP (their ``--e_activation``: gelu, lrelu, swish,
+#: mish), kept equal to :data:`kaem.lebm.ENERGY_ACTIVATIONS` by the tests.
+EnergyActivationName = Literal["gelu", "leaky_relu", "silu", "mish"]
 
 
 @dataclass(frozen=True)
@@ -330,21 +335,54 @@ class ModelConfig:
 class LEBMConfig:
     """Pang et al.'s (2020) latent EBM (:mod:`kaem.lebm`) with one of KAEM's generators.
 
-    ``energy_widths`` are the hidden widths of the energy MLP and ``energy_slope`` its
-    LeakyReLU slope; ``base_scale`` is ``sigma`` of the Gaussian base; ``prior_n_steps`` and
-    ``prior_step_size`` set the short-run prior sampler (``eta = s^2 / 2``: Pang et al.'s
-    ``s = 0.4`` is ``eta = 0.08``).
+    ``energy_widths`` are the hidden widths of the energy MLP, ``energy_activation`` its
+    activation (Pang et al.'s ``train_svhn.py`` trains GELU) and ``energy_slope`` the negative
+    slope of ``leaky_relu``; ``base_scale`` is ``sigma`` of the Gaussian base;
+    ``prior_n_steps`` and ``prior_step_size`` set the short-run prior sampler (``eta = s^2 /
+    2``: Pang et al.'s ``s = 0.4`` is ``eta = 0.08``). ``likelihood_variance`` is the variance
+    of the Gaussian likelihood on images in ``[0, 1]`` (Pang et al.'s ``sigma = 0.3`` on
+    ``[-1, 1]`` is 0.0225 here).
     """
 
     image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (3, 32, 32)
     latent_dim: PositiveInt = 81
     energy_widths: tuple[PositiveInt, ...] = (200, 200)
+    energy_activation: EnergyActivationName = "gelu"
     energy_slope: NonNegativeFloat = 0.2
     base_scale: PositiveFloat = 1.0
     prior_n_steps: PositiveInt = 60
     prior_step_size: PositiveFloat = 0.08
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(kind="cnn"))
-    likelihood_variance: PositiveFloat = 0.25
+    likelihood_variance: PositiveFloat = 0.0225
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """A denoising diffusion model (Ho et al. 2020; :mod:`kaem.ddpm`) on diffusers' UNet.
+
+    The network is ``UNet2DModel`` with one residual block per level (``layers_per_block``)
+    of ``channels`` output channels, no attention, GroupNorm of ``norm_groups`` groups, the
+    ``activation`` between convolutions and a sinusoidal time embedding of width
+    ``time_embedding_dim`` (None: ``4 * channels[0]``). Each level after the first halves
+    the image, so ``H`` and ``W`` must be divisible by ``2 ** (len(channels) - 1)``.
+
+    The forward process has ``n_timesteps`` steps ``T`` with betas from ``beta_start`` to
+    ``beta_end`` on ``beta_schedule``; the network predicts the noise (eq. 14). Ancestral
+    sampling (Algorithm 2) uses ``sigma_t^2 = beta_t`` (``variance: fixed_large``) or the
+    posterior's ``beta~_t`` (``fixed_small``).
+    """
+
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (3, 32, 32)
+    channels: tuple[PositiveInt, ...] = (32, 64, 128, 256)
+    layers_per_block: PositiveInt = 1
+    norm_groups: PositiveInt = 8
+    activation: Literal["gelu", "silu", "mish", "relu"] = "gelu"
+    time_embedding_dim: PositiveInt | None = None
+    n_timesteps: Annotated[int, Bound(2)] = 1000
+    beta_start: Annotated[float, Bound(0.0, 1.0, open_low=True, open_high=True)] = 1e-4
+    beta_end: Annotated[float, Bound(0.0, 1.0, open_low=True, open_high=True)] = 0.02
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
 
 
 @dataclass(frozen=True)
@@ -417,14 +455,18 @@ class TrainConfig:
 
     ``criterion``: ``importance`` (IS maximum likelihood), ``ula`` (Langevin posterior
     maximum likelihood), ``thermodynamic`` (steppingstone over power posteriors), ``elbo``
-    (the VAE baseline) or ``lebm`` (Pang et al.'s latent EBM, short-run Langevin for both the
-    prior and the posterior, with the ``langevin`` section's posterior settings).
+    (the VAE baseline), ``lebm`` (Pang et al.'s latent EBM, short-run Langevin for both the
+    prior and the posterior, with the ``langevin`` section's posterior settings) or ``ddpm``
+    (the diffusion baseline's noise-prediction loss, Ho et al. 2020 eq. 14).
 
     ``prior_learning_rate``, if set, is the learning rate of the prior's parameters (the rest
     keep ``learning_rate``): Pang et al. train their energy at 2e-5 and the generator at 1e-4.
 
-    ``lr_decay`` multiplies every learning rate by itself once an epoch (in epoch ``e``, from
-    0, the rate is ``learning_rate * lr_decay ** e``), as Pang et al.'s scripts do with 0.998.
+    ``lr_decay`` multiplies every learning rate by itself once an epoch, from epoch
+    ``lr_decay_lag`` on: in epoch ``e`` (from 0) the rate is ``learning_rate * lr_decay **
+    max(0, e - lr_decay_lag)``. Pang et al.'s scripts decay by 0.998 with a lag of 1: their
+    ``ExponentialLR.step(epoch=e)`` at the end of epoch ``e`` sets the rate of epoch ``e + 1``
+    to ``0.998 ** e``, so epochs 0 and 1 both train at the initial rate.
 
     ``compile`` runs the generator (the VAE's decoder) through ``torch.compile`` for the run;
     it changes no result beyond rounding and may change while a run resumes. It is off by
@@ -432,7 +474,7 @@ class TrainConfig:
     eager, after a 28 s compile; untried on a GPU).
     """
 
-    criterion: Literal["importance", "ula", "thermodynamic", "elbo", "lebm"] = "importance"
+    criterion: Literal["importance", "ula", "thermodynamic", "elbo", "lebm", "ddpm"] = "importance"
     epochs: PositiveFloat = 10.0
     max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 100
@@ -441,6 +483,7 @@ class TrainConfig:
     betas: tuple[_Beta, _Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     lr_decay: Annotated[float, Bound(0.0, 1.0, open_low=True)] = 1.0
+    lr_decay_lag: NonNegativeInt = 0
     seed: NonNegativeInt = 0
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     langevin: LangevinConfig = field(default_factory=LangevinConfig)

@@ -13,7 +13,8 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from kaem.config import LEBMConfig, ModelConfig, VAEConfig
+from kaem.config import ConfigError, DDPMConfig, LEBMConfig, ModelConfig, VAEConfig, from_dict
+from kaem.ddpm import DDPM, build_ddpm
 from kaem.io import check_finite_parameters, read_checkpoint
 from kaem.lebm import LEBM, build_lebm
 from kaem.model import KAEM, build_model
@@ -40,6 +41,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
         ModelKind("KAEM", KAEM, build_model, ("importance", "ula", "thermodynamic"), ModelConfig),
         ModelKind("VAE", VAE, build_vae, ("elbo",), VAEConfig),
         ModelKind("LEBM", LEBM, build_lebm, ("lebm",), LEBMConfig),
+        ModelKind("DDPM", DDPM, build_ddpm, ("ddpm",), DDPMConfig),
     )
 }
 
@@ -54,8 +56,37 @@ def kind_of(criterion: str) -> ModelKind:
 
 
 def build(model_cfg: Mapping[str, Any] | None, criterion: str, seed: int = 0) -> nn.Module:
-    """The untrained model that ``criterion`` trains, from the ``model`` mapping of a config."""
-    return kind_of(criterion).build(model_cfg or {}, seed=seed)
+    """The untrained model that ``criterion`` trains, from the ``model`` mapping of a config.
+
+    Raises
+    ------
+    ConfigError
+        For settings the criterion's kind does not take; when they are another kind's (a
+        DDPM's settings with a KAEM criterion, say), the message names ``train.criterion``
+        and the criteria that kind trains with.
+    """
+    kind = kind_of(criterion)
+    try:
+        return kind.build(model_cfg or {}, seed=seed)
+    except ConfigError:
+        owner = _kind_of_settings(model_cfg or {})
+        if owner is None or owner is kind:
+            raise
+        raise ConfigError(
+            f"train.criterion {criterion!r} trains a {kind.name}, but the model settings are a "
+            f"{owner.name}'s; choose one of {list(owner.criteria)}"
+        ) from None
+
+
+def _kind_of_settings(model_cfg: Mapping[str, Any]) -> ModelKind | None:
+    """The first kind whose config takes every key and value of ``model_cfg``, if any."""
+    for kind in MODEL_KINDS.values():
+        try:
+            from_dict(kind.config, model_cfg, "model")
+        except ConfigError:
+            continue
+        return kind
+    return None
 
 
 def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:

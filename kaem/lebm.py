@@ -7,11 +7,14 @@ The prior is an MLP energy ``E_alpha`` tilting a Gaussian base,
 with no tractable normaliser, so both its samples and the posterior's come from short-run
 Langevin chains started at the base: ``z <- z + eta grad log p + sqrt(2 eta) xi``, written in
 Pang et al.'s code as ``z - s^2 / 2 grad U + s xi`` (``eta = s^2 / 2``). Their SVHN script
-(``train_svhn.py`` of bpucla/latent-space-EBM-prior) uses 60 prior steps of ``s = 0.4`` (eta =
-0.08), 20 posterior steps of ``s = 0.1`` (eta = 0.005), an energy MLP ``nz -> 200 -> 200 -> 1``
-with LeakyReLU(0.2), and Adam with learning rates 2e-5 (energy) and 1e-4 (generator), betas
-(0.5, 0.999). Here the generator and likelihood are KAEM's own, so a comparison with a KAEM
-cell changes the prior alone.
+(``train_svhn.py`` of bpucla/latent-space-EBM-prior, whose ``main()`` trains the defaults of
+its argument parser) uses 60 prior steps of ``s = 0.4`` (eta = 0.08), 20 posterior steps of
+``s = 0.1`` (eta = 0.005), an energy MLP ``nz -> 200 -> 200 -> 1`` with GELU (LeakyReLU
+appears only in an unused sweep grid of that script), a Gaussian likelihood of ``sigma =
+0.3`` on images in ``[-1, 1]`` (variance 0.0225 on the ``[0, 1]`` images here), and Adam
+with learning rates 2e-5 (energy) and 1e-4 (generator), betas (0.5, 0.999), both decayed by
+0.998 an epoch. Here the generator is KAEM's own, so a comparison with a KAEM cell changes
+the prior (and, at Pang et al.'s operating point, the likelihood's variance) alone.
 
 The learning gradient of the prior is the difference of the energy's gradient under the
 posterior and the prior, ``grad_alpha log p(x) = E_prior[grad E] - E_post[grad E]``, so the
@@ -34,17 +37,49 @@ from kaem.generators import Generator
 from kaem.likelihood import GaussianLikelihood
 from kaem.samplers import ula
 
-__all__ = ["LEBM", "LEBMInfo", "LatentEBMPrior", "build_lebm", "energy_mlp", "lebm_loss"]
+__all__ = [
+    "ENERGY_ACTIVATIONS",
+    "LEBM",
+    "LEBMInfo",
+    "LatentEBMPrior",
+    "build_lebm",
+    "energy_mlp",
+    "lebm_loss",
+]
+
+#: The energy MLP's activations by name (Pang et al.'s ``--e_activation`` choices; ``silu``
+#: is their ``swish``); ``slope`` is the negative slope of ``leaky_relu``.
+ENERGY_ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
+    "gelu": lambda slope: nn.GELU(),
+    "leaky_relu": lambda slope: nn.LeakyReLU(slope),
+    "silu": lambda slope: nn.SiLU(),
+    "mish": lambda slope: nn.Mish(),
+}
 
 
 def energy_mlp(
-    latent_dim: int, widths: tuple[int, ...] = (200, 200), slope: float = 0.2
+    latent_dim: int,
+    widths: tuple[int, ...] = (200, 200),
+    activation: str = "gelu",
+    slope: float = 0.2,
 ) -> nn.Sequential:
-    """Pang et al.'s energy network: ``latent_dim -> widths... -> 1`` with LeakyReLU(slope)."""
+    """Pang et al.'s energy network ``latent_dim -> widths... -> 1``: linear layers with
+    ``activation`` between them (their ``train_svhn.py``: GELU, widths 200 and 200), the last
+    one linear; ``(n, latent_dim) -> (n, 1)``.
+
+    Raises
+    ------
+    ValueError
+        For an activation not in :data:`ENERGY_ACTIVATIONS`.
+    """
+    if activation not in ENERGY_ACTIVATIONS:
+        raise ValueError(
+            f"unknown energy activation {activation!r}; choose one of {sorted(ENERGY_ACTIVATIONS)}"
+        )
     layers: list[nn.Module] = []
     sizes = (latent_dim, *widths)
     for d_in, d_out in itertools.pairwise(sizes):
-        layers += [nn.Linear(d_in, d_out), nn.LeakyReLU(slope)]
+        layers += [nn.Linear(d_in, d_out), ENERGY_ACTIVATIONS[activation](slope)]
     layers.append(nn.Linear(sizes[-1], 1))
     return nn.Sequential(*layers)
 
@@ -121,8 +156,15 @@ class LEBM(nn.Module):
     generator
         A :class:`~kaem.generators.Generator` whose ``latent_dim`` equals the prior's.
     likelihood
-        The Gaussian observation model, as for KAEM (eq. 8).
+        The Gaussian observation model of eq. 8 (Pang et al.'s operating point: variance
+        0.0225 on images in ``[0, 1]``).
     """
+
+    #: Why ``kaem evaluate`` has no estimate of ``log p(x)`` for this kind.
+    no_evidence = (
+        "its prior has an intractable normaliser and only short-run Langevin samples, so no "
+        "estimate here would be unbiased"
+    )
 
     def __init__(
         self, prior: LatentEBMPrior, generator: Generator, likelihood: GaussianLikelihood
@@ -230,7 +272,9 @@ def build_lebm(cfg: Mapping[str, Any] | LEBMConfig, seed: int = 0) -> LEBM:
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        energy = energy_mlp(cfg.latent_dim, cfg.energy_widths, cfg.energy_slope)
+        energy = energy_mlp(
+            cfg.latent_dim, cfg.energy_widths, cfg.energy_activation, cfg.energy_slope
+        )
     prior = LatentEBMPrior(
         energy,
         cfg.latent_dim,

@@ -125,31 +125,67 @@ def _vae(image_shape: list[int], encoder: list[int], decoder: list[int]) -> dict
 
 
 def _lebm(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
-    """Pang et al.'s (2020) latent EBM (``train_svhn.py``: 60 prior steps of s = 0.4, 20
-    posterior steps of s = 0.1, i.e. eta = s^2 / 2; energy MLP 200-200 with LeakyReLU 0.2;
-    Adam at 2e-5 for the energy and 1e-4 for the generator, betas 0.5 and 0.999, both rates
-    decayed by 0.998 an epoch) on the KAEM cells' CNN generator and likelihood, with their
-    latent width and epochs."""
+    """Pang et al.'s (2020) latent EBM at their operating point (``train_svhn.py``, whose
+    ``main()`` trains its parser's defaults): 60 prior steps of s = 0.4 and 20 posterior
+    steps of s = 0.1 (eta = s^2 / 2); energy MLP 200-200 with GELU; a Gaussian likelihood of
+    sigma = 0.3 on images in [-1, 1], variance 0.0225 on our [0, 1]; Adam at 2e-5 for the
+    energy and 1e-4 for the generator, betas 0.5 and 0.999, batch 100, 201 epochs, both
+    rates times 0.998 an epoch from the third epoch on (their ``ExponentialLR.step(epoch)``
+    at the end of each epoch lags by one). On the KAEM cells' CNN generator and latent width
+    (81; theirs: 100 and a 3.4M-parameter generator), so the prior and the likelihood's
+    variance are what differ from a KAEM cell."""
     return {
         "model": {
             "image_shape": image_shape,
             "latent_dim": 81,
             "energy_widths": [200, 200],
-            "energy_slope": 0.2,
+            "energy_activation": "gelu",
             "prior_n_steps": 60,
             "prior_step_size": 0.08,
             "generator": {"kind": "cnn", "channels": channels},
-            "likelihood_variance": 0.25,
+            "likelihood_variance": 0.0225,
         },
         "train": {
             "criterion": "lebm",
-            "epochs": 200,
+            "epochs": 201,
             "batch_size": 100,
             "learning_rate": 1e-4,
             "prior_learning_rate": 2e-5,
             "betas": [0.5, 0.999],
             "lr_decay": 0.998,
+            "lr_decay_lag": 1,
             "langevin": {"n_steps": 20, "step_size": 0.005},
+            "grid_update": {"enabled": False},
+        },
+    }
+
+
+def _ddpm(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
+    """The DDPM baseline of the authors' later version (their ``baseline_*_config.ini``):
+    linear betas from 1e-4 to 0.02 over T = 1,000 steps, noise prediction (Ho et al. 2020,
+    eq. 14), ancestral sampling over all steps with sigma_t^2 = beta_t and a clamp at the
+    end; a small UNet without attention (channels 32-64-128-256, GroupNorm of 8 groups, GELU,
+    time embedding 128) from diffusers' blocks; Adam at 1e-4, batch 50 and 100 epochs, the
+    40,000 updates of the KAEM SVHN and CelebA cells."""
+    return {
+        "model": {
+            "image_shape": image_shape,
+            "channels": channels,
+            "layers_per_block": 1,
+            "norm_groups": 8,
+            "activation": "gelu",
+            "time_embedding_dim": 128,
+            "n_timesteps": 1000,
+            "beta_start": 1e-4,
+            "beta_end": 0.02,
+            "beta_schedule": "linear",
+            "variance": "fixed_large",
+        },
+        "train": {
+            "criterion": "ddpm",
+            "epochs": 100,
+            "batch_size": 50,
+            "learning_rate": 1e-4,
             "grid_update": {"enabled": False},
         },
     }
@@ -193,6 +229,11 @@ def _register() -> None:
             # Pang et al.'s latent EBM, the baseline the exact prior replaces.
             "lebm_svhn": _lebm([3, 32, 32], [128, 64, 32]),
             "lebm_celeba": _lebm([3, 64, 64], [256, 128, 64, 32]),
+            # The DDPM of the authors' later version, a pixel-space reference beside the
+            # latent-prior models; ddpm_nist (not theirs) fits 28x28 digits with two halvings.
+            "ddpm_svhn": _ddpm([3, 32, 32], [32, 64, 128, 256]),
+            "ddpm_celeba": _ddpm([3, 64, 64], [32, 64, 128, 256]),
+            "ddpm_nist": _ddpm([1, 28, 28], [32, 64, 128]),
             # The VAE baselines of Tables 1-2.
             "vae_svhn": _vae([3, 32, 32], [32, 64, 128], [128, 64, 32]),
             "vae_celeba": _vae([3, 64, 64], [32, 64, 128, 256], [256, 128, 64, 32]),

@@ -33,6 +33,17 @@ TINY_LEBM = {
 }
 
 
+#: A DDPM at the same scale (kaem.config.DDPMConfig keys): two UNet levels, T = 20.
+TINY_DDPM = {
+    "image_shape": [1, 8, 8],
+    "channels": [8, 16],
+    "norm_groups": 4,
+    "time_embedding_dim": 16,
+    "n_timesteps": 20,
+    "beta_end": 0.2,
+}
+
+
 def tiny_images(n: int = 64, seed: int = 0) -> torch.Tensor:
     """``n`` uniform random 8x8 uint8 images, shape ``(n, 1, 8, 8)``."""
     g = torch.Generator().manual_seed(seed)

@@ -142,3 +142,105 @@ def test_a_quick_call_is_warmed_up_longer_than_a_slow_one():
     measure("slow", slow, repeats=1)
     # The memory call, the warm-up (20 for the quick call, 1 for the slow), the timed repeats.
     assert calls == {"quick": 1 + 20 + 3, "slow": 1 + 1 + 1}
+
+
+def test_a_chain_too_long_for_the_budget_is_timed_in_part_and_scaled(monkeypatch):
+    """A chain of 100 steps of 2 ms: within the budget (images x steps) it is timed whole;
+    beyond it, its first steps are timed and the time scaled by the step count."""
+    import time
+
+    from kaem.bench import sweeps
+    from kaem.bench.cases import Case
+
+    ran = []
+
+    def chain(n):
+        def build(device, n_images, g):
+            def partial(k):
+                ran.append((n_images, k))
+                time.sleep(0.002 * k)
+
+            return Case(lambda: partial(100), steps=100, partial=partial)
+
+        return build
+
+    fake = sweeps.Sweep("fake", "a chain", "images", (1, 10), {"chain": chain}, samples=None)
+    monkeypatch.setitem(sweeps.SWEEPS, "fake", fake)
+    out = run_sweep("fake", repeats=1, progress=False, timed_image_steps=20)
+    one, ten = out["points"]
+    assert (one["timed_steps"], one["scale"], ten["timed_steps"], ten["scale"]) == (20, 5, 2, 50)
+    assert {k for n, k in ran} == {20, 2} and out["timed_image_steps"] == 20
+    for p in (one, ten):  # 100 steps of 2 ms, whichever part was timed
+        assert 0.19 < p["seconds_min"] <= p["seconds"] <= p["seconds_max"] < 0.6, p
+    ran.clear()
+    whole = run_sweep("fake", repeats=1, values=[1, 2], progress=False, timed_image_steps=200)
+    assert [p["scale"] for p in whole["points"]] == [1.0, 1.0] and {k for n, k in ran} == {100}
+    with pytest.raises(ValueError, match="timed_image_steps must be at least 1"):
+        run_sweep("fake", timed_image_steps=-1)
+
+
+def _generation_payload() -> dict:
+    from kaem.bench.sweeps import DDPM_GEN, DDPM_STEP, KAEM_GEN, VAE_STEP
+
+    def point(series, value, seconds, **chain):
+        return {
+            "series": series,
+            "value": value,
+            "seconds": seconds,
+            "seconds_min": seconds,
+            "seconds_max": seconds,
+            "peak_mib": 1.0,
+            "repeats": 2,
+            **chain,
+        }
+
+    sweep = SWEEPS["generation"]
+    scaled = {"steps": 1000, "timed_steps": 1, "scale": 1000.0}
+    return {
+        "sweep": "generation",
+        "title": sweep.title,
+        "x_label": sweep.x_label,
+        "log_x": True,
+        "per_sample": True,
+        "notes": "",
+        "ratios": [list(r) for r in sweep.ratios],
+        "extra_ratios": [list(r) for r in sweep.extra_ratios],
+        "claims": dict(sweep.claims),
+        "points": [
+            point(KAEM_GEN, 1, 0.002),
+            point(KAEM_GEN, 100, 0.02),
+            point(DDPM_GEN, 1, 10.0, steps=1000, timed_steps=50, scale=20.0),
+            point(DDPM_GEN, 100, 500.0, **scaled),
+        ],
+        "reference": None,
+        "extras": [point(VAE_STEP, 1, 0.02), point(DDPM_STEP, 1, 1.0)],
+        "device_name": "cpu",
+        "threads": 2,
+    }
+
+
+def test_the_generation_table_gives_time_per_image_how_it_was_timed_and_the_claims():
+    from kaem.bench.sweeps import DDPM_GEN, DDPM_STEP, KAEM_GEN, VAE_STEP
+
+    df = sweep_table(_generation_payload())
+    rows = df.set_index(["series", "value"])
+    assert rows.loc[(KAEM_GEN, 100), "seconds per sample"] == pytest.approx(2e-4)
+    assert rows.loc[(DDPM_GEN, 100), "seconds per sample"] == pytest.approx(5.0)
+    assert rows.loc[(DDPM_GEN, 1), "timing"] == "timed 50 of 1000 steps, scaled x20"
+    assert rows.loc[(DDPM_GEN, 100), "timing"] == "timed 1 of 1000 steps, scaled x1000"
+    assert rows.loc[(KAEM_GEN, 1), "timing"] == ""
+    ratio = rows.loc[(f"{DDPM_GEN} / {KAEM_GEN}", 1)]
+    assert ratio["speed-up"] == pytest.approx(5000.0) and "~700x" in ratio["authors' claim"]
+    by = df.set_index("series")
+    assert by.loc[f"{DDPM_STEP} / {VAE_STEP}", "speed-up"] == pytest.approx(50.0)
+    assert by.loc[DDPM_STEP, "seconds"] == 1.0 and by.loc[KAEM_GEN, "authors' claim"].iloc[0]
+    # The other sweeps' tables keep their columns.
+    assert "timing" not in sweep_table(_payload()) and "authors' claim" not in sweep_table(
+        _payload()
+    )
+
+
+def test_a_generation_figure_has_its_training_steps_panel(tmp_path):
+    path = plot_sweep(_generation_payload(), tmp_path / "generation.png")
+    image = imread(path)[..., :3]
+    assert image.shape[1] > 1.3 * image.shape[0] and np.std(image) > 0.05

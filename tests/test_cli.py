@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from kaem.bench.sweeps import SWEEPS
 from kaem.cli import _warn_if_estimates_disagree, _warn_if_quadrature_is_coarse, main
 from kaem.config import TrainConfig, from_dict, to_dict
 from kaem.data import load_images, prepare_dataset
@@ -277,10 +278,13 @@ def test_the_gpu_check_runs_every_check_and_writes_its_report(tmp_path) -> None:
     assert gpu_check(["--quick", "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["failed"] == [] and report["environment"]["device"] == "cpu"
-    expected = {f"step_{c}" for c in ("importance", "ula", "thermodynamic", "elbo", "lebm")}
-    assert expected | {"prior_paths", "resume_on_cpu", "training", "benchmarks"} <= set(
-        report["checks"]
-    )
+    criteria = ("importance", "ula", "thermodynamic", "elbo", "lebm", "ddpm")
+    expected = {f"step_{c}" for c in criteria}
+    others = {"prior_paths", "resume_on_cpu", "training", "benchmarks", "generation_sweep"}
+    assert expected | others <= set(report["checks"])
+    sweep = report["checks"]["generation_sweep"]
+    assert {p["series"] for p in sweep["points"]} == set(SWEEPS["generation"].series)
+    assert all(p["value"] == 1 for p in sweep["points"]) and len(sweep["extras"]) == 5
     assert (
         report["checks"]["training"]["finite"] and report["checks"]["resume_on_cpu"]["steps"] == 6
     )

@@ -44,6 +44,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),
     "elbo": ("vae_svhn", "elbo", {}),
     "lebm": ("lebm_svhn", "lebm", {"langevin": {"n_steps": 3}}),
+    "ddpm": ("ddpm_svhn", "ddpm", {}),
 }
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import HANG_S, TINY_LEBM
+from helpers import HANG_S, TINY_DDPM, TINY_LEBM
 from matplotlib.image import imread
 from PIL import Image
 
@@ -52,6 +52,7 @@ from kaem.workflow.artifacts import (
 from kaem.workflow.config import (
     WorkflowConfigError,
     cell_info,
+    cell_sampler,
     cell_seeds,
     cell_sizes,
     check_models,
@@ -67,6 +68,7 @@ from kaem.workflow.tables import (
     benchmark_table,
     cells_table,
     extractors_table,
+    likelihood_note,
     metrics_table,
     seeds_note,
     thermodynamic_note,
@@ -499,7 +501,7 @@ def test_metrics_tables_put_the_papers_values_beside_ours(tmp_path):
     assert mle["FID_inf"] == 80.0 and mle["paper FID_inf"] == 97.61
     assert mle["paper KID SE"] == PAPER_TABLES["table1"]["rows"]["MLE"]["KID SE"] == 0.00021
     # The authors' later value and the range of their logged runs, from references.yaml.
-    assert mle["later FID_inf"] == 63.9 and mle["logs runs"] == 9
+    assert mle["later FID_inf"] == 63.86 and mle["logs runs"] == 10
     assert (mle["logs FID_inf min"], mle["logs FID_inf max"]) == (43.23, 273.3)
     extra = df.set_index("model").loc["Extra"]
     assert math.isnan(extra["FID_inf"]) and math.isnan(extra["paper FID_inf"])
@@ -670,6 +672,56 @@ def test_a_workflow_config_is_read_as_written(tmp_path):
         read_config([dup])
 
 
+def test_a_metrics_table_says_which_likelihood_each_row_used():
+    cfg = load_config(yaml.safe_load(PAPER.read_text()), SCHEMA)
+    rows = cfg["tables"]["table1"]["rows"]
+    cells = [cell_info(cfg, c)._asdict() for c in rows.values()]
+    note = likelihood_note(rows, cells)
+    assert note.startswith(
+        "Likelihood per row: MLE, Thermo, VAE: Gaussian of variance 0.25 on images in [0, 1]; "
+        "LEBM: Gaussian of variance 0.0225 on images in [0, 1]; DDPM: none."
+    )
+    assert "Pang et al.'s likelihood" in note and "noise prediction" in note
+    # The demo's latent EBM shares the KAEM cells' likelihood: nothing to explain.
+    demo = load_config(yaml.safe_load(DEMO.read_text()), SCHEMA)
+    rows = demo["tables"]["criteria_mnist"]["rows"]
+    note = likelihood_note(rows, [cell_info(demo, c)._asdict() for c in rows.values()])
+    assert "Gaussian of variance 0.1" in note and "Pang" not in note and "DDPM" not in note
+    # The DDPM's rows carry the authors' newest value and the earlier page's.
+    df = metrics_table({"DDPM": ("svhn_ddpm", {}), "LEBM": ("svhn_lebm", {})}, "table1")
+    assert list(df["later FID_inf"]) == [20.0, 63.69]
+    assert list(df["logs FID_inf min"]) == [50.85, 272.9]
+
+
+def test_a_sampler_is_a_ddpm_cells_setting_only():
+    cfg = tiny_config()
+    cfg["cells"]["tiny_ddpm"] = {
+        "dataset": "tiny",
+        "preset": "ddpm_svhn",
+        "override": {"model": TINY_DDPM},
+        "sampler": {"scheduler": "ddim", "steps": 4},
+    }
+    filled = load_config(cfg, SCHEMA)
+    assert cell_sampler(filled, "tiny_ddpm") == {"scheduler": "ddim", "steps": 4, "eta": 0.0}
+    assert cell_sampler(filled, "tiny_is") == {}
+    assert cell_info(filled, "tiny_ddpm").likelihood_variance is None
+    bad = copy.deepcopy(cfg)
+    bad["cells"]["tiny_is"]["sampler"] = {"scheduler": "ddim"}
+    bad["cells"]["tiny_ddpm"]["sampler"]["steps"] = 21
+    with pytest.raises(WorkflowConfigError) as err:
+        load_config(bad, SCHEMA)
+    assert "cells.tiny_is.sampler: only a DDPM cell draws with a scheduler" in str(err.value)
+    assert "cells.tiny_ddpm.sampler.steps: 21 exceeds the model's T = 20 steps" in str(err.value)
+    bad = copy.deepcopy(cfg)
+    bad["cells"]["tiny_ddpm"]["sampler"]["scheduler"] = "euler"
+    with pytest.raises(WorkflowConfigError, match=r"cells\.tiny_ddpm\.sampler\.scheduler: "):
+        load_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["cells"]["tiny_ddpm"]["override"]["model"] = {**TINY_DDPM, "channels": [8] * 5}
+    with pytest.raises(WorkflowConfigError, match=r"cells\.tiny_ddpm\.override: .*model\.channels"):
+        check_models(load_config(bad, SCHEMA))
+
+
 def test_every_reference_figure_names_a_described_source(tmp_path):
     from kaem.workflow.references import load_references, reference_caption
 
@@ -751,28 +803,28 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
     out = proc.stdout + proc.stderr
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], re.M))
     # App. G.1: 2 NIST datasets x 4 reference priors; Tables 1-2: SVHN and CelebA x (MLE,
-    # Thermo, VAE, LEBM); App. H: SVHN and CelebA x (MLE, Thermo) with RBF bases; CIFAR-10 x
-    # (MLE, Thermo, VAE, LEBM).
-    cells = 2 * 4 + 2 * 4 + 2 * 2 + 4
+    # Thermo, VAE, LEBM, DDPM); App. H: SVHN and CelebA x (MLE, Thermo) with RBF bases;
+    # CIFAR-10 x (MLE, Thermo, VAE, LEBM, DDPM).
+    cells = 2 * 4 + 2 * 5 + 2 * 2 + 5
     # Three seeds, each its own training job and generated set, for the cells of Tables 1-2,
-    # CIFAR-10 and the LEBM; one for App. G.1 and App. H.
-    runs = 3 * (2 * 4 + 4) + 2 * 4 + 2 * 2
-    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == runs == 48
+    # CIFAR-10, the LEBM and the DDPM; one for App. G.1 and App. H.
+    runs = 3 * (2 * 5 + 5) + 2 * 4 + 2 * 2
+    assert int(stats["train"]) == int(stats["sample"]) == int(stats["metrics"]) == runs == 57
     assert int(stats["prepare_data"]) == 5 and int(stats["classifier"]) == 2
     assert int(stats["features_real"]) == 5 and int(stats["features_generated"]) == runs
     # One job per figure and per table: three figures a cell, two more of a KAEM's prior,
     # one schedule per thermodynamic cell; the paper tables, cells, extractors, benchmark.
-    kaem_cells, thermo_cells = cells - 3 - 3, 5
-    assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 113
+    kaem_cells, thermo_cells = cells - 3 * 3, 5
+    assert int(stats["figure"]) == 3 * cells + 2 * kaem_cells + thermo_cells == 122
     assert int(stats["benchmark"]) == int(stats["figure_benchmark"]) == 1
-    assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3 + 4
-    # App. A's four cost curves: a job, a figure and a table each.
-    assert int(stats["benchmark_sweep"]) == int(stats["figure_sweep"]) == 4
-    assert int(stats["total"]) == 342
+    assert int(stats["table"]) == len(yaml.safe_load(PAPER.read_text())["tables"]) + 3 + 5
+    # App. A's five cost curves: a job, a figure and a table each.
+    assert int(stats["benchmark_sweep"]) == int(stats["figure_sweep"]) == 5
+    assert int(stats["total"]) == 390
     planned = re.findall(r"rule train:.*?wildcards: cell=(\w+), seed=(\d+)", out, re.S)
     assert {c for c, _ in planned} == set(yaml.safe_load(PAPER.read_text())["cells"])
     seeds = {c: sorted(int(s) for k, s in planned if k == c) for c, _ in planned}
-    assert seeds["svhn_mle"] == seeds["cifar10_lebm"] == seeds["celeba_vae"] == [0, 1, 2]
+    assert seeds["svhn_mle"] == seeds["cifar10_lebm"] == seeds["celeba_ddpm"] == [0, 1, 2]
     assert seeds["svhn_rbf_mle"] == seeds["mnist_is_none"] == [0]
     # Colour datasets train on a GPU; the criterion of every cell is the paper's.
     cfg = load_config(yaml.safe_load(PAPER.read_text()), SCHEMA)
@@ -789,6 +841,13 @@ def test_a_dry_run_of_the_paper_plans_every_cell(tmp_path):
         "celeba_lebm",
         "cifar10_lebm",
     ]
+    assert [c for c, k in criteria.items() if k == "ddpm"] == [
+        "svhn_ddpm",
+        "celeba_ddpm",
+        "cifar10_ddpm",
+    ]
+    # The paper's DDPM cells draw with full ancestral sampling (no sampler of their own).
+    assert not any(cell_sampler(cfg, c) for c in cfg["cells"])
     assert {k for c, k in criteria.items() if c.endswith("mle")} == {"ula"}
     assert cell_sizes(cfg, "svhn_mle")[-1] == 20_000 and cell_sizes(cfg, "svhn_rbf_mle") == list(
         range(1000, 3001, 200)
@@ -866,8 +925,8 @@ def test_tiny_run_tables_have_their_rows_and_finite_values(tiny_run):
     # Held-out real digits against the reference ones are far closer than any model's.
     assert tiny["FID_inf"].iloc[3] < tiny["FID_inf"].iloc[:3].min() / 3
     assert list(tiny["paper FID_inf"].iloc[:3]) == [97.61, 148.84, 62.83]
-    assert list(tiny["later FID_inf"].iloc[:3]) == [63.9, 108.7, 91.7]
-    assert tiny["logs FID_inf min"].iloc[0] == 43.23 and tiny["logs runs"].iloc[0] == 9
+    assert list(tiny["later FID_inf"].iloc[:3]) == [63.86, 108.74, 107.80]
+    assert tiny["logs FID_inf min"].iloc[0] == 43.23 and tiny["logs runs"].iloc[0] == 10
     md = (tables / "tiny.md").read_text()
     assert "A single seed, so no spread across seeds: tiny_thermo, tiny_vae." in md
     assert "arXiv:2506.14167v9" in md and "julia-kaem at commit 2395f56" in md
@@ -1042,6 +1101,61 @@ def test_a_latent_ebm_cell_runs_like_the_others(tmp_path):
     assert list(log["step"]) == list(range(1, 31)) and np.isfinite(log["energy_gap"]).all()
     images = model.generate(8, torch.Generator().manual_seed(0))
     assert images.shape == (8, 1, 8, 8) and torch.isfinite(images).all()
+
+
+@pytest.mark.workflow
+def test_a_ddpm_cell_is_planned_trained_sampled_and_scored(tmp_path):
+    """A tiny DDPM through the whole chain: its figures planned (no prior to draw), trained by
+    the train rule, its generated set drawn with the cell's DDIM sampler (cheap: 4 steps),
+    features, FID/KID and a table whose caption says it has no likelihood."""
+    cfg = tiny_config()
+    cfg["cells"] = {
+        "tiny_ddpm": {
+            "dataset": "tiny",
+            "preset": "ddpm_svhn",
+            "override": {"model": TINY_DDPM, "train": {"learning_rate": 0.001}},
+            "sampler": {"scheduler": "ddim", "steps": 4},
+        }
+    }
+    cfg["tables"] = {
+        "ddpm": {"title": "Tiny DDPM", "paper": "table1", "rows": {"DDPM": "tiny_ddpm"}}
+    }
+    cfg["benchmark"]["enabled"] = False
+    config = write_config(tmp_path / "ddpm.yaml", cfg)
+    dry = snakemake(tmp_path, config, "--cores", "1", "--dry-run", "all")
+    assert_ok(dry)
+    figures = set(re.findall(r"results/figures/tiny_ddpm/(\w+)\.png", dry.stdout))
+    assert figures == {"samples", "training_curve", "extrapolation"}, figures
+    proc = snakemake(tmp_path, config, "--cores", "2", "results/tables/ddpm.csv", timeout=600)
+    assert_ok(proc)
+    run = tmp_path / "results" / "train" / "tiny_ddpm" / "seed0"
+    assert type(load_model(run / "model.pt")).__name__ == "DDPM"
+    log = pd.read_csv(run / "log.csv")
+    assert list(log["step"]) == list(range(1, 31)) and np.isfinite(log["noise_mse"]).all()
+    samples = tmp_path / "results" / "samples" / "tiny_ddpm" / "seed0.h5"
+    meta = samples_metadata(samples)
+    assert json.loads(meta["sampler"]) == {"scheduler": "ddim", "steps": 4, "eta": 0.0}
+    drawn = read_samples(samples)
+    assert drawn.shape == (250, 1, 8, 8)
+    # Drawn with the cell's four DDIM steps from the sampling seed, not the model's default.
+    model = load_model(run / "model.pt")
+    for options, same in (({"scheduler": "ddim", "steps": 4, "eta": 0.0}, True), (None, False)):
+        again = write_samples(
+            model,
+            tmp_path / "again.h5",
+            250,
+            generator=torch.Generator().manual_seed(1),
+            batch_size=100,
+            progress=False,
+            options=options,
+        )
+        assert np.array_equal(read_samples(again), drawn) == same
+    metrics = json.loads((tmp_path / metrics_file("tiny_ddpm", 0)).read_text())
+    assert math.isfinite(metrics["fid_inf"]) and metrics["sizes"] == [100, 150, 200, 250]
+    table = pd.read_csv(tmp_path / "results" / "tables" / "ddpm.csv")
+    assert list(table["model"]) == ["DDPM"] and table["later FID_inf"].iloc[0] == 20.0
+    md = (tmp_path / "results" / "tables" / "ddpm.md").read_text()
+    assert "DDPM: none" in md and "noise prediction" in md
 
 
 @pytest.mark.workflow

@@ -2,8 +2,8 @@
 how to build it.
 
 Pang et al. (2020)'s latent EBM prior, the peer of KAEM's inverse-transform sampling, is
-:class:`kaem.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (LeakyReLU 0.2) on
-an ``N(0, I)`` base, sampled by 60 ULA steps.
+:class:`kaem.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (GELU, as their
+``train_svhn.py`` trains it) on an ``N(0, I)`` base, sampled by 60 ULA steps.
 """
 
 from __future__ import annotations
@@ -24,11 +24,18 @@ __all__ = ["BENCHMARKS", "SMALL_BATCH", "SUITES", "Benchmark", "Case"]
 
 @dataclass(frozen=True)
 class Case:
-    """A measured call, built: ``call()`` is timed; ``setup()`` runs untimed before each."""
+    """A measured call, built: ``call()`` is timed; ``setup()`` runs untimed before each.
+
+    A call that is a chain of ``steps`` steps of equal cost (a DDPM's denoising) may also
+    give ``partial(k)``, which runs its first ``k`` steps: a sweep that cannot afford the
+    whole chain times ``k`` steps and scales the time by ``steps / k``.
+    """
 
     call: Callable[[], object]
     setup: Callable[[], object] | None = None
     repeats_scale: float = 1.0  # Langevin runs take seconds each: half as many repeats
+    steps: int | None = None
+    partial: Callable[[int], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,29 @@ def _generation(name: str) -> Callable[[torch.device, int, torch.Generator], Cas
     return build
 
 
+def _ddpm_generation(
+    name: str, scheduler: str, steps: int
+) -> Callable[[torch.device, int, torch.Generator], Case]:
+    """A DDPM of preset ``name`` drawing ``n`` images with ``steps`` steps of ``scheduler``;
+    ``partial(k)`` denoises the same start for the first ``k`` steps (each step is one pass of
+    the UNet over the batch and one scheduler update, whatever ``t``)."""
+
+    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
+        from kaem.kinds import build as build_kind
+
+        model = build_kind(preset(name)["model"], "ddpm").to(device).eval()
+        sched = model.scheduler(scheduler, steps)
+        start = model.initial_noise(n, g)
+        return Case(
+            lambda: model.generate(n, g, scheduler=scheduler, steps=steps),
+            repeats_scale=0.5,
+            steps=steps,
+            partial=lambda k: model.denoise(start, sched, g, n_steps=k),
+        )
+
+    return build
+
+
 def _thermo(n_temps: int) -> Callable[[torch.device, int, torch.Generator], Case]:
     thermo = {**preset("svhn")["train"]["thermodynamic"], "n_temps": n_temps}
     return _training_step("svhn", criterion="thermodynamic", thermodynamic=thermo)
@@ -220,6 +250,18 @@ BENCHMARKS: dict[str, Benchmark] = {
             "svhn",
             "VAE training step, ELBO and gradient (SVHN)",
             _training_step("vae_svhn"),
+        ),
+        Benchmark(
+            "lebm_step_svhn",
+            "svhn",
+            "latent-EBM training step: 20 posterior and 60 prior ULA steps (SVHN, Pang et al.)",
+            _training_step("lebm_svhn"),
+        ),
+        Benchmark(
+            "ddpm_step_svhn",
+            "svhn",
+            "DDPM training step, noise prediction and gradient (SVHN UNet, batch 50)",
+            _training_step("ddpm_svhn"),
         ),
         Benchmark(
             "generate_kaem_svhn",

@@ -4,14 +4,19 @@ Made for a machine with a CUDA device (it runs on any device, the CPU included),
 five minutes on a GPU, and writes one JSON report:
 
 1. **device checks**: the step function of every criterion (IS, ULA-MLE, thermodynamic, the
-   VAE's ELBO, the latent EBM) runs on the device with a finite loss and finite gradients;
-   the prior's inverse transform on the device returns the CPU's draws for the same uniforms;
-   its log density agrees with the CPU's; held-out evidence runs with the images on the CPU and
+   VAE's ELBO, the latent EBM, the DDPM) runs on the device with a finite loss and finite
+   gradients; the prior's inverse transform on the device returns the CPU's draws for the
+   same uniforms; its log density agrees with the CPU's; held-out evidence runs with the
+   images on the CPU and
    the model on the device; a run checkpointed on the device resumes on the CPU.
 2. **benchmarks**: ``python -m kaem.bench --suite all`` on the device, each case in its own
    process;
 3. **training**: ``--updates`` (500) ULA-MLE updates with the SVHN settings on synthetic
-   32x32 images through :func:`kaem.train`, then generation; seconds per update.
+   32x32 images through :func:`kaem.train`, then generation; seconds per update;
+4. **generation cost**: the ``generation`` sweep (:mod:`kaem.bench.sweeps`): time per image
+   at batch 1, 100 and 1,000 of KAEM, the latent EBM, the VAE and the DDPM (1,000 ancestral
+   and 50 DDIM steps; chains longer than 20,000 image-steps timed in part and scaled), and
+   the training step of each.
 
 ``--quick`` shrinks every size so that the whole check runs in a minute on a CPU (the test
 suite runs it that way). A failing check is recorded with its error and the others go on;
@@ -37,6 +42,7 @@ import torch
 from kaem import quadrature as quad
 from kaem.bench.cases import SUITES
 from kaem.bench.harness import ratios, run_benchmarks
+from kaem.bench.sweeps import run_sweep
 from kaem.cli import positive_int
 from kaem.config import TrainConfig, from_dict
 from kaem.inference.evidence import evaluate_log_evidence
@@ -54,6 +60,7 @@ STEPS = (
     ("thermodynamic", "svhn"),
     ("elbo", "vae_svhn"),
     ("lebm", "lebm_svhn"),
+    ("ddpm", "ddpm_svhn"),
 )
 
 
@@ -215,6 +222,13 @@ def run_checks(device: torch.device, *, quick: bool, updates: int) -> dict[str, 
         return {"results": [asdict(r) for r in results], "ratios": ratios(results)}
 
     record("benchmarks", bench)
+
+    def generation() -> dict[str, Any]:
+        # Quick: one image a call, one step of each DDPM chain, one repeat.
+        options = {"values": [1], "repeats": 1, "timed_image_steps": 1} if quick else {}
+        return run_sweep("generation", device, progress=False, **options)
+
+    record("generation_sweep", generation)
     return report
 
 

@@ -38,6 +38,10 @@ class BenchResult:
     device: str
     seconds_min: float | None = None
     seconds_max: float | None = None
+    #: Median CPU time of this process over the timed calls (all its threads): on a machine
+    #: shared with other work, a one-thread call's CPU time is what its wall time would be
+    #: with the machine to itself, where its wall time also counts the waits.
+    cpu_seconds: float | None = None
 
 
 def _read_status(key: str) -> float | None:
@@ -119,17 +123,25 @@ def measure(
             setup()
         fn()
         calls += 1
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         if setup is not None:
             setup()
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return BenchResult(
-        name, statistics.median(times), peak, repeats, str(device), min(times), max(times)
+        name,
+        statistics.median(times),
+        peak,
+        repeats,
+        str(device),
+        min(times),
+        max(times),
+        statistics.median(cpu),
     )
 
 
@@ -242,13 +254,25 @@ def payload(results: Sequence[BenchResult], device: str | torch.device, n_sample
 
 def _sweep_main(args: argparse.Namespace) -> dict:
     """Run ``args.sweep``, print a line per point and write the JSON if asked."""
-    out = run_sweep(args.sweep, args.device, repeats=args.repeats, values=args.values)
+    out = run_sweep(
+        args.sweep,
+        args.device,
+        repeats=args.repeats,
+        values=args.values,
+        timed_image_steps=args.timed_image_steps,
+    )
     print(f"# {out['title']} on {out['device_name']}; median [min, max] seconds, peak MiB")
-    for p in [*out["points"], *([out["reference"]] if out["reference"] else [])]:
+    once = [*([out["reference"]] if out["reference"] else []), *out.get("extras", [])]
+    for p in [*out["points"], *once]:
         where = f"{p['series']} @ {p['value']}" if "value" in p else p["series"]
+        scaled = (
+            f"  (timed {p['timed_steps']} of {p['steps']} steps, scaled)"
+            if (p.get("scale") or 1.0) > 1.0
+            else ""
+        )
         print(
-            f"{where:<40s} {p['seconds']:10.4f} [{p['seconds_min']:.4f}, "
-            f"{p['seconds_max']:.4f}] s {p['peak_mib']:10.1f} MiB"
+            f"{where:<52s} {p['seconds']:10.4f} [{p['seconds_min']:.4f}, "
+            f"{p['seconds_max']:.4f}] s {p['peak_mib']:10.1f} MiB{scaled}"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +325,12 @@ def main(
     parser.add_argument(
         "--values", nargs="+", type=positive_int, help="the sweep's values (default: its own)"
     )
+    parser.add_argument(
+        "--timed-image-steps",
+        type=positive_int,
+        help="a sweep's chains (DDPM sampling): images x steps one timed call may run; longer "
+        "ones are timed over their first steps and scaled (default: 50 on a CPU, 20,000 on CUDA)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -312,6 +342,8 @@ def main(
         torch.set_num_threads(args.threads)
     if args.values and not args.sweep:
         parser.error("--values needs --sweep")
+    if args.timed_image_steps and not args.sweep:
+        parser.error("--timed-image-steps needs --sweep")
     if args.sweep:
         _sweep_main(args)
         return []

@@ -238,6 +238,7 @@ def write_samples(
     batch_size: int = 500,
     progress: bool = True,
     attrs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Draw ``n`` images from ``model.generate`` in batches and write them to ``path``.
 
@@ -260,6 +261,9 @@ def write_samples(
     attrs
         Extra file attributes (e.g. the cell name); values must be HDF5-storable or
         JSON-serialisable (mappings are stored as JSON text).
+    options
+        Keywords of ``model.generate`` beyond the count and the generator (a DDPM's
+        ``scheduler``, ``steps`` and ``eta``).
 
     Returns
     -------
@@ -275,7 +279,8 @@ def write_samples(
         images = None
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            batch = to_uint8(model.generate(b, generator=generator)).cpu().numpy()
+            batch = to_uint8(model.generate(b, generator=generator, **(options or {})))
+            batch = batch.cpu().numpy()
             if batch.ndim != 4 or batch.shape[0] != b:
                 raise ValueError(
                     f"model.generate({b}) returned shape {batch.shape}, expected ({b}, C, H, W)"

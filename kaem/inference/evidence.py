@@ -32,6 +32,7 @@ from kaem.vae import VAE, importance_weighted_bound
 __all__ = [
     "EvidenceEstimate",
     "SteppingstoneEstimate",
+    "check_estimable",
     "evaluate_log_evidence",
     "importance_log_evidence",
     "log_mean_exp_with_stderr",
@@ -205,7 +206,7 @@ def evaluate_log_evidence(
         KAEM also ``"quadrature"``: ``{"error": the prior's largest
         :meth:`~kaem.prior.EnergyPrior.quadrature_error` in nats, "nodes", "tolerance"}``.
     """
-    _check_estimable(model)
+    check_estimable(model)
     # Images go to the model's device, and the generator lives there too (a CPU generator
     # cannot drive draws on CUDA).
     device = next(model.parameters()).device
@@ -271,12 +272,22 @@ def evaluate_log_evidence(
     return result
 
 
-def _check_estimable(model: torch.nn.Module) -> None:
+def check_estimable(model: torch.nn.Module) -> None:
+    """Raise unless :func:`evaluate_log_evidence` has an estimator for ``model``'s kind.
+
+    Raises
+    ------
+    ValueError
+        One line: held-out ``log p(x)`` needs exact prior samples (KAEM) or an amortised
+        proposal (VAE), and why the model's kind has neither (its ``no_evidence``).
+    """
     if not isinstance(model, KAEM | VAE):
+        why = getattr(
+            type(model), "no_evidence", "it has neither exact prior samples nor a proposal"
+        )
         raise ValueError(
-            f"held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
-            f"(VAE); a {type(model).__name__}'s prior has an intractable normaliser and only "
-            "short-run Langevin samples, so no estimate here would be unbiased"
+            "held-out log p(x) needs exact prior samples (KAEM) or an amortised proposal "
+            f"(VAE); a {type(model).__name__} has neither: {why}"
         )
 
 

@@ -192,15 +192,18 @@ def compile_model(model: nn.Module, **options: Any) -> list[str]:
     return names
 
 
-def _lr_schedule(optimizer: torch.optim.Optimizer, decay: float) -> Callable[[int], None]:
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, decay: float, lag: int = 0
+) -> Callable[[int], None]:
     """Pang et al.'s schedule: in epoch ``e`` (from 0) every group learns at its configured
-    rate times ``decay ** e``. It is a function of the epoch alone, so a resumed run needs no
-    state for it; call this before a checkpoint restores the optimiser's decayed rates."""
+    rate times ``decay ** max(0, e - lag)`` (their scripts: 0.998 with a lag of 1). It is a
+    function of the epoch alone, so a resumed run needs no state for it; call this before a
+    checkpoint restores the optimiser's decayed rates."""
     base = [group["lr"] for group in optimizer.param_groups]
 
     def set_epoch(epoch: int) -> None:
         for group, lr in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * decay**epoch
+            group["lr"] = lr * decay ** max(0, epoch - lag)
 
     return set_epoch
 
@@ -358,7 +361,7 @@ def train(
             compile_model(model)
         groups = _parameter_groups(model, cfg)
         optimizer = adam(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, device=device)
-        schedule = _lr_schedule(optimizer, cfg.lr_decay)
+        schedule = _lr_schedule(optimizer, cfg.lr_decay, cfg.lr_decay_lag)
         rng = torch.Generator(device=device).manual_seed(_seed(cfg.seed, 2))
         path = out_dir / "checkpoint.pt"
         checkpoint = Checkpoint(path, model, optimizer, rng, grids, to_dict(cfg), data)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kaem.checks import Check
 from kaem.config import TrainConfig
+from kaem.ddpm import ddpm_loss
 from kaem.inference.posterior import NonFinitePolicy, sample_posterior, sample_power_posteriors
 from kaem.lebm import lebm_loss
 from kaem.losses import importance_loss, mle_loss, thermodynamic_integration, thermodynamic_loss
@@ -36,6 +37,7 @@ __all__ = [
     "StepFn",
     "StepResult",
     "build_step",
+    "ddpm_step",
     "elbo_step",
     "importance_step",
     "langevin_step",
@@ -238,6 +240,17 @@ def lebm_step(
     return step
 
 
+def ddpm_step() -> StepFn:
+    """The DDPM's noise-prediction loss (:func:`kaem.ddpm.ddpm_loss`, Ho et al. 2020 eq. 14):
+    one step ``t`` and one noise draw per image."""
+
+    def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
+        loss, info = ddpm_loss(model, x, generator=generator)
+        return StepResult(loss, {"noise_mse": info.per_image.mean()})
+
+    return step
+
+
 #: Criterion name -> its step function, built from a :class:`~kaem.config.TrainConfig`.
 CRITERIA: dict[str, Callable[[TrainConfig], StepFn]] = {
     "importance": lambda cfg: importance_step(**dataclasses.asdict(cfg.importance)),
@@ -247,6 +260,7 @@ CRITERIA: dict[str, Callable[[TrainConfig], StepFn]] = {
     ),
     "elbo": lambda cfg: elbo_step(),
     "lebm": lambda cfg: lebm_step(**dataclasses.asdict(cfg.langevin)),
+    "ddpm": lambda cfg: ddpm_step(),
 }
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "benchmark_sweeps",
     "build_cell_model",
     "cell_info",
+    "cell_sampler",
     "cell_seeds",
     "cell_sizes",
     "check_config",
@@ -78,6 +79,7 @@ _CRITERION_NAMES = {
     "thermodynamic": "thermodynamic",
     "elbo": "ELBO",
     "lebm": "short-run ULA",
+    "ddpm": "noise prediction",
 }
 
 
@@ -198,15 +200,16 @@ class CellInfo(NamedTuple):
 
     name: str
     dataset: str
-    model: str  # "KAEM" or "VAE"
+    model: str  # a kind of kaem.kinds: KAEM, VAE, LEBM or DDPM
     basis: str | None
-    criterion: str  # importance, ula, thermodynamic or elbo
+    criterion: str  # importance, ula, thermodynamic, elbo, lebm or ddpm
     sampler: str  # a short label of the criterion
     reference: str | None
     prior: str | None  # univariate or mixture
     generator: str | None  # kan or cnn
     n_chains: int | None = None  # thermodynamic: chains per temperature
     seeds: tuple[int, ...] = (0,)  # training seeds, one job each
+    likelihood_variance: float | None = None  # Gaussian, on images in [0, 1]; None: no likelihood
 
 
 def resolve_cell(config: Mapping[str, Any], name: str, seed: int | None = None) -> dict[str, Any]:
@@ -258,8 +261,20 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
         model = from_dict(kind.config, cfg["model"], "model")
         generator = model.generator.kind if hasattr(model, "generator") else None
         sampler = _CRITERION_NAMES[criterion]
+        variance = getattr(model, "likelihood_variance", None)
         return CellInfo(
-            name, dataset, kind.name, None, criterion, sampler, None, None, generator, None, seeds
+            name,
+            dataset,
+            kind.name,
+            None,
+            criterion,
+            sampler,
+            None,
+            None,
+            generator,
+            None,
+            seeds,
+            variance,
         )
     model = from_dict(ModelConfig, cfg["model"], "model")
     sampler, n_chains = _CRITERION_NAMES[criterion], None
@@ -279,7 +294,15 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
         model.generator.kind,
         n_chains,
         seeds,
+        model.likelihood_variance,
     )
+
+
+def cell_sampler(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The keywords of ``generate`` that draw cell ``name``'s generated set: a DDPM cell's
+    ``sampler`` (scheduler, steps, eta), nothing for the other kinds (their own sampler)."""
+    sampler = config["cells"][name].get("sampler")
+    return dict(sampler) if sampler else {}
 
 
 def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
@@ -347,6 +370,17 @@ def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
             f"{where}.override: train.criterion {train.criterion!r} does not fit preset "
             f"{cell['preset']!r} (a {preset_kind.name} trains with "
             f"{', '.join(preset_kind.criteria)})"
+        )
+    sampler = cell.get("sampler")
+    if sampler and preset_kind.name != "DDPM":
+        yield (
+            f"{where}.sampler: only a DDPM cell draws with a scheduler; a "
+            f"{preset_kind.name} draws with its own sampler, so remove the setting"
+        )
+    elif sampler and (sampler.get("steps") or 0) > getattr(model, "n_timesteps", 0):
+        yield (
+            f"{where}.sampler.steps: {sampler['steps']} exceeds the model's "
+            f"T = {model.n_timesteps} steps"
         )
     spec = DATASETS[dataset]
     if tuple(model.image_shape) != spec.image_shape:

@@ -37,6 +37,7 @@ __all__ = [
     "check_scores",
     "extractor_flag",
     "extractors_table",
+    "likelihood_note",
     "metrics_table",
     "seeds_note",
     "thermodynamic_note",
@@ -536,3 +537,58 @@ def thermodynamic_note(cells: Sequence[Mapping[str, Any]]) -> str | None:
         "Riemann sum sum_k (t_k - t_(k-1)) grad log p(x | z^(k-1)), not the maximum-likelihood "
         "gradient; with S chains the steppingstone weights bring it there as S grows."
     )
+
+
+#: Pang et al.'s likelihood, ``sigma = 0.3`` on images in ``[-1, 1]``, as a variance on ``[0, 1]``.
+PANG_VARIANCE = 0.0225
+
+
+def likelihood_note(rows: Mapping[str, str], cells: Sequence[Mapping[str, Any]]) -> str | None:
+    """Which likelihood each row's model was trained with, and why they may differ.
+
+    Parameters
+    ----------
+    rows
+        Row label -> cell name.
+    cells
+        The table's cells as :class:`kaem.workflow.config.CellInfo` mappings (with ``model``
+        and ``likelihood_variance``).
+
+    Returns
+    -------
+    str or None
+        E.g. "Likelihood per row: MLE, Thermo, VAE Gaussian of variance 0.25 on images in
+        [0, 1]; LEBM 0.0225; DDPM none ..."; None for a table without such cells.
+    """
+    by_name = {c["name"]: c for c in cells}
+    groups: dict[str, list[str]] = {}
+    for label, cell in rows.items():
+        info = by_name.get(cell)
+        if info is None:
+            continue
+        variance = info.get("likelihood_variance")
+        key = "none" if variance is None else f"{variance:g}"
+        groups.setdefault(key, []).append(label)
+    if not groups:
+        return None
+    parts = [
+        f"{', '.join(labels)}: "
+        + ("none" if key == "none" else f"Gaussian of variance {key} on images in [0, 1]")
+        for key, labels in groups.items()
+    ]
+    text = [f"Likelihood per row: {'; '.join(parts)}."]
+    kinds = {by_name[c]["model"]: by_name[c] for c in rows.values() if c in by_name}
+    lebm = kinds.get("LEBM")
+    if lebm is not None and lebm.get("likelihood_variance") == PANG_VARIANCE and len(groups) > 1:
+        text.append(
+            "The LEBM keeps Pang et al.'s likelihood (sigma 0.3 on [-1, 1]): their 20 posterior "
+            "Langevin steps of 0.005 were tuned for it and barely move from the base under a "
+            "weaker one; the other rows keep their own papers' variance, so the generator is "
+            "shared but the likelihood is each model's operating point."
+        )
+    if "DDPM" in kinds:
+        text.append(
+            "The DDPM has no latent variable and no likelihood of this kind: it is trained by "
+            "noise prediction (Ho et al. 2020, eq. 14) in pixel space."
+        )
+    return " ".join(text)

@@ -29,6 +29,7 @@ rule benchmark_sweep:
         repeats=config["benchmark"]["sweeps"]["repeats"],
         values=sweep_values,
         device=config["benchmark"]["device"],
+        timed_image_steps=config["benchmark"]["sweeps"]["timed_image_steps"],
     log:
         "logs/benchmark/sweeps/{sweep}.log",
     benchmark:

@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO))
 from kaem.workflow.config import (
     benchmark_sweeps,
     cell_info,
+    cell_sampler,
     cell_seeds,
     cell_sizes,
     check_models,
@@ -200,6 +201,11 @@ def sampling_seed(wildcards):
 def cell_gpu(wildcards):
     """One GPU for the cells of a dataset configured with ``gpu: true``."""
     return int(config["datasets"][cell_dataset(wildcards.cell)]["gpu"])
+
+
+def cell_sampler_param(wildcards):
+    """A DDPM cell's scheduler, steps and eta for its generated set (empty: the default)."""
+    return cell_sampler(config, wildcards.cell)
 
 
 def sample_count(wildcards):

@@ -1,5 +1,6 @@
-# 3. The generated set of each cell and seed (sampled with sampling.seed + seed): as many images as the largest regression size, in
-# batches, into one HDF5 file.
+# 3. The generated set of each cell and seed (sampled with sampling.seed + seed): as many
+# images as the largest regression size, in batches, into one HDF5 file; a DDPM cell draws
+# with its `sampler` (default: ancestral sampling over all T steps).
 
 
 rule sample:
@@ -12,6 +13,7 @@ rule sample:
         batch_size=config["sampling"]["batch_size"],
         seed=sampling_seed,
         device=config["device"],
+        sampler=cell_sampler_param,
     log:
         "logs/sample/{cell}/seed{seed}.log",
     benchmark:

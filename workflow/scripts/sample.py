@@ -23,15 +23,29 @@ def main(
     seed: int,
     device: str = "auto",
     cell: str = "",
+    sampler: dict | None = None,
     progress: bool = True,
 ) -> Path:
-    """Write ``n`` images of the trained ``model`` to ``out``; the seed is stored with them."""
+    """Write ``n`` images of the trained ``model`` to ``out``; the seed is stored with them.
+
+    ``sampler`` holds the keywords of a DDPM's ``generate`` (scheduler, steps, eta); they
+    are stored with the images too.
+    """
     dev = resolve_device(device)
     net = load_model(model, map_location=dev).to(dev)
     generator = torch.Generator(device=dev).manual_seed(seed)
     attrs = {"cell": cell, "seed": seed, "model": str(model), "device": str(dev)}
+    if sampler:
+        attrs["sampler"] = dict(sampler)
     return write_samples(
-        net, out, n, generator=generator, batch_size=batch_size, progress=progress, attrs=attrs
+        net,
+        out,
+        n,
+        generator=generator,
+        batch_size=batch_size,
+        progress=progress,
+        attrs=attrs,
+        options=sampler,
     )
 
 
@@ -46,4 +60,5 @@ if "snakemake" in globals():
             seed=job.params.seed,
             device=job.params.device,
             cell=f"{job.wildcards.cell}/seed{job.wildcards.seed}",
+            sampler=job.params.sampler,
         )

@@ -12,9 +12,23 @@ from kaem.workflow.artifacts import write_json
 from kaem.workflow.config import job_context, resolve_device
 
 
-def main(sweep: str, out: str, *, repeats: int, values: list[int] | None, device: str) -> dict:
+def main(
+    sweep: str,
+    out: str,
+    *,
+    repeats: int,
+    values: list[int] | None,
+    device: str,
+    timed_image_steps: int | None = None,
+) -> dict:
     """Measure ``sweep`` on ``device`` and write its JSON to ``out``."""
-    result = run_sweep(sweep, resolve_device(device), repeats=repeats, values=values)
+    result = run_sweep(
+        sweep,
+        resolve_device(device),
+        repeats=repeats,
+        values=values,
+        timed_image_steps=timed_image_steps,
+    )
     write_json(result, out)
     for p in result["points"]:
         print(f"{p['series']} @ {p['value']}: {p['seconds']:.4f} s, {p['peak_mib']:.1f} MiB")
@@ -30,4 +44,5 @@ if "snakemake" in globals():
             repeats=job.params.repeats,
             values=job.params.values,
             device=job.params.device,
+            timed_image_steps=job.params.timed_image_steps,
         )

@@ -17,6 +17,7 @@ from kaem.workflow.tables import (
     cells_table,
     check_scores,
     extractors_table,
+    likelihood_note,
     metrics_table,
     seeds_note,
     thermodynamic_note,
@@ -52,7 +53,11 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
         rows = {label: (cell, scores[cell]) for label, cell in table["rows"].items()}
         real = _scores(table["real_metrics"]) if table.get("real_metrics") else None
         df = metrics_table(rows, table.get("paper"), real=real)
-        notes = (seeds_note(rows, table.get("paper")), thermodynamic_note(table["cells"]))
+        notes = (
+            seeds_note(rows, table.get("paper")),
+            likelihood_note(table["rows"], table["cells"]),
+            thermodynamic_note(table["cells"]),
+        )
         note = " ".join(n for n in notes if n)
     elif kind == "cells":
         records = [
@@ -77,10 +82,17 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
             raise ValueError("a sweep table needs the sweep's results")
         sweep = read_json(bench)
         df = sweep_table(sweep)
+        timing = (
+            " The timing column says which chains were timed over their first steps (at most "
+            f"{sweep.get('timed_image_steps')} images x steps a call) and scaled by the step "
+            "count: each step costs the same."
+            if "timing" in df
+            else ""
+        )
         note = (
             f"{sweep['x_label']} in the value column; median seconds over the repeats with the "
             f"fastest and slowest, peak MiB of the first call, on {sweep['device_name']} "
-            f"({sweep['threads']} threads). {sweep.get('notes') or ''}"
+            f"({sweep['threads']} threads). {sweep.get('notes') or ''}{timing}"
         ).strip()
     else:
         raise ValueError(f"unknown table kind {kind!r}")
