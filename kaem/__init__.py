@@ -1,12 +1,11 @@
 """Kolmogorov-Arnold Energy Models: univariate energy priors sampled exactly by the inverse
 transform method, KAN and CNN generators, and their training criteria."""
 
-__version__ = "0.1.0"
-
+from kaem.baselines.vae import VAE
 from kaem.kinds import MODEL_KINDS, load_model
 from kaem.model import KAEM, build_model
 from kaem.training import TrainResult, train
-from kaem.vae import VAE
+from kaem.version import __version__
 
 __all__ = [
     "KAEM",

@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UsageError", "main", "positive_int", "resolve_run_config", "thread_count"]
+from kaem.argtypes import positive_float, positive_int, seed, thread_count
+
+__all__ = ["UsageError", "main", "resolve_run_config"]
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _PACKAGE = Path(__file__).resolve().parent
@@ -37,50 +38,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
-    """An argparse type: a ``kind`` above ``low`` (``strict``) or at least ``low``."""
-    what = {int: "an integer", float: "a number"}[kind]
-    bound = f"greater than {low:g}" if strict else f"at least {low:g}"
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or (value <= low if strict else value < low):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-#: argparse types of counts, seeds and positive numbers.
-positive_int = _number(int, 1, strict=False)
-_seed = _number(int, 0, strict=False)
-_positive = _number(float, 0.0, strict=True)
-
-
-def _usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, where the system has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def thread_count(text: str) -> int:
-    """An argparse type: a thread count from 1 to the cores this process may run on.
-
-    More threads than cores never run at once: PyTorch's extra threads only wait for the same
-    cores and slow every operation down, so such a count is refused rather than obeyed.
-    """
-    value = positive_int(text)
-    cores = _usable_cores()
-    if value > cores:
-        raise argparse.ArgumentTypeError(
-            f"{value} is more than the {cores} CPU cores this process may run on; "
-            f"give at most {cores}"
-        )
-    return value
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -263,7 +220,7 @@ def _checkpoint_of(run: str) -> Path:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from kaem.workflow.plots import figures_for_run
+    from kaem.figures import figures_for_run
 
     _checkpoint_of(args.run)
     for name, path in figures_for_run(args.run, args.out, seed=args.seed).items():
@@ -399,7 +356,7 @@ def _parser() -> _Parser:
         "--n-train", type=positive_int, help=f"train/test split sizes by default: {sizes}"
     )
     p.add_argument("--n-test", type=positive_int)
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the split")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the split")
     p.add_argument("--offline", action="store_true", help="do not try torchvision's download")
     p.set_defaults(func=_prepare)
 
@@ -427,7 +384,7 @@ def _parser() -> _Parser:
     p = add("figures", help="figures of a trained run")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default=None, help="output folder (default RUN/figures)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=_figures)
 
     p = add("evaluate", help="held-out log p(x) of a trained run, with standard errors")
@@ -444,8 +401,10 @@ def _parser() -> _Parser:
         "--chains", type=positive_int, default=16, help="steppingstone: chains per image"
     )
     p.add_argument("--steps", type=positive_int, default=200, help="steppingstone: ULA steps")
-    p.add_argument("--step-size", type=_positive, default=0.005, help="steppingstone: ULA step")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument(
+        "--step-size", type=positive_float, default=0.005, help="steppingstone: ULA step"
+    )
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=_evaluate)
 

@@ -242,7 +242,7 @@ _Beta = Annotated[float, Bound(0.0, 1.0, open_high=True)]
 class ReferenceConfig:
     """Reference prior ``pi_0``: ``gaussian``, ``uniform``, ``lognormal`` or ``none``.
 
-    ``domain`` defaults to the reference's own (:data:`kaem.prior.DEFAULT_DOMAINS`).
+    ``domain`` defaults to the reference's own (:data:`kaem.model.prior.DEFAULT_DOMAINS`).
     """
 
     name: Literal["gaussian", "uniform", "lognormal", "none"] = "gaussian"
@@ -252,11 +252,11 @@ class ReferenceConfig:
 
 
 #: Names the configuration accepts, kept equal to the code's tables by the tests
-#: (:data:`kaem.bases.BASES`, :data:`kaem.kan.ACTIVATIONS`).
+#: (:data:`kaem.model.bases.BASES`, :data:`kaem.model.kan.ACTIVATIONS`).
 BasisName = Literal["rbf", "morlet", "mexican_hat", "dog", "chebyshev", "fourier", "bspline"]
 ActivationName = Literal["relu", "silu", "leaky_relu", "tanh", "gelu", "none"]
 #: Activations of Pang et al.'s energy MLP (their ``--e_activation``: gelu, lrelu, swish,
-#: mish), kept equal to :data:`kaem.lebm.ENERGY_ACTIVATIONS` by the tests.
+#: mish), kept equal to :data:`kaem.baselines.lebm.ENERGY_ACTIVATIONS` by the tests.
 EnergyActivationName = Literal["gelu", "leaky_relu", "silu", "mish"]
 
 
@@ -282,12 +282,12 @@ class KANConfig:
     spline_scale: float = 1.0
 
     def basis_settings(self) -> dict[str, Any]:
-        """The keywords of :func:`kaem.bases.build_basis` besides name, width and range."""
+        """The keywords of :func:`kaem.model.bases.build_basis` besides name, width and range."""
         names = ("grid_size", "degree", "tau", "trainable_tau", "omega")
         return {name: getattr(self, name) for name in names}
 
     def layer_settings(self) -> dict[str, Any]:
-        """The keywords of :class:`kaem.kan.KANLayer` besides widths, basis and generator."""
+        """The keywords of :class:`kaem.model.kan.KANLayer` besides widths, basis and generator."""
         names = ("base_activation", "coef_init_scale", "base_scale", "spline_scale")
         return {name: getattr(self, name) for name in names}
 
@@ -333,7 +333,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LEBMConfig:
-    """Pang et al.'s (2020) latent EBM (:mod:`kaem.lebm`) with one of KAEM's generators.
+    """Pang et al.'s (2020) latent EBM (:mod:`kaem.baselines.lebm`) with one of KAEM's generators.
 
     ``energy_widths`` are the hidden widths of the energy MLP, ``energy_activation`` its
     activation (Pang et al.'s ``train_svhn.py`` trains GELU) and ``energy_slope`` the negative
@@ -358,7 +358,7 @@ class LEBMConfig:
 
 @dataclass(frozen=True)
 class DDPMConfig:
-    """A denoising diffusion model (Ho et al. 2020; :mod:`kaem.ddpm`) on diffusers' UNet.
+    """A denoising diffusion model (Ho et al. 2020; :mod:`kaem.baselines.ddpm`) on diffusers' UNet.
 
     The network is ``UNet2DModel`` with one residual block per level (``layers_per_block``)
     of ``channels`` output channels, no attention, GroupNorm of ``norm_groups`` groups, the

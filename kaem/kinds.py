@@ -13,12 +13,12 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from kaem.baselines.ddpm import DDPM, build_ddpm
+from kaem.baselines.lebm import LEBM, build_lebm
+from kaem.baselines.vae import VAE, build_vae
 from kaem.config import ConfigError, DDPMConfig, LEBMConfig, ModelConfig, VAEConfig, from_dict
-from kaem.ddpm import DDPM, build_ddpm
 from kaem.io import check_finite_parameters, read_checkpoint
-from kaem.lebm import LEBM, build_lebm
 from kaem.model import KAEM, build_model
-from kaem.vae import VAE, build_vae
 
 __all__ = ["MODEL_KINDS", "ModelKind", "build", "kind_of", "load_model"]
 

@@ -2,11 +2,11 @@
 
 import torch
 
-from kaem.bases import build_basis
-from kaem.generators import Generator
-from kaem.kan import KANLayer
-from kaem.prior import UnivariateEnergyPrior
-from kaem.reference import ReferencePrior
+from kaem.model.bases import build_basis
+from kaem.model.generators import Generator
+from kaem.model.kan import KANLayer
+from kaem.model.prior import UnivariateEnergyPrior
+from kaem.model.reference import ReferencePrior
 
 #: Seconds a test waits for a subprocess (a Snakemake run, a training, a daemon) before it
 #: calls it hung. A time limit in a test catches a hang, never slowness: the whole tiny

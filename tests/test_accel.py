@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_quadrature import _assert_exact, _rough_log_density
 
-from kaem import quadrature as quad
-from kaem.accel import cpu
 from kaem.model import build_model
+from kaem.model import quadrature as quad
+from kaem.model.accel import cpu
 from kaem.presets import preset
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kaem.bases import BASES, adaptive_grid, build_basis
+from kaem.model.bases import BASES, adaptive_grid, build_basis
 
 ALL = sorted(BASES)
 

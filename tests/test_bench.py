@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from kaem.bench.harness import RATIOS
 from kaem.bench.harness import main as bench_main
 from kaem.bench.sweeps import SWEEPS, run_sweep
-from kaem.workflow.costs import plot_sweep, sweep_table
+from kaem.pipeline.costs import plot_sweep, sweep_table
 
 
 @pytest.mark.long  # every series of a sweep, each in its own process: 20-30 s on two cores
@@ -34,13 +34,13 @@ def test_a_sweep_of_the_latent_width_changes_the_models_width(monkeypatch):
     from kaem.bench import sweeps
 
     built = []
-    real = sweeps._training_step
+    real = sweeps.training_step_case
 
     def spy(name, model_settings=None, **train):
         built.append(model_settings)
         return real(name, model_settings=model_settings, **train)
 
-    monkeypatch.setattr(sweeps, "_training_step", spy)
+    monkeypatch.setattr(sweeps, "training_step_case", spy)
     out = run_sweep("is_step_nz", "cpu", repeats=1, values=[6, 3], progress=False)
     assert [p["value"] for p in out["points"]] == [3, 6]
     assert [m["prior"]["widths"][1] for m in built] == [3, 6]

@@ -12,8 +12,8 @@ import torch
 from helpers import TINY_DDPM, tiny_images
 from torch import nn
 
+from kaem.baselines.ddpm import DDPM, build_ddpm, ddpm_loss
 from kaem.config import ConfigError, DDPMConfig, TrainConfig, from_dict
-from kaem.ddpm import DDPM, build_ddpm, ddpm_loss
 from kaem.kinds import build, load_model
 from kaem.presets import preset
 from kaem.training import check_setup, train
@@ -213,7 +213,7 @@ def test_a_kaem_criterion_or_an_unknown_scheduler_is_refused() -> None:
 def test_importing_kaem_leaves_diffusers_and_the_environment_alone() -> None:
     code = (
         "import os, sys; before = dict(os.environ); import kaem, kaem.kinds, kaem.training; "
-        "assert 'diffusers' not in sys.modules; from kaem.ddpm import build_ddpm; "
+        "assert 'diffusers' not in sys.modules; from kaem.baselines.ddpm import build_ddpm; "
         f"build_ddpm({TINY_DDPM!r}); assert 'diffusers' in sys.modules; "
         "assert dict(os.environ) == before, set(os.environ) ^ set(before)"
     )

@@ -200,7 +200,7 @@ def test_to_uint8_rounds():
 
 
 def test_images_with_nan_are_refused_not_quantised_or_drawn_blank(tmp_path):
-    from kaem.workflow.plots import plot_image_grid
+    from kaem.figures import plot_image_grid
 
     images = torch.rand(4, 1, 8, 8)
     images[1, 0, :2, :] = float("nan")

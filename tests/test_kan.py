@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kaem.bases import build_basis
-from kaem.kan import ACTIVATIONS, KANLayer
+from kaem.model.bases import build_basis
+from kaem.model.kan import ACTIVATIONS, KANLayer
 
 
 def _layer(basis="rbf", act="relu", d_in=3, d_out=4, **kw) -> KANLayer:

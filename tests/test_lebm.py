@@ -8,11 +8,11 @@ import torch
 from helpers import TINY_LEBM, LinearGenerator, tiny_images
 from scipy import stats
 
+from kaem.baselines.lebm import LEBM, LatentEBMPrior, build_lebm, lebm_loss
 from kaem.config import TrainConfig, from_dict
 from kaem.io import read_checkpoint
 from kaem.kinds import build, load_model
-from kaem.lebm import LEBM, LatentEBMPrior, build_lebm, lebm_loss
-from kaem.likelihood import GaussianLikelihood
+from kaem.model.likelihood import GaussianLikelihood
 from kaem.presets import preset
 from kaem.training import check_setup, train
 
@@ -158,8 +158,8 @@ def test_the_lr_schedule_is_pang_et_al_s_exponential_lr_stepped_with_the_epoch(t
 def test_the_energy_activation_is_a_setting_and_an_unknown_one_is_named() -> None:
     import typing
 
+    from kaem.baselines.lebm import ENERGY_ACTIVATIONS, energy_mlp
     from kaem.config import ConfigError, EnergyActivationName, LEBMConfig
-    from kaem.lebm import ENERGY_ACTIVATIONS, energy_mlp
 
     assert sorted(typing.get_args(EnergyActivationName)) == sorted(ENERGY_ACTIVATIONS)
     model = build_lebm({**TINY_LEBM, "energy_activation": "leaky_relu", "energy_slope": 0.1})

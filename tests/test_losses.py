@@ -8,14 +8,14 @@ import torch
 from helpers import one_dimensional_prior
 from scipy import integrate
 
-from kaem import quadrature as quad
-from kaem.bases import build_basis
-from kaem.generators import Generator
-from kaem.kan import KANLayer
-from kaem.likelihood import GaussianLikelihood
-from kaem.losses import importance_loss, importance_posterior
+from kaem.inference.losses import importance_loss, importance_posterior
 from kaem.model import KAEM, build_model
-from kaem.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
+from kaem.model import quadrature as quad
+from kaem.model.bases import build_basis
+from kaem.model.generators import Generator
+from kaem.model.kan import KANLayer
+from kaem.model.likelihood import GaussianLikelihood
+from kaem.model.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
 
 
 class AffineGenerator(Generator):

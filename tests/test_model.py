@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kaem.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
-from kaem.generators import CNNGenerator, KANGenerator
-from kaem.likelihood import GaussianLikelihood
 from kaem.model import build_model
+from kaem.model.generators import CNNGenerator, KANGenerator
+from kaem.model.likelihood import GaussianLikelihood
 
 
 @pytest.mark.parametrize(

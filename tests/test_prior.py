@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from kaem.bases import build_basis
-from kaem.kan import KANLayer
-from kaem.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
+from kaem.model.bases import build_basis
+from kaem.model.kan import KANLayer
+from kaem.model.prior import MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
 
 N_KS = 20_000
 #: Bonferroni-safe per-test level: the suite runs a few hundred KS tests.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaem import quadrature as quad
+from kaem.model import quadrature as quad
 
 
 @pytest.mark.parametrize("domain", [(-1.0, 1.0), (-0.3, 2.5), (0.0, 4.0)])

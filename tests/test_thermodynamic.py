@@ -9,15 +9,15 @@ import pytest
 import torch
 from helpers import TINY_MODEL, LinearGenerator, one_dimensional_prior
 
-from kaem.bases import build_basis
 from kaem.config import TrainConfig, from_dict
 from kaem.inference.evidence import importance_log_evidence, steppingstone_log_evidence
+from kaem.inference.losses import mle_loss, thermodynamic_integration, thermodynamic_loss
 from kaem.inference.posterior import sample_posterior, sample_power_posteriors
-from kaem.kan import KANLayer
-from kaem.likelihood import GaussianLikelihood
-from kaem.losses import mle_loss, thermodynamic_integration, thermodynamic_loss
 from kaem.model import KAEM, build_model
-from kaem.prior import ReferencePrior, UnivariateEnergyPrior
+from kaem.model.bases import build_basis
+from kaem.model.kan import KANLayer
+from kaem.model.likelihood import GaussianLikelihood
+from kaem.model.prior import ReferencePrior, UnivariateEnergyPrior
 from kaem.samplers import power_temperatures
 from kaem.training import NonFiniteLossError, train
 

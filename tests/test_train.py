@@ -18,7 +18,7 @@ from helpers import HANG_S, TINY_MODEL, tiny_images
 from kaem.config import TrainConfig, from_dict
 from kaem.kinds import load_model
 from kaem.model import build_model
-from kaem.prior import QUADRATURE_TOLERANCE, QuadratureWarning
+from kaem.model.prior import QUADRATURE_TOLERANCE, QuadratureWarning
 from kaem.training import EpochBatches, NonFiniteLossError, ResumeError, train
 
 MODEL = TINY_MODEL

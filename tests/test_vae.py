@@ -12,14 +12,14 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from kaem.baselines.vae import VAE, build_vae, elbo_loss, gaussian_kl, importance_weighted_bound
 from kaem.config import TrainConfig, VAEConfig, from_dict
-from kaem.generators import CNNGenerator
 from kaem.kinds import load_model
-from kaem.likelihood import GaussianLikelihood
 from kaem.model import build_model
+from kaem.model.generators import CNNGenerator
+from kaem.model.likelihood import GaussianLikelihood
 from kaem.presets import preset
 from kaem.training import train
-from kaem.vae import VAE, build_vae, elbo_loss, gaussian_kl, importance_weighted_bound
 
 F64 = torch.float64
 

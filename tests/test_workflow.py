@@ -1,6 +1,6 @@
 """The Snakemake workflow: its configuration checks, the paper's plan, lint, and whole runs.
 
-Fast tests check the pieces the rules call (kaem.workflow, kaem.data, kaem.features)
+Fast tests check the pieces the rules call (kaem.pipeline, kaem.data, kaem.features)
 against closed forms. Tests marked ``workflow`` run Snakemake in a subprocess,
 each in its own temporary directory, on the tiny configuration
 (``tests/workflow_configs/tiny.yaml``: scikit-learn's 8x8 digits, one cell per kind of
@@ -41,15 +41,14 @@ from kaem.features import find_inception_weights
 from kaem.kinds import load_model
 from kaem.metrics import extrapolate_to_infinity
 from kaem.model import build_model
-from kaem.presets import preset
-from kaem.workflow.artifacts import (
+from kaem.pipeline.artifacts import (
     cell_metrics,
     dataset_features,
     load_features,
     save_features,
     write_json,
 )
-from kaem.workflow.config import (
+from kaem.pipeline.config import (
     WorkflowConfigError,
     cell_info,
     cell_sampler,
@@ -63,7 +62,7 @@ from kaem.workflow.config import (
     run_key,
     validate_config,
 )
-from kaem.workflow.tables import (
+from kaem.pipeline.tables import (
     PAPER_TABLES,
     benchmark_table,
     cells_table,
@@ -76,6 +75,7 @@ from kaem.workflow.tables import (
     to_markdown,
     write_table,
 )
+from kaem.presets import preset
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -723,7 +723,7 @@ def test_a_sampler_is_a_ddpm_cells_setting_only():
 
 
 def test_every_reference_figure_names_a_described_source(tmp_path):
-    from kaem.workflow.references import load_references, reference_caption
+    from kaem.pipeline.references import load_references, reference_caption
 
     refs = load_references()
     assert set(refs["tables"]) == set(PAPER_TABLES)
@@ -1328,12 +1328,12 @@ def test_write_json_refuses_non_finite_results_naming_each_and_writes_nothing(tm
 def test_the_names_the_schema_and_config_accept_are_the_codes_own():
     import typing
 
-    from kaem.bases import BASES
     from kaem.config import ActivationName, BasisName
     from kaem.data import DATASETS
-    from kaem.kan import ACTIVATIONS
+    from kaem.model.bases import BASES
+    from kaem.model.kan import ACTIVATIONS
+    from kaem.pipeline.tables import PAPER_TABLES
     from kaem.presets import PRESETS
-    from kaem.workflow.tables import PAPER_TABLES
 
     schema = SCHEMA["properties"]
     assert sorted(schema["datasets"]["propertyNames"]["enum"]) == sorted(DATASETS)

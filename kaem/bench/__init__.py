@@ -8,7 +8,8 @@ measuring in :mod:`kaem.bench.harness`.
 """
 
 from kaem.bench.cases import BENCHMARKS, SUITES, Benchmark, Case
-from kaem.bench.harness import RATIOS, BenchResult, main, measure, payload, ratios, run_benchmarks
+from kaem.bench.harness import RATIOS, main, payload, ratios, run_benchmarks
+from kaem.bench.measure import BenchResult, measure
 
 __all__ = [
     "BENCHMARKS",

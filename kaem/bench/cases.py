@@ -2,8 +2,8 @@
 how to build it.
 
 Pang et al. (2020)'s latent EBM prior, the peer of KAEM's inverse-transform sampling, is
-:class:`kaem.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (GELU, as their
-``train_svhn.py`` trains it) on an ``N(0, I)`` base, sampled by 60 ULA steps.
+:class:`kaem.baselines.lebm.LatentEBMPrior`: an MLP energy ``dim -> 200 -> 200 -> 1`` (GELU,
+as their ``train_svhn.py`` trains it) on an ``N(0, I)`` base, sampled by 60 ULA steps.
 """
 
 from __future__ import annotations
@@ -14,12 +14,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kaem.baselines.lebm import LatentEBMPrior, energy_mlp
 from kaem.config import TrainConfig, from_dict
-from kaem.lebm import LatentEBMPrior, energy_mlp
+from kaem.kinds import build as build_kind
 from kaem.model import build_model
 from kaem.presets import preset
+from kaem.training import Progress, Updates, adam, build_step
 
-__all__ = ["BENCHMARKS", "SMALL_BATCH", "SUITES", "Benchmark", "Case"]
+__all__ = [
+    "BENCHMARKS",
+    "SMALL_BATCH",
+    "SUITES",
+    "Benchmark",
+    "Case",
+    "ddpm_generation_case",
+    "generation_case",
+    "its_case",
+    "langevin_case",
+    "thermo_case",
+    "training_step_case",
+]
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,9 @@ def _perturb(model: nn.Module) -> Callable[[], None]:
     return setup
 
 
-def _langevin(dim: int) -> Callable[[torch.device, int, torch.Generator], Case]:
+def langevin_case(dim: int) -> Callable[[torch.device, int, torch.Generator], Case]:
+    """Pang et al.'s 60-step Langevin prior sampling on ``dim`` coordinates."""
+
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
         prior = LatentEBMPrior(energy_mlp(dim), dim).to(device)  # Pang et al.'s 60 steps
         return Case(lambda: prior.sample(n, g), repeats_scale=0.5)
@@ -70,7 +86,7 @@ def _langevin(dim: int) -> Callable[[torch.device, int, torch.Generator], Case]:
     return build
 
 
-def _its(name: str, sampling: str) -> Callable[[torch.device, int, torch.Generator], Case]:
+def its_case(name: str, sampling: str) -> Callable[[torch.device, int, torch.Generator], Case]:
     """Inverse-transform sampling of preset ``name``'s prior, by ``model.prior.sampling``."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
@@ -94,7 +110,7 @@ def _at(n_fixed: int, build: Callable[[torch.device, int, torch.Generator], Case
 SMALL_BATCH = 200
 
 
-def _training_step(
+def training_step_case(
     name: str, model_settings: dict | None = None, **train: object
 ) -> Callable[[torch.device, int, torch.Generator], Case]:
     """One update of preset ``name``'s criterion (loss, gradient and Adam), on random images,
@@ -103,9 +119,6 @@ def _training_step(
     a run (schedules such as eq. 40 at their start)."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
-        from kaem.kinds import build as build_kind
-        from kaem.training import Progress, Updates, adam, build_step
-
         cfg = preset(name, {"model": model_settings or {}})
         tc = from_dict(TrainConfig, {**cfg["train"], **train})
         model = build_kind(cfg["model"], tc.criterion).to(device)
@@ -124,10 +137,10 @@ def _training_step(
     return build
 
 
-def _generation(name: str) -> Callable[[torch.device, int, torch.Generator], Case]:
-    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
-        from kaem.kinds import build as build_kind
+def generation_case(name: str) -> Callable[[torch.device, int, torch.Generator], Case]:
+    """Images drawn by preset ``name``'s model, whatever its kind."""
 
+    def build(device: torch.device, n: int, g: torch.Generator) -> Case:
         cfg = preset(name)
         model = build_kind(cfg["model"], cfg["train"].get("criterion", "importance"))
         model = model.to(device)
@@ -136,7 +149,7 @@ def _generation(name: str) -> Callable[[torch.device, int, torch.Generator], Cas
     return build
 
 
-def _ddpm_generation(
+def ddpm_generation_case(
     name: str, scheduler: str, steps: int
 ) -> Callable[[torch.device, int, torch.Generator], Case]:
     """A DDPM of preset ``name`` drawing ``n`` images with ``steps`` steps of ``scheduler``;
@@ -144,8 +157,6 @@ def _ddpm_generation(
     the UNet over the batch and one scheduler update, whatever ``t``)."""
 
     def build(device: torch.device, n: int, g: torch.Generator) -> Case:
-        from kaem.kinds import build as build_kind
-
         model = build_kind(preset(name)["model"], "ddpm").to(device).eval()
         sched = model.scheduler(scheduler, steps)
         start = model.initial_noise(n, g)
@@ -159,9 +170,9 @@ def _ddpm_generation(
     return build
 
 
-def _thermo(n_temps: int) -> Callable[[torch.device, int, torch.Generator], Case]:
+def thermo_case(n_temps: int) -> Callable[[torch.device, int, torch.Generator], Case]:
     thermo = {**preset("svhn")["train"]["thermodynamic"], "n_temps": n_temps}
-    return _training_step("svhn", criterion="thermodynamic", thermodynamic=thermo)
+    return training_step_case("svhn", criterion="thermodynamic", thermodynamic=thermo)
 
 
 #: Every benchmark, by name. ``core``: NIST IS and prior sampling; ``svhn``: training steps and
@@ -174,7 +185,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 f"is_step{suffix}",
                 "core",
                 f"IS-MLE training step, loss, gradient and Adam (NIST, B = S = 100; {path})",
-                _training_step("nist", {"prior": {"sampling": path}}),
+                training_step_case("nist", {"prior": {"sampling": path}}),
             )
             for suffix, path in _PATHS.items()
         ),
@@ -183,7 +194,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 f"its_prior{suffix}",
                 "core",
                 f"inverse-transform prior sampling after a parameter change (NIST prior; {path})",
-                _its("nist", path),
+                its_case("nist", path),
             )
             for suffix, path in _PATHS.items()
         ),
@@ -191,13 +202,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             "langevin_prior_3240",
             "core",
             "60 ULA steps of a Pang et al. prior on 3,240 coordinates",
-            _langevin(81 * 40),
+            langevin_case(81 * 40),
         ),
         Benchmark(
             "langevin_prior_81",
             "core",
             "60 ULA steps of a Pang et al. prior on 81 coordinates",
-            _langevin(81),
+            langevin_case(81),
         ),
         *(
             Benchmark(
@@ -205,7 +216,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 "core",
                 f"inverse-transform sampling of {SMALL_BATCH} draws after a parameter change "
                 f"(NIST prior; {path})",
-                _at(SMALL_BATCH, _its("nist", path)),
+                _at(SMALL_BATCH, its_case("nist", path)),
             )
             for suffix, path in _PATHS.items()
         ),
@@ -213,14 +224,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             f"langevin_prior_81_{SMALL_BATCH}",
             "core",
             f"60 ULA steps of a Pang et al. prior on 81 coordinates, {SMALL_BATCH} chains",
-            _at(SMALL_BATCH, _langevin(81)),
+            _at(SMALL_BATCH, langevin_case(81)),
         ),
         *(
             Benchmark(
                 f"its_mixture_svhn{suffix}",
                 "core",
                 f"inverse-transform sampling of the SVHN mixture prior, after an update ({path})",
-                _its("svhn", path),
+                its_case("svhn", path),
             )
             for suffix, path in _PATHS.items()
         ),
@@ -228,20 +239,20 @@ BENCHMARKS: dict[str, Benchmark] = {
             "langevin_prior_svhn",
             "core",
             "60 ULA steps of a Pang et al. prior on the SVHN latent (81)",
-            _langevin(81),
+            langevin_case(81),
         ),
         Benchmark(
             "ula_step_svhn",
             "svhn",
             "ULA-MLE training step, 40 ULA steps (SVHN, eq. 4)",
-            _training_step("svhn"),
+            training_step_case("svhn"),
         ),
         *(
             Benchmark(
                 f"thermo_step_svhn_nt{n}",
                 "svhn",
                 f"thermodynamic training step, N_t = {n} (SVHN, eq. 24)",
-                _thermo(n),
+                thermo_case(n),
             )
             for n in (2, 5, 10)
         ),
@@ -249,31 +260,31 @@ BENCHMARKS: dict[str, Benchmark] = {
             "vae_step_svhn",
             "svhn",
             "VAE training step, ELBO and gradient (SVHN)",
-            _training_step("vae_svhn"),
+            training_step_case("vae_svhn"),
         ),
         Benchmark(
             "lebm_step_svhn",
             "svhn",
             "latent-EBM training step: 20 posterior and 60 prior ULA steps (SVHN, Pang et al.)",
-            _training_step("lebm_svhn"),
+            training_step_case("lebm_svhn"),
         ),
         Benchmark(
             "ddpm_step_svhn",
             "svhn",
             "DDPM training step, noise prediction and gradient (SVHN UNet, batch 50)",
-            _training_step("ddpm_svhn"),
+            training_step_case("ddpm_svhn"),
         ),
         Benchmark(
             "generate_kaem_svhn",
             "svhn",
             "KAEM generation: inverse-transform prior samples and the CNN (SVHN)",
-            _generation("svhn"),
+            generation_case("svhn"),
         ),
         Benchmark(
             "generate_vae_svhn",
             "svhn",
             "VAE generation: Gaussian latents and the decoder (SVHN)",
-            _generation("vae_svhn"),
+            generation_case("vae_svhn"),
         ),
     )
 }

@@ -39,15 +39,15 @@ from typing import Any
 
 import torch
 
-from kaem import quadrature as quad
+from kaem.argtypes import positive_int
 from kaem.bench.cases import SUITES
 from kaem.bench.harness import ratios, run_benchmarks
 from kaem.bench.sweeps import run_sweep
-from kaem.cli import positive_int
 from kaem.config import TrainConfig, from_dict
 from kaem.inference.evidence import evaluate_log_evidence
 from kaem.io import atomic_write_text
 from kaem.kinds import build
+from kaem.model import quadrature as quad
 from kaem.presets import preset
 from kaem.training import Progress, build_step, resolve_device, train
 

@@ -37,13 +37,14 @@ from tqdm.auto import tqdm
 
 from kaem.bench.cases import (
     Case,
-    _ddpm_generation,
-    _generation,
-    _its,
-    _langevin,
-    _thermo,
-    _training_step,
+    ddpm_generation_case,
+    generation_case,
+    its_case,
+    langevin_case,
+    thermo_case,
+    training_step_case,
 )
+from kaem.bench.measure import measure
 from kaem.presets import preset
 
 __all__ = ["SWEEPS", "TIMED_IMAGE_STEPS", "Sweep", "run_sweep", "sweep_payload"]
@@ -94,12 +95,12 @@ def _nist_width(nz: int) -> Build:
         "prior": {**nist["prior"], "widths": [nist["prior"]["widths"][0], nz]},
         "generator": {**nist["generator"], "hidden_widths": [2 * nz]},
     }
-    return _training_step("nist", model_settings=model)
+    return training_step_case("nist", model_settings=model)
 
 
 def _ula_steps(n_steps: int) -> Build:
     langevin = {**preset("svhn")["train"]["langevin"], "n_steps": n_steps}
-    return _training_step("svhn", langevin=langevin)
+    return training_step_case("svhn", langevin=langevin)
 
 
 _NIST_Z = 40 * 81  # coordinates of a NIST prior draw: P x Q
@@ -127,12 +128,12 @@ SWEEPS: dict[str, Sweep] = {
             "samples drawn",
             (1, 10, 100, 1_000, 10_000, 100_000),
             {
-                "ITS, NIST prior (3,240)": lambda n: _its("nist", "search"),
-                "ITS compiled, NIST prior (3,240)": lambda n: _its("nist", "compiled"),
-                "Langevin, 60 steps (3,240)": lambda n: _langevin(_NIST_Z),
-                "ITS, SVHN mixture prior (81)": lambda n: _its("svhn", "search"),
-                "ITS compiled, SVHN mixture prior (81)": lambda n: _its("svhn", "compiled"),
-                "Langevin, 60 steps (81)": lambda n: _langevin(81),
+                "ITS, NIST prior (3,240)": lambda n: its_case("nist", "search"),
+                "ITS compiled, NIST prior (3,240)": lambda n: its_case("nist", "compiled"),
+                "Langevin, 60 steps (3,240)": lambda n: langevin_case(_NIST_Z),
+                "ITS, SVHN mixture prior (81)": lambda n: its_case("svhn", "search"),
+                "ITS compiled, SVHN mixture prior (81)": lambda n: its_case("svhn", "compiled"),
+                "Langevin, 60 steps (81)": lambda n: langevin_case(81),
             },
             samples=None,
             log_x=True,
@@ -159,8 +160,8 @@ SWEEPS: dict[str, Sweep] = {
             "Thermodynamic training step (SVHN) against the number of temperatures",
             "temperatures N_t",
             (2, 4, 6, 8, 10, 12),
-            {"thermodynamic step": _thermo},
-            reference=("VAE step", _training_step("vae_svhn")),
+            {"thermodynamic step": thermo_case},
+            reference=("VAE step", training_step_case("vae_svhn")),
         ),
         Sweep(
             "ula_steps",
@@ -168,7 +169,7 @@ SWEEPS: dict[str, Sweep] = {
             "Langevin steps",
             (10, 20, 40, 70, 100),
             {"ULA-MLE step": _ula_steps},
-            reference=("VAE step", _training_step("vae_svhn")),
+            reference=("VAE step", training_step_case("vae_svhn")),
         ),
         Sweep(
             "generation",
@@ -176,11 +177,11 @@ SWEEPS: dict[str, Sweep] = {
             "images per call (batch)",
             (1, 100, 1_000),
             {
-                KAEM_GEN: lambda n: _generation("svhn"),
-                LEBM_GEN: lambda n: _generation("lebm_svhn"),
-                VAE_GEN: lambda n: _generation("vae_svhn"),
-                DDPM_GEN: lambda n: _ddpm_generation("ddpm_svhn", "ddpm", 1_000),
-                DDIM_GEN: lambda n: _ddpm_generation("ddpm_svhn", "ddim", 50),
+                KAEM_GEN: lambda n: generation_case("svhn"),
+                LEBM_GEN: lambda n: generation_case("lebm_svhn"),
+                VAE_GEN: lambda n: generation_case("vae_svhn"),
+                DDPM_GEN: lambda n: ddpm_generation_case("ddpm_svhn", "ddpm", 1_000),
+                DDIM_GEN: lambda n: ddpm_generation_case("ddpm_svhn", "ddim", 50),
             },
             samples=None,
             log_x=True,
@@ -197,11 +198,11 @@ SWEEPS: dict[str, Sweep] = {
                 (DDPM_GEN, VAE_GEN),
             ),
             extras=(
-                (ULA_STEP, _training_step("svhn")),
-                (IS_STEP, _training_step("svhn", criterion="importance")),
-                (LEBM_STEP, _training_step("lebm_svhn")),
-                (VAE_STEP, _training_step("vae_svhn")),
-                (DDPM_STEP, _training_step("ddpm_svhn")),
+                (ULA_STEP, training_step_case("svhn")),
+                (IS_STEP, training_step_case("svhn", criterion="importance")),
+                (LEBM_STEP, training_step_case("lebm_svhn")),
+                (VAE_STEP, training_step_case("vae_svhn")),
+                (DDPM_STEP, training_step_case("ddpm_svhn")),
             ),
             extra_ratios=(
                 (ULA_STEP, VAE_STEP),
@@ -239,7 +240,6 @@ def _measure_case(
     label: str, case: Case, n_images: int, repeats: int, device: torch.device, budget: int
 ) -> dict[str, Any]:
     """``measure`` of ``case``, its chain cut to what ``budget`` allows and scaled back."""
-    from kaem.bench.harness import measure
 
     reps = max(1, round(repeats * case.repeats_scale))
     timed = _timed_steps(case, n_images, budget)

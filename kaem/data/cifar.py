@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kaem.data.readers import _NumpyUnpickler
+from kaem.data.readers import NumpyUnpickler
 from kaem.data.spec import DataError
 
 __all__ = ["CIFAR10_ARCHIVE", "read_cifar10"]
@@ -35,7 +35,7 @@ _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, pickle.Unpickli
 def _batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch as uint8 images ``(n, 3, 32, 32)`` and int64 labels ``(n,)``."""
     try:
-        batch = _NumpyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        batch = NumpyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise DataError(f"{where}: not a CIFAR-10 batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():

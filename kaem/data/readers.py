@@ -27,6 +27,7 @@ from kaem.data.spec import DataError
 __all__ = [
     "CELEBA_CROP",
     "JpegStore",
+    "NumpyUnpickler",
     "load_tiny",
     "read_celeba",
     "read_celeba_dir",
@@ -171,7 +172,7 @@ def read_mnist_idx_dir(
     return train, test
 
 
-class _NumpyUnpickler(pickle.Unpickler):
+class NumpyUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds numpy arrays, so a data file cannot run code."""
 
     _ALLOWED = frozenset(
@@ -250,7 +251,7 @@ def read_mnist_pickle(
             gzipped = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
-            obj = _NumpyUnpickler(stream, encoding="latin1").load()
+            obj = NumpyUnpickler(stream, encoding="latin1").load()
     except Exception as exc:  # pickle, gzip and zlib raise many types on corrupt input
         raise DataError(
             f"{path}: not a readable MNIST pickle ({type(exc).__name__}: {exc})"

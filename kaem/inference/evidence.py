@@ -7,7 +7,7 @@ the Gaussian likelihood of eq. 8 (constant included):
 * :func:`steppingstone_log_evidence`: the steppingstone estimator over power posteriors
   sampled by population ULA (eqs. 23-24), with the trapezium thermodynamic integral and its
   variance correction beside it (eqs. 55-56);
-* for the VAE, :func:`kaem.vae.importance_weighted_bound`.
+* for the VAE, :func:`kaem.baselines.vae.importance_weighted_bound`.
 
 Standard errors use the delta method on the mean of the importance weights: for
 ``r = (1/S) sum_s w_s``, ``Var(log r) ~= Var(w) / (S r^2)``, computed in log space.
@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kaem.baselines.vae import VAE, importance_weighted_bound
+from kaem.inference.losses import thermodynamic_integration
 from kaem.inference.posterior import sample_power_posteriors
-from kaem.losses import thermodynamic_integration
 from kaem.model import KAEM
-from kaem.prior import QUADRATURE_TOLERANCE
+from kaem.model.prior import QUADRATURE_TOLERANCE
 from kaem.samplers import EvidenceEstimate, log_mean_exp_with_stderr, power_temperatures
-from kaem.vae import VAE, importance_weighted_bound
 
 __all__ = [
     "EvidenceEstimate",
@@ -183,7 +183,7 @@ def evaluate_log_evidence(
     Parameters
     ----------
     model
-        A :class:`~kaem.model.KAEM` or :class:`~kaem.vae.VAE`.
+        A :class:`~kaem.model.KAEM` or :class:`~kaem.baselines.vae.VAE`.
     images
         Float images in ``[0, 1]``, ``(N, C, H, W)``.
     n_samples, steppingstone, n_temps, n_chains, n_steps, step_size
@@ -204,7 +204,7 @@ def evaluate_log_evidence(
         Carlo standard error of that average (None for the thermodynamic integrals),
         "per_pixel": mean / pixels, "images": count}``, or ``{"skipped": reason}``; for a
         KAEM also ``"quadrature"``: ``{"error": the prior's largest
-        :meth:`~kaem.prior.EnergyPrior.quadrature_error` in nats, "nodes", "tolerance"}``.
+        :meth:`~kaem.model.prior.EnergyPrior.quadrature_error` in nats, "nodes", "tolerance"}``.
     """
     check_estimable(model)
     # Images go to the model's device, and the generator lives there too (a CPU generator

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from kaem import __version__
 from kaem.config import RESUMABLE_KEYS, to_dict
 from kaem.io import (
     atomic_torch_save,
@@ -27,6 +26,7 @@ from kaem.io import (
     read_checkpoint,
 )
 from kaem.training.grids import GridUpdates
+from kaem.version import __version__
 
 __all__ = ["Checkpoint", "ResumeError", "check_resume", "check_steps", "data_record"]
 

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from kaem.config import GridUpdateConfig, TrainConfig
-from kaem.generators import KANGenerator
 from kaem.inference.posterior import sample_posterior
 from kaem.model import KAEM
+from kaem.model.generators import KANGenerator
 
 __all__ = ["GridUpdates"]
 

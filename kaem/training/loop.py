@@ -49,7 +49,7 @@ from kaem.config import TrainConfig, to_dict
 from kaem.inference.posterior import check_langevin_prior
 from kaem.io import atomic_write_text, folder_lock
 from kaem.kinds import MODEL_KINDS, kind_of
-from kaem.prior import QUADRATURE_TOLERANCE, EnergyPrior, QuadratureWarning
+from kaem.model.prior import QUADRATURE_TOLERANCE, EnergyPrior, QuadratureWarning
 from kaem.training.checkpoint import Checkpoint, check_steps, data_record
 from kaem.training.grids import GridUpdates
 from kaem.training.log import CSVLog
@@ -255,8 +255,8 @@ def check_setup(model: nn.Module, cfg: TrainConfig) -> tuple[StepFn, GridUpdates
 
 
 def _quadrature_error(model: nn.Module, step: int) -> float:
-    """The prior's :meth:`~kaem.prior.EnergyPrior.quadrature_error` (its largest, in nats) for
-    the log, with a warning above :data:`~kaem.prior.QUADRATURE_TOLERANCE`; NaN for a model
+    """The prior's :meth:`~kaem.model.prior.EnergyPrior.quadrature_error` (its largest, in nats) for
+    the log, with a warning above :data:`~kaem.model.prior.QUADRATURE_TOLERANCE`; NaN for a model
     without a quadrature prior. Measured at the start, after every grid update and at every
     checkpoint (the rows of those steps carry it, the others NaN): a function of the step, so
     a resumed run logs what an uninterrupted one does."""

@@ -21,14 +21,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kaem.baselines.ddpm import ddpm_loss
+from kaem.baselines.lebm import lebm_loss
+from kaem.baselines.vae import elbo_loss
 from kaem.checks import Check
 from kaem.config import TrainConfig
-from kaem.ddpm import ddpm_loss
+from kaem.inference.losses import (
+    importance_loss,
+    mle_loss,
+    thermodynamic_integration,
+    thermodynamic_loss,
+)
 from kaem.inference.posterior import NonFinitePolicy, sample_posterior, sample_power_posteriors
-from kaem.lebm import lebm_loss
-from kaem.losses import importance_loss, mle_loss, thermodynamic_integration, thermodynamic_loss
 from kaem.samplers import cosine_exponent_schedule, power_temperatures
-from kaem.vae import elbo_loss
 
 __all__ = [
     "CRITERIA",
@@ -80,7 +85,7 @@ StepFn = Callable[[nn.Module, Tensor, torch.Generator, Progress], StepResult]
 
 
 def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> StepFn:
-    """Importance-sampling maximum likelihood (:func:`kaem.losses.importance_loss`)."""
+    """Importance-sampling maximum likelihood (:func:`kaem.inference.losses.importance_loss`)."""
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = importance_loss(
@@ -103,7 +108,7 @@ def importance_step(*, n_samples: int, resampler: str, ess_threshold: float) -> 
 
 
 def elbo_step() -> StepFn:
-    """The VAE's evidence lower bound (:func:`kaem.vae.elbo_loss`)."""
+    """The VAE's evidence lower bound (:func:`kaem.baselines.vae.elbo_loss`)."""
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = elbo_loss(model, x, generator=generator)
@@ -215,7 +220,7 @@ def thermodynamic_step(
 def lebm_step(
     *, sampler: str, n_steps: int, step_size: float, nonfinite: NonFinitePolicy, max_retries: int
 ) -> StepFn:
-    """Pang et al.'s latent-EBM learning (:func:`kaem.lebm.lebm_loss`): short-run ULA
+    """Pang et al.'s latent-EBM learning (:func:`kaem.baselines.lebm.lebm_loss`): short-run ULA
     posterior samples (``n_steps``, ``step_size``) and prior samples with the prior's settings.
 
     Their sampler has no Metropolis correction and no retries, so ``sampler`` must be ``ula``
@@ -241,8 +246,8 @@ def lebm_step(
 
 
 def ddpm_step() -> StepFn:
-    """The DDPM's noise-prediction loss (:func:`kaem.ddpm.ddpm_loss`, Ho et al. 2020 eq. 14):
-    one step ``t`` and one noise draw per image."""
+    """The DDPM's noise-prediction loss (:func:`kaem.baselines.ddpm.ddpm_loss`, Ho et al.
+    2020 eq. 14): one step ``t`` and one noise draw per image."""
 
     def step(model: nn.Module, x: Tensor, generator: torch.Generator, progress: Progress):
         loss, info = ddpm_loss(model, x, generator=generator)

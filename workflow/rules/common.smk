@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 # put the repository first on sys.path for the same reason).
 sys.path.insert(0, str(REPO))
 
-from kaem.workflow.config import (
+from kaem.pipeline.config import (
     benchmark_sweeps,
     cell_info,
     cell_sampler,

@@ -9,8 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kaem.bench import BENCHMARKS, payload, run_benchmarks
-from kaem.workflow.artifacts import write_json
-from kaem.workflow.config import job_context, resolve_device
+from kaem.pipeline.artifacts import write_json
+from kaem.pipeline.config import job_context, resolve_device
 
 
 def main(out: str, settings: dict) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kaem.features import fit_classifier
-from kaem.workflow.artifacts import write_json
-from kaem.workflow.config import job_context, resolve_device
+from kaem.pipeline.artifacts import write_json
+from kaem.pipeline.config import job_context, resolve_device
 
 
 def main(data: str, model_out: str, summary_out: str, settings: dict, device: str = "auto") -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kaem.features import build_extractor
-from kaem.workflow.artifacts import dataset_features, sample_features
-from kaem.workflow.config import job_context, resolve_device
+from kaem.pipeline.artifacts import dataset_features, sample_features
+from kaem.pipeline.config import job_context, resolve_device
 
 
 def main(

@@ -1,4 +1,4 @@
-"""Snakemake job: one figure, named by the rule's wildcards (kaem.workflow.plots)."""
+"""Snakemake job: one figure, named by the rule's wildcards (kaem.pipeline.plots)."""
 
 import sys
 from pathlib import Path
@@ -7,8 +7,8 @@ from pathlib import Path
 # workflow/envs/kaem.yaml for why it is not installed there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kaem.workflow.config import job_context
-from kaem.workflow.plots import draw_figure
+from kaem.pipeline.config import job_context
+from kaem.pipeline.plots import draw_figure
 
 if "snakemake" in globals():
     job = globals()["snakemake"]  # defined by the preamble Snakemake puts before this file

@@ -7,8 +7,8 @@ from pathlib import Path
 # workflow/envs/kaem.yaml for why it is not installed there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kaem.workflow.artifacts import cell_metrics, write_json
-from kaem.workflow.config import job_context
+from kaem.pipeline.artifacts import cell_metrics, write_json
+from kaem.pipeline.config import job_context
 
 
 def main(

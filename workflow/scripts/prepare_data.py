@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kaem.data import prepare_dataset
-from kaem.workflow.config import job_context
+from kaem.pipeline.config import job_context
 
 
 def main(name: str, out: str, settings: dict, progress: bool = True) -> Path:

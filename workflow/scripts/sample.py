@@ -11,7 +11,7 @@ import torch
 
 from kaem.data import write_samples
 from kaem.kinds import load_model
-from kaem.workflow.config import job_context, resolve_device
+from kaem.pipeline.config import job_context, resolve_device
 
 
 def main(

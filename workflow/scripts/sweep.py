@@ -8,8 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kaem.bench.sweeps import run_sweep
-from kaem.workflow.artifacts import write_json
-from kaem.workflow.config import job_context, resolve_device
+from kaem.pipeline.artifacts import write_json
+from kaem.pipeline.config import job_context, resolve_device
 
 
 def main(

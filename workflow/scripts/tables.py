@@ -9,10 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pandas as pd
 
-from kaem.workflow.artifacts import read_json
-from kaem.workflow.config import job_context
-from kaem.workflow.costs import sweep_table
-from kaem.workflow.tables import (
+from kaem.pipeline.artifacts import read_json
+from kaem.pipeline.config import job_context
+from kaem.pipeline.costs import sweep_table
+from kaem.pipeline.tables import (
     benchmark_table,
     cells_table,
     check_scores,

@@ -13,8 +13,8 @@ import torch
 from kaem.config import TrainConfig, from_dict
 from kaem.data import load_images
 from kaem.io import atomic_path
+from kaem.pipeline.config import build_cell_model, job_context, resolve_device, write_yaml
 from kaem.training import data_record, train
-from kaem.workflow.config import build_cell_model, job_context, resolve_device, write_yaml
 
 
 def main(

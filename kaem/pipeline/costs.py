@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kaem.figures import save_figure
+
 __all__ = ["plot_sweep", "sweep_table"]
 
 
@@ -51,7 +53,6 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path
         Output image.
     """
-    from kaem.workflow.plots import _save
 
     extras = sweep.get("extras") or []
     fig = Figure(figsize=(13.5 if extras else 9.0, 3.6))
@@ -96,7 +97,7 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ax.set_xlabel("seconds per training step")
         ax.set_title("training steps", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _timing(point: Mapping[str, Any]) -> str:

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kaem.bases import build_basis
 from kaem.config import ModelConfig, from_dict
-from kaem.generators import CNNGenerator, Generator, KANGenerator
-from kaem.kan import KANLayer
-from kaem.likelihood import GaussianLikelihood
-from kaem.prior import EnergyPrior, MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
+from kaem.model.bases import build_basis
+from kaem.model.generators import CNNGenerator, Generator, KANGenerator
+from kaem.model.kan import KANLayer
+from kaem.model.likelihood import GaussianLikelihood
+from kaem.model.prior import EnergyPrior, MixtureEnergyPrior, ReferencePrior, UnivariateEnergyPrior
 
 __all__ = [
     "KAEM",
@@ -29,9 +29,10 @@ class KAEM(nn.Module):
     Parameters
     ----------
     prior
-        A :class:`~kaem.prior.UnivariateEnergyPrior` or :class:`~kaem.prior.MixtureEnergyPrior`.
+        A :class:`~kaem.model.prior.UnivariateEnergyPrior` or
+        :class:`~kaem.model.prior.MixtureEnergyPrior`.
     generator
-        A :class:`~kaem.generators.Generator` whose ``latent_dim`` equals the prior's.
+        A :class:`~kaem.model.generators.Generator` whose ``latent_dim`` equals the prior's.
     likelihood
         The Gaussian observation model (eq. 8).
     generator_noise

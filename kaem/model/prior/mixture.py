@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kaem import quadrature as quad
-from kaem.kan import KANLayer
-from kaem.prior.base import INVERSE_CDF, EnergyPrior
-from kaem.reference import ReferencePrior
+from kaem.model import quadrature as quad
+from kaem.model.kan import KANLayer
+from kaem.model.prior.base import INVERSE_CDF, EnergyPrior
+from kaem.model.reference import ReferencePrior
 
 __all__ = ["MixtureEnergyPrior"]
 
@@ -117,7 +117,7 @@ class MixtureEnergyPrior(EnergyPrior):
         Both terms are independent of ``z``, so a sampler's chains see the same density (to
         rounding) and gradient in ``z`` as with :meth:`log_prob`, for one evaluation of the
         quadrature and of the proportions per run instead of one per step (see
-        :meth:`~kaem.prior.base.EnergyPrior.frozen_log_prob`).
+        :meth:`~kaem.model.prior.base.EnergyPrior.frozen_log_prob`).
         """
         with torch.no_grad():
             offset = self.log_normaliser() - torch.log_softmax(self.logits, dim=-1)  # (Q, P)
@@ -203,7 +203,7 @@ class MixtureEnergyPrior(EnergyPrior):
         """Exact samples (eqs. 13, 17), shape ``(n, Q)``, detached: ``z_q = F_q^{-1}(u_q)``.
 
         ``F_q`` is the CDF of coordinate ``q``'s whole mixture (:meth:`marginal_cdf_table`),
-        inverted by :func:`kaem.quadrature.inverse_cdf`: the same distribution as
+        inverted by :func:`kaem.model.quadrature.inverse_cdf`: the same distribution as
         :meth:`sample_with_components` (a component, then its inverse transform), for one
         uniform per coordinate whatever the number of components.
         """

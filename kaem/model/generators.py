@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kaem.bases import build_basis
-from kaem.kan import KANLayer
+from kaem.model.bases import build_basis
+from kaem.model.kan import KANLayer
 
 __all__ = ["OUTPUT_ACTIVATIONS", "CNNGenerator", "Generator", "KANGenerator"]
 
@@ -98,9 +98,9 @@ class KANGenerator(Generator):
         Widths between ``Q`` and the pixels; the default ``(2 Q,)`` gives the paper's NIST
         generator ``81 -> 162 -> 784``.
     basis, grid_size, grid_range, degree, tau, trainable_tau, omega
-        Basis of every layer (see :func:`kaem.bases.build_basis`).
+        Basis of every layer (see :func:`kaem.model.bases.build_basis`).
     base_activation, layer_norm, coef_init_scale, base_scale, spline_scale
-        KAN layer settings (see :class:`kaem.kan.KANLayer`); layer norm is applied to hidden
+        KAN layer settings (see :class:`kaem.model.kan.KANLayer`); layer norm is applied to hidden
         layers only, never to the pixels.
     output_activation
         See :class:`Generator`.

@@ -18,7 +18,7 @@ its inverse (eq. 13) is a search for the cell plus the cell's linear inverse:
 which :func:`inverse_cdf` computes with ``torch.searchsorted`` on any device. That is the
 sampler: the quadrature *defines* the prior that is sampled, and the smooth density that
 ``log_prob`` evaluates differs from it by the quadrature's resolution (measured by
-:meth:`kaem.prior.EnergyPrior.quadrature_error`).
+:meth:`kaem.model.prior.EnergyPrior.quadrature_error`).
 
 All functions are pure tensor functions, batched over leading "row" dimensions (one row per
 univariate density), with no Python loops over rows or samples.

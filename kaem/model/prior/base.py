@@ -9,11 +9,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from kaem import quadrature as quad
-from kaem.accel import cpu
 from kaem.checks import check_count
-from kaem.kan import KANLayer
-from kaem.reference import ReferencePrior
+from kaem.model import quadrature as quad
+from kaem.model.accel import cpu
+from kaem.model.kan import KANLayer
+from kaem.model.reference import ReferencePrior
 
 __all__ = [
     "INVERSE_CDF",
@@ -27,7 +27,7 @@ SamplingMethod = Literal["search", "compiled"]
 
 #: How the priors invert their CDFs (eq. 13), by ``model.prior.sampling``: ``search``, the
 #: plain tensor path on every device, or ``compiled``, the same samples by compiled loops on
-#: the CPU (:mod:`kaem.accel.cpu`; other devices take the plain path).
+#: the CPU (:mod:`kaem.model.accel.cpu`; other devices take the plain path).
 INVERSE_CDF: dict[str, Callable[[Tensor, quad.CDFTable], Tensor]] = {
     "search": quad.inverse_cdf,
     "compiled": cpu.inverse_cdf,

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from kaem.config import LEBMConfig, from_dict
-from kaem.generators import Generator
-from kaem.likelihood import GaussianLikelihood
+from kaem.model import build_generator  # KAEM's generators, built the same way
+from kaem.model.generators import Generator
+from kaem.model.likelihood import GaussianLikelihood
 from kaem.samplers import ula
 
 __all__ = [
@@ -154,7 +155,7 @@ class LEBM(nn.Module):
     prior
         The :class:`LatentEBMPrior`.
     generator
-        A :class:`~kaem.generators.Generator` whose ``latent_dim`` equals the prior's.
+        A :class:`~kaem.model.generators.Generator` whose ``latent_dim`` equals the prior's.
     likelihood
         The Gaussian observation model of eq. 8 (Pang et al.'s operating point: variance
         0.0225 on images in ``[0, 1]``).
@@ -265,8 +266,6 @@ def build_lebm(cfg: Mapping[str, Any] | LEBMConfig, seed: int = 0) -> LEBM:
     seed
         Seed of the initial parameters.
     """
-    from kaem.model import build_generator  # KAEM's generators, built the same way
-
     if not isinstance(cfg, LEBMConfig):
         cfg = from_dict(LEBMConfig, cfg, "model")
     gen = torch.Generator().manual_seed(seed)

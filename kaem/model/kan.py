@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kaem.bases import Basis
+from kaem.model.bases import Basis
 
 __all__ = ["ACTIVATIONS", "KANLayer", "get_activation"]
 

@@ -19,19 +19,19 @@ every sampler and estimator targets the same density on the same support.
 
 Each call of ``sample`` builds the CDFs from the parameters as they are (a KAN evaluation on
 the ``N`` nodes and a cumulative sum), draws the uniforms from the caller's generator and
-inverts them (eq. 13, :func:`kaem.quadrature.inverse_cdf`): there is no state to go stale.
+inverts them (eq. 13, :func:`kaem.model.quadrature.inverse_cdf`): there is no state to go stale.
 """
 
-from kaem.prior.base import (
+from kaem.model.prior.base import (
     INVERSE_CDF,
     QUADRATURE_TOLERANCE,
     EnergyPrior,
     QuadratureWarning,
     SamplingMethod,
 )
-from kaem.prior.mixture import MixtureEnergyPrior
-from kaem.prior.univariate import UnivariateEnergyPrior
-from kaem.reference import DEFAULT_DOMAINS, ReferencePrior
+from kaem.model.prior.mixture import MixtureEnergyPrior
+from kaem.model.prior.univariate import UnivariateEnergyPrior
+from kaem.model.reference import DEFAULT_DOMAINS, ReferencePrior
 
 __all__ = [
     "DEFAULT_DOMAINS",

@@ -4,6 +4,6 @@ An accelerator returns what the function it replaces returns, for the same argum
 chosen by an explicit setting; the plain function is the default on every device and the
 reference the accelerator is tested against.
 
-* :func:`kaem.accel.cpu.inverse_cdf`: :func:`kaem.quadrature.inverse_cdf` (eq. 13) by compiled
-  CPU loops, chosen by ``model.prior.sampling: compiled``.
+* :func:`kaem.model.accel.cpu.inverse_cdf`: :func:`kaem.model.quadrature.inverse_cdf` (eq. 13)
+  by compiled CPU loops, chosen by ``model.prior.sampling: compiled``.
 """

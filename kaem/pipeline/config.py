@@ -196,16 +196,21 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dic
 
 
 class CellInfo(NamedTuple):
-    """What a cell is: ``(dataset, model, basis, sampler, reference prior)`` and more."""
+    """What a cell is: its dataset, its kind of model and what that model is made of.
+
+    The fields that only a KAEM has (its prior's basis, reference and kind) are None for the
+    other kinds; ``generator`` is None for a model without one of KAEM's generators (the
+    DDPM's UNet).
+    """
 
     name: str
     dataset: str
     model: str  # a kind of kaem.kinds: KAEM, VAE, LEBM or DDPM
-    basis: str | None
+    basis: str | None  # KAEM: the prior's basis
     criterion: str  # importance, ula, thermodynamic, elbo, lebm or ddpm
     sampler: str  # a short label of the criterion
-    reference: str | None
-    prior: str | None  # univariate or mixture
+    reference: str | None  # KAEM: the prior's reference density
+    prior: str | None  # KAEM: univariate or mixture
     generator: str | None  # kan or cnn
     n_chains: int | None = None  # thermodynamic: chains per temperature
     seeds: tuple[int, ...] = (0,)  # training seeds, one job each
@@ -259,22 +264,19 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
     kind = kind_of(criterion)
     if kind.name != "KAEM":
         model = from_dict(kind.config, cfg["model"], "model")
-        generator = model.generator.kind if hasattr(model, "generator") else None
-        sampler = _CRITERION_NAMES[criterion]
-        variance = getattr(model, "likelihood_variance", None)
+        generator = getattr(model, "generator", None)
         return CellInfo(
-            name,
-            dataset,
-            kind.name,
-            None,
-            criterion,
-            sampler,
-            None,
-            None,
-            generator,
-            None,
-            seeds,
-            variance,
+            name=name,
+            dataset=dataset,
+            model=kind.name,
+            basis=None,
+            criterion=criterion,
+            sampler=_CRITERION_NAMES[criterion],
+            reference=None,
+            prior=None,
+            generator=None if generator is None else generator.kind,
+            seeds=seeds,
+            likelihood_variance=getattr(model, "likelihood_variance", None),
         )
     model = from_dict(ModelConfig, cfg["model"], "model")
     sampler, n_chains = _CRITERION_NAMES[criterion], None
@@ -283,18 +285,18 @@ def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
         n_chains = thermo.n_chains
         sampler = f"thermodynamic (N_t={thermo.n_temps}, S={n_chains})"
     return CellInfo(
-        name,
-        dataset,
-        "KAEM",
-        model.prior.basis,
-        criterion,
-        sampler,
-        model.prior.reference.name,
-        model.prior.kind,
-        model.generator.kind,
-        n_chains,
-        seeds,
-        model.likelihood_variance,
+        name=name,
+        dataset=dataset,
+        model="KAEM",
+        basis=model.prior.basis,
+        criterion=criterion,
+        sampler=sampler,
+        reference=model.prior.reference.name,
+        prior=model.prior.kind,
+        generator=model.generator.kind,
+        n_chains=n_chains,
+        seeds=seeds,
+        likelihood_variance=model.likelihood_variance,
     )
 
 

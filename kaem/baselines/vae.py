@@ -2,8 +2,9 @@
 
 The VAE shares everything with the KAEM cells it is compared against except the prior and the
 inference: the latent prior is ``N(0, I)``, the posterior is amortised by a diagonal Gaussian
-``q(z | x) = N(mu(x), diag(exp(logvar(x))))``, the decoder is :class:`kaem.generators.CNNGenerator`
-and the likelihood is :class:`kaem.likelihood.GaussianLikelihood` with the same variance. It is
+``q(z | x) = N(mu(x), diag(exp(logvar(x))))``, the decoder is
+:class:`kaem.model.generators.CNNGenerator` and the likelihood is
+:class:`kaem.model.likelihood.GaussianLikelihood` with the same variance. It is
 trained by maximising the ELBO (Kingma and Welling 2014) through :func:`kaem.train` (criterion
 ``elbo``), and evaluated by the importance-weighted bound (Burda et al. 2016), which tightens to
 ``log p(x)`` as the number of samples grows. It is a kind of model of :mod:`kaem.kinds`, so
@@ -22,8 +23,8 @@ from torch import Tensor, nn
 
 from kaem.checks import Check, nonfinite_log_lik
 from kaem.config import VAEConfig, from_dict
-from kaem.generators import CNNGenerator
-from kaem.likelihood import GaussianLikelihood
+from kaem.model.generators import CNNGenerator
+from kaem.model.likelihood import GaussianLikelihood
 from kaem.samplers import log_mean_exp_with_stderr
 
 __all__ = [
@@ -117,7 +118,7 @@ class VAE(nn.Module):
     The paper's decoder starts with "FC + reshape" to ``4 x 4``; the KAEM CNN generator's first
     layer, a ``4 x 4`` transposed convolution of the ``1 x 1`` input, *is* that fully connected
     layer (each output pixel is a linear function of ``z``), so the VAE decoder is the KAEM
-    generator itself (:class:`~kaem.generators.CNNGenerator`, including the LeakyReLU that
+    generator itself (:class:`~kaem.model.generators.CNNGenerator`, including the LeakyReLU that
     follows that layer in both models) and the comparison isolates the prior and the inference.
 
     Parameters
@@ -127,7 +128,7 @@ class VAE(nn.Module):
         their log variances (e.g. :class:`CNNEncoder`).
     decoder
         Module mapping latents ``(n, d)`` to images ``(n, C, H, W)`` (e.g.
-        :class:`~kaem.generators.CNNGenerator`, whose sigmoid output lies in ``[0, 1]``).
+        :class:`~kaem.model.generators.CNNGenerator`, whose sigmoid output lies in ``[0, 1]``).
     likelihood
         The Gaussian observation model (eq. 8), as for KAEM.
     latent_dim
@@ -289,7 +290,7 @@ class ELBOInfo(NamedTuple):
 
 def _check_vae(vae: Any) -> None:
     if not isinstance(vae, VAE):
-        raise TypeError(f"expected a kaem.vae.VAE, got {type(vae).__name__}")
+        raise TypeError(f"expected a kaem.baselines.vae.VAE, got {type(vae).__name__}")
 
 
 def _reparameterise(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
-"""The Numba kernels of :mod:`kaem.accel.cpu`, compiled on first use and cached on disk.
+"""The Numba kernels of :mod:`kaem.model.accel.cpu`, compiled on first use and cached on disk.
 
 Kept at module level in a module of their own, so that Numba's cache holds them across
 processes and only a caller of the compiled path imports Numba. Each kernel is the search of
-:func:`kaem.quadrature.inverse_cdf` (the last ``cdf_c <= u`` with ``c < N``) and the same
+:func:`kaem.model.quadrature.inverse_cdf` (the last ``cdf_c <= u`` with ``c < N``) and the same
 inversion ``edges[c] + (u - cdf_c) * slope_c``, clamped into the domain, in the same floating-
 point operations, so its samples equal the plain path's bit for bit. They run on one thread:
 the caller's process (a Snakemake job, a data loader worker) decides the parallelism.

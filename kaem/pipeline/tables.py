@@ -18,7 +18,7 @@ import pandas as pd
 
 from kaem.bench.cases import BENCHMARKS
 from kaem.io import atomic_write_text
-from kaem.workflow.references import (
+from kaem.pipeline.references import (
     PAPER_COLUMNS,
     load_references,
     reference_caption,
@@ -46,7 +46,7 @@ __all__ = [
     "write_table",
 ]
 
-#: Per-run values of a metrics file (:func:`kaem.workflow.artifacts.cell_metrics`) by column.
+#: Per-run values of a metrics file (:func:`kaem.pipeline.artifacts.cell_metrics`) by column.
 METRIC_COLUMNS: dict[str, str] = {
     "FID_inf": "fid_inf",
     "FID SE": "fid_se",
@@ -68,7 +68,7 @@ EXTRACTOR_COLUMN = "extractor accuracy"
 
 
 def check_scores(metrics: Mapping[str, Any], source: str | os.PathLike) -> None:
-    """Refuse a metrics record (:func:`kaem.workflow.artifacts.cell_metrics`) whose scores
+    """Refuse a metrics record (:func:`kaem.pipeline.artifacts.cell_metrics`) whose scores
     are missing or not finite: a table never shows a NaN, infinite or blank score.
 
     Raises
@@ -117,7 +117,7 @@ def extractor_flag(runs: Sequence[Mapping[str, Any]]) -> str:
 _NAN = math.nan
 
 #: Published FID_inf / KID_inf with standard errors and R^2, by paper table and row label
-#: (from :mod:`kaem.workflow.references`; NaN where the paper gives none).
+#: (from :mod:`kaem.pipeline.references`; NaN where the paper gives none).
 PAPER_TABLES: dict[str, dict[str, Any]] = {
     name: {
         "title": table["title"],
@@ -214,10 +214,10 @@ def metrics_table(
     ----------
     rows
         Row label -> ``(cell name, runs)``: one metrics mapping per training seed (or one
-        mapping), as written by :func:`kaem.workflow.artifacts.cell_metrics`, optionally with
+        mapping), as written by :func:`kaem.pipeline.artifacts.cell_metrics`, optionally with
         ``training_seed`` and ``train_seconds``.
     paper
-        A table of :mod:`kaem.workflow.references`: rows whose label it lists get the paper's
+        A table of :mod:`kaem.pipeline.references`: rows whose label it lists get the paper's
         values, the authors' later value and the range of their logged runs (NaN elsewhere).
         None: no reference columns.
     real
@@ -278,7 +278,7 @@ def cells_table(cells: Sequence[Mapping[str, Any]], metrics: Mapping[str, Runs])
     ----------
     cells
         One mapping per cell with ``name``, ``dataset``, ``model``, ``basis``, ``sampler``,
-        ``reference`` (:class:`kaem.workflow.config.CellInfo` as a dict) and optionally
+        ``reference`` (:class:`kaem.pipeline.config.CellInfo` as a dict) and optionally
         ``runs``: per seed, ``seed``, ``steps`` and ``train_seconds``.
     metrics
         Cell name -> its runs' metrics, in the order of its ``runs``.
@@ -524,7 +524,7 @@ def thermodynamic_note(cells: Sequence[Mapping[str, Any]]) -> str | None:
     Parameters
     ----------
     cells
-        The table's cells as :class:`kaem.workflow.config.CellInfo` mappings.
+        The table's cells as :class:`kaem.pipeline.config.CellInfo` mappings.
     """
     single = [
         c["name"] for c in cells if c.get("criterion") == "thermodynamic" and c["n_chains"] == 1
@@ -551,7 +551,7 @@ def likelihood_note(rows: Mapping[str, str], cells: Sequence[Mapping[str, Any]])
     rows
         Row label -> cell name.
     cells
-        The table's cells as :class:`kaem.workflow.config.CellInfo` mappings (with ``model``
+        The table's cells as :class:`kaem.pipeline.config.CellInfo` mappings (with ``model``
         and ``likelihood_variance``).
 
     Returns

@@ -1,7 +1,7 @@
-"""The inverse CDF of :func:`kaem.quadrature.inverse_cdf`, by compiled loops on the CPU.
+"""The inverse CDF of :func:`kaem.model.quadrature.inverse_cdf`, by compiled loops on the CPU.
 
 ``torch.searchsorted`` bisects every draw over its density's ``N + 1`` edges, about eight
-dependent comparisons a draw. Two compiled loops (:mod:`kaem.accel.kernels`) find the same
+dependent comparisons a draw. Two compiled loops (:mod:`kaem.model.accel.kernels`) find the same
 cells with less work:
 
 - draws shared by several densities (the univariate prior's ``u_p``, shared across ``q``) are
@@ -10,9 +10,10 @@ cells with less work:
 - other draws start from a per-density count of the edges in square-root buckets of ``u``
   and take one step (a guide table, Chen and Asau 1974).
 
-Both invert the cell as :func:`kaem.quadrature.inverse_cdf` does, in the same floating-point
-operations: for the same ``u`` they return the same ``z``, bit for bit. They take CPU tensors of
-float32 or float64 without gradient; anything else goes to :func:`kaem.quadrature.inverse_cdf`.
+Both invert the cell as :func:`kaem.model.quadrature.inverse_cdf` does, in the same
+floating-point operations: for the same ``u`` they return the same ``z``, bit for bit. They take
+CPU tensors of float32 or float64 without gradient; anything else goes to the plain
+:func:`kaem.model.quadrature.inverse_cdf`.
 Numba compiles them on first use (about ten seconds, then cached on disk).
 """
 
@@ -25,15 +26,15 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from kaem import quadrature
-from kaem.quadrature import CDFTable
+from kaem.model import quadrature
+from kaem.model.quadrature import CDFTable
 
 __all__ = ["inverse_cdf"]
 
 
 @cache
 def _kernels() -> ModuleType:
-    from kaem.accel import kernels
+    from kaem.model.accel import kernels
 
     return kernels
 
@@ -46,7 +47,7 @@ def _compilable(*tensors: Tensor) -> bool:
 
 
 def inverse_cdf(u: Tensor, table: CDFTable) -> Tensor:
-    """:func:`kaem.quadrature.inverse_cdf` by the compiled loops: the same arguments, the
+    """:func:`kaem.model.quadrature.inverse_cdf` by the compiled loops: the same arguments, the
     same samples.
 
     Parameters

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kaem.kan import KANLayer
-from kaem.prior.base import INVERSE_CDF, EnergyPrior
-from kaem.reference import ReferencePrior
+from kaem.model.kan import KANLayer
+from kaem.model.prior.base import INVERSE_CDF, EnergyPrior
+from kaem.model.reference import ReferencePrior
 
 __all__ = ["UnivariateEnergyPrior"]
 
@@ -27,7 +27,7 @@ class UnivariateEnergyPrior(EnergyPrior):
         F_qp^{-1}(u_p)``) or independent ``u_qp``.
     reference, **options
         The reference prior and the quadrature and sampling settings (``n_nodes``,
-        ``quadrature``, ``sampling``): see :class:`~kaem.prior.base.EnergyPrior`.
+        ``quadrature``, ``sampling``): see :class:`~kaem.model.prior.base.EnergyPrior`.
     """
 
     def __init__(
@@ -83,7 +83,7 @@ class UnivariateEnergyPrior(EnergyPrior):
         """``sum_s weights[s] energy(z[s])`` (scalar), differentiable in the parameters only.
 
         Equal to ``(weights * self.energy(z)).sum()`` but computed from weighted basis sums
-        (:meth:`kaem.kan.KANLayer.weighted_edge_sum`), which is what makes the
+        (:meth:`kaem.model.kan.KANLayer.weighted_edge_sum`), which is what makes the
         contrastive-divergence term of eq. 16 cheap.
         """
         self._check_z(z)
@@ -163,7 +163,7 @@ class UnivariateEnergyPrior(EnergyPrior):
 
         ``u_p`` is shared by every ``q`` (``shared_uniforms``, the paper), or each ``z_qp`` has
         its own ``u_qp``. ``F_qp`` is the piecewise-linear CDF of the quadrature cells
-        (:meth:`cdf_table`), inverted by :func:`kaem.quadrature.inverse_cdf`.
+        (:meth:`cdf_table`), inverted by :func:`kaem.model.quadrature.inverse_cdf`.
 
         Parameters
         ----------
