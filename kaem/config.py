@@ -178,7 +178,17 @@ def _yaml12_number(text: str) -> float | None:
 
 
 #: Keys of the training config that may change between a run and its resumption.
-RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "checkpoint_every", "log_every", "compile"})
+RESUMABLE_KEYS = frozenset(
+    {
+        "epochs",
+        "max_steps",
+        "max_seconds",
+        "snapshot_seconds",
+        "checkpoint_every",
+        "log_every",
+        "compile",
+    }
+)
 
 #: Keys that were renamed so that config names equal the arguments they feed:
 #: ``{class name: {old key: new dotted key}}``, for an error that says what to write.
@@ -468,6 +478,13 @@ class TrainConfig:
     ``ExponentialLR.step(epoch=e)`` at the end of epoch ``e`` sets the rate of epoch ``e + 1``
     to ``0.998 ** e``, so epochs 0 and 1 both train at the initial rate.
 
+    ``max_seconds`` is a budget of training time: the run stops after the first update that
+    brings its training seconds (the sum of its updates' host seconds, grid updates included,
+    checkpoints and logs not; kept across resumes) to the budget, or at its planned steps if
+    those come first. ``snapshot_seconds`` are training times at which a copy of the model is
+    kept (``snapshot-<seconds>s.pt``, loadable by :func:`kaem.load_model`), taken after the
+    first update that reaches each: a run compared at matched time, sampled along the way.
+
     ``compile`` runs the generator (the VAE's decoder) through ``torch.compile`` for the run;
     it changes no result beyond rounding and may change while a run resumes. It is off by
     default: on two CPU cores it made the SVHN ULA-MLE step slower (1.63 s against 1.06 s
@@ -477,6 +494,8 @@ class TrainConfig:
     criterion: Literal["importance", "ula", "thermodynamic", "elbo", "lebm", "ddpm"] = "importance"
     epochs: PositiveFloat = 10.0
     max_steps: PositiveInt | None = None
+    max_seconds: PositiveFloat | None = None
+    snapshot_seconds: tuple[PositiveFloat, ...] = ()
     batch_size: PositiveInt = 100
     learning_rate: PositiveFloat = 1e-3
     prior_learning_rate: PositiveFloat | None = None
@@ -496,13 +515,20 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The VAE baseline (App. F.2.2): CNN encoder, decoder matching the KAEM CNN generator."""
+    """The VAE baseline (App. F.2.2): a CNN encoder and a decoder.
+
+    The decoder is the CNN of ``decoder_channels`` matching the KAEM CNN generator (App.
+    F.2.2), or, when ``generator`` is given, KAEM's own generator of those settings (a KAN
+    generator for the digits, say) from the ``latent_dim`` latents: a comparison that changes
+    the prior and the inference alone.
+    """
 
     image_shape: tuple[int, int, int] = (3, 32, 32)
     latent_dim: PositiveInt = 81
     encoder_channels: tuple[PositiveInt, ...] = (32, 64, 128)
     decoder_channels: tuple[PositiveInt, ...] = (128, 64, 32)
     leaky_slope: NonNegativeFloat = 0.2
+    generator: GeneratorConfig | None = None
     likelihood_variance: PositiveFloat = 0.25
 
 

@@ -124,6 +124,19 @@ def _vae(image_shape: list[int], encoder: list[int], decoder: list[int]) -> dict
     }
 
 
+def _on_kan_generator(cfg: dict[str, Any], variance: float) -> dict[str, Any]:
+    """A baseline preset moved onto the NIST KAN generator (81 latents, 162 hidden, 784 out)
+    and 28x28 digits: the generator of the ``nist`` preset, so that only the prior and its
+    inference differ; ``variance`` is its likelihood's."""
+    model = {
+        **cfg["model"],
+        "image_shape": [1, 28, 28],
+        "generator": copy.deepcopy(_NIST["model"]["generator"]),
+        "likelihood_variance": variance,
+    }
+    return {"model": model, "train": copy.deepcopy(cfg["train"])}
+
+
 def _lebm(image_shape: list[int], channels: list[int]) -> dict[str, Any]:
     """Pang et al.'s (2020) latent EBM at their operating point (``train_svhn.py``, whose
     ``main()`` trains its parser's defaults): 60 prior steps of s = 0.4 and 20 posterior
@@ -237,6 +250,14 @@ def _register() -> None:
             # The VAE baselines of Tables 1-2.
             "vae_svhn": _vae([3, 32, 32], [32, 64, 128], [128, 64, 32]),
             "vae_celeba": _vae([3, 64, 64], [32, 64, 128, 256], [256, 128, 64, 32]),
+            # Not the paper: the VAE (with the nist preset's likelihood and optimiser) and Pang
+            # et al.'s LEBM (at their operating point) on the nist preset's KAN generator, for
+            # a comparison of priors on 28x28 digits (config/study.yaml).
+            "vae_nist": merge(
+                _on_kan_generator(_vae([1, 28, 28], [32, 64], [64, 32]), 0.1),
+                {"train": {"epochs": 10, "learning_rate": 1e-3}},
+            ),
+            "lebm_nist": _on_kan_generator(_lebm([1, 28, 28], [64, 32]), 0.0225),
         }
     )
 

@@ -317,3 +317,30 @@ def test_a_resume_on_other_images_or_for_fewer_steps_is_refused_and_changes_noth
     with pytest.raises(ResumeError, match=r"train.max_steps=3 asks for fewer steps than the 4"):
         train(build_model(MODEL), _images(), _cfg(max_steps=3), tmp_path, progress=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_a_time_budget_ends_the_run_and_snapshots_follow_its_training_seconds(tmp_path) -> None:
+    from kaem.io import read_checkpoint
+
+    times = [0.2, 0.5]
+    cfg = _cfg(max_steps=100_000, max_seconds=1.0, snapshot_seconds=times)
+    result = train(build_model(MODEL), _images(), cfg, tmp_path, progress=False)
+    log = pd.read_csv(result.log)
+    # The first update that reached the budget was the last; the log's seconds add up to it.
+    assert 1 <= result.steps < 100_000 and result.steps == int(log["step"].iloc[-1])
+    elapsed = log["seconds"].cumsum()
+    assert result.seconds == pytest.approx(float(elapsed.iloc[-1]))
+    assert result.seconds >= 1.0 and (len(log) == 1 or float(elapsed.iloc[-2]) < 1.0)
+    # Each snapshot holds the model after the first update that reached its time.
+    assert sorted(result.snapshots) == times
+    for t, path in result.snapshots.items():
+        state = read_checkpoint(path)
+        assert state["elapsed"] >= t and "optimizer" not in state
+        at = int(state["step"])
+        assert float(elapsed[log["step"] == at].iloc[0]) == pytest.approx(state["elapsed"])
+        assert at == 1 or float(elapsed[log["step"] == at - 1].iloc[0]) < t
+        assert load_model(path).prior.event_shape == result.model.prior.event_shape
+    # A larger budget continues the same run.
+    more = _cfg(max_steps=100_000, max_seconds=1.5, snapshot_seconds=times)
+    resumed = train(build_model(MODEL), _images(), more, tmp_path, progress=False)
+    assert resumed.steps > result.steps and resumed.seconds >= 1.5

@@ -333,3 +333,24 @@ def test_train_elbo_checkpoint_and_resume(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(
         log.drop(columns="seconds"), pd.read_csv(resumed.log).drop(columns="seconds")
     )
+
+
+def test_the_nist_presets_share_the_kaem_generator_so_only_the_prior_differs() -> None:
+    from kaem.kinds import build
+    from kaem.model.generators import KANGenerator
+    from kaem.presets import preset
+
+    kaem = build(preset("nist")["model"], "importance")
+    vae = build(preset("vae_nist")["model"], "elbo")
+    lebm = build(preset("lebm_nist")["model"], "lebm")
+
+    def shapes(module):
+        return [tuple(p.shape) for p in module.parameters()]
+
+    assert isinstance(vae.decoder, KANGenerator) and isinstance(lebm.generator, KANGenerator)
+    assert shapes(vae.decoder) == shapes(kaem.generator) == shapes(lebm.generator)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    loss, _ = elbo_loss(vae, x, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss) and vae.generate(3, torch.Generator()).shape == (3, 1, 28, 28)
+    assert vae.likelihood.variance == kaem.likelihood.variance == 0.1
+    assert lebm.likelihood.variance == 0.0225  # Pang et al.'s operating point

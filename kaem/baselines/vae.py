@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kaem.checks import Check, nonfinite_log_lik
 from kaem.config import VAEConfig, from_dict
+from kaem.model import build_generator
 from kaem.model.generators import CNNGenerator
 from kaem.model.likelihood import GaussianLikelihood
 from kaem.samplers import log_mean_exp_with_stderr
@@ -238,18 +239,21 @@ def build_vae(cfg: Mapping[str, Any] | VAEConfig, seed: int = 0) -> VAE:
         leaky_slope=cfg.leaky_slope,
         generator=gen,
     )
-    # The first transposed convolution makes the size that the stride-2 layers double up to
-    # the image: 4x4 for SVHN and CelebA (App. F.2.2), 7x7 for 28x28 digits.
-    first_size = max(1, cfg.image_shape[1] // 2 ** len(cfg.decoder_channels))
-    decoder = CNNGenerator(
-        cfg.latent_dim,
-        cfg.image_shape,
-        channels=cfg.decoder_channels,
-        leaky_slope=cfg.leaky_slope,
-        output_activation="sigmoid",
-        generator=gen,
-        first_size=first_size,
-    )
+    if cfg.generator is not None:  # KAEM's generator of these settings, as KAEM builds it
+        decoder = build_generator(cfg, cfg.latent_dim, gen)
+    else:
+        # The first transposed convolution makes the size that the stride-2 layers double up
+        # to the image: 4x4 for SVHN and CelebA (App. F.2.2), 7x7 for 28x28 digits.
+        first_size = max(1, cfg.image_shape[1] // 2 ** len(cfg.decoder_channels))
+        decoder = CNNGenerator(
+            cfg.latent_dim,
+            cfg.image_shape,
+            channels=cfg.decoder_channels,
+            leaky_slope=cfg.leaky_slope,
+            output_activation="sigmoid",
+            generator=gen,
+            first_size=first_size,
+        )
     likelihood = GaussianLikelihood(cfg.likelihood_variance)
     vae = VAE(encoder, decoder, likelihood, cfg.latent_dim, cfg.image_shape)
     vae.config = cfg  # kept so checkpoints can rebuild the model (see kaem.kinds.load_model)

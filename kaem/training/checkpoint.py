@@ -242,6 +242,17 @@ class Checkpoint:
                 exc.errno, f"cannot write the checkpoint {self.path}: {exc.strerror or exc}"
             ) from exc
 
+    def snapshot(self, path: Path, step: int, elapsed: float) -> None:
+        """Write the model alone after ``step`` updates and ``elapsed`` training seconds, as a
+        file :func:`kaem.load_model` reads (no optimiser or random state: it resumes nothing)."""
+        state = {k: v for k, v in self._state(step, elapsed).items() if k not in _RUN_STATE}
+        try:
+            atomic_torch_save(state, path)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot write the snapshot {path}: {exc.strerror or exc}"
+            ) from exc
+
     def _state(self, step: int, elapsed: float) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -257,6 +268,10 @@ class Checkpoint:
             "model_config": _model_config(self.model),
             "kaem_version": __version__,
         }
+
+
+#: What only a resumed run needs, left out of a snapshot.
+_RUN_STATE = ("optimizer", "rng", "device_type", "grid_schedule")
 
 
 def _same_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -100,12 +100,15 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` produced."""
+    """What :func:`train` produced: the model, its updates and training seconds, its files
+    (``snapshots``: training seconds -> file, see ``train.snapshot_seconds``)."""
 
     model: nn.Module
     steps: int
     checkpoint: Path
     log: Path
+    seconds: float = 0.0
+    snapshots: dict[float, Path] = dataclasses.field(default_factory=dict)
 
 
 def _seed(*words: int) -> int:
@@ -372,9 +375,12 @@ def train(
         model.train()
         update = Updates(model, optimizer, step_fn)
         _quadrature_error(model, step)  # a warning now rather than at the first measured row
+        budget = math.inf if cfg.max_seconds is None else cfg.max_seconds
+        snapshots = _snapshots(out_dir, cfg.snapshot_seconds, elapsed)
+        pending = [t for t in snapshots if t > elapsed]  # in increasing order
         bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train[{cfg.criterion}]")
         with bar, CSVLog(out_dir / "log.csv", keep_upto=step) as log:
-            while step < total:
+            while step < total and elapsed < budget:
                 epoch, x = batches.batch(step, device)
                 schedule(epoch)
                 t0 = time.perf_counter()
@@ -387,31 +393,43 @@ def train(
                 update(x, rng, Progress(step, total), where)
                 seconds = time.perf_counter() - t0
                 elapsed += seconds
-                logged = step % cfg.log_every == 0 or step == total
-                if logged or step % cfg.checkpoint_every == 0:
+                last = step == total or elapsed >= budget
+                logged = step % cfg.log_every == 0 or last
+                taken = [t for t in pending if t <= elapsed]
+                if logged or step % cfg.checkpoint_every == 0 or taken:
                     row = update.settle()  # raises for a failed update before anything is written
                 if step % cfg.checkpoint_every == 0:
                     quadrature = _quadrature_error(model, step)
                 if logged:
                     extra = {"seconds": seconds, "grid_updated": int(grid_updated)}
-                    log.write(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            **row,
-                            **extra,
-                            "quadrature_error": quadrature,
-                        }
-                    )
+                    extra["quadrature_error"] = quadrature
+                    log.write({"step": step, "epoch": epoch, **row, **extra})
                     bar.set_postfix(
                         {k: f"{v:.4g}" for k, v in list(row.items())[1:4]}, refresh=False
                     )
-                if step % cfg.checkpoint_every == 0 or step == total:
+                for t in taken:
+                    checkpoint.snapshot(snapshots[t], step, elapsed)
+                    pending.remove(t)
+                if step % cfg.checkpoint_every == 0 or last:
                     checkpoint.save(step, elapsed)
                     saved = step
                 bar.update(1)
         model.eval()
-        return TrainResult(model, step, checkpoint.path, log.path)
+        return TrainResult(model, step, checkpoint.path, log.path, elapsed, snapshots)
+
+
+def _snapshots(out_dir: Path, times: tuple[float, ...], elapsed: float) -> dict[float, Path]:
+    """The snapshot file of each of ``times`` (training seconds), warning of any that a run
+    resumed at ``elapsed`` seconds has passed without one."""
+    files = {t: out_dir / f"snapshot-{t:g}s.pt" for t in sorted(times)}
+    missed = [t for t, f in files.items() if t <= elapsed and not f.exists()]
+    if missed:
+        warnings.warn(
+            f"the run in {out_dir} resumes at {elapsed:.1f} training seconds, past the snapshot "
+            f"times {missed} it has no snapshot of; those will not be written",
+            stacklevel=3,
+        )
+    return files
 
 
 def _where(step: int, epoch: int, path: Path, saved: int | None, first: int) -> str:
