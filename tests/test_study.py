@@ -250,8 +250,13 @@ def test_a_training_summary_records_what_the_budget_reached_and_its_snapshots(tm
     # Published for the workflow: the snapshot's bytes, or an error saying the run ended first.
     write_json(summary, tmp_path / "training.json")
     source = tmp_path / "run" / snapshot_name(0.4)
-    out = publish_snapshot(tmp_path / "training.json", source, tmp_path / "s.pt", 0.4)
+    log = tmp_path / "snapshot.log"
+    out = publish_snapshot(tmp_path / "training.json", source, tmp_path / "s.pt", 0.4, log)
     assert out.read_bytes() == source.read_bytes()
+    taken = summary["snapshots"]["0.4"]
+    assert log.read_text() == (
+        f"{source} -> {out}: update {taken['step']}, {taken['seconds']:.3f} s\n"
+    )
     short = {**summary, "snapshots": {"0.2": summary["snapshots"]["0.2"]}, "seconds": 0.3}
     write_json(short, tmp_path / "short.json")
     with pytest.raises(FileNotFoundError, match=r"took no snapshot at 0\.4 s .* raise train\."):

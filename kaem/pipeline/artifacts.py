@@ -176,10 +176,15 @@ def held_out_evidence(
 
 
 def publish_snapshot(
-    summary: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, seconds: float
+    summary: str | os.PathLike,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    seconds: float,
+    log: str | os.PathLike | None = None,
 ) -> Path:
     """Copy the snapshot a run took at ``seconds`` of training (``source``, in its work folder)
-    to ``out``, atomically.
+    to ``out``, atomically; ``log``, if given, records where it came from and when it was
+    taken.
 
     Raises
     ------
@@ -197,6 +202,10 @@ def publish_snapshot(
         )
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
+    if log is not None:
+        taken = record["snapshots"][key]
+        text = f"{source} -> {out}: update {taken['step']}, {taken['seconds']:.3f} s\n"
+        atomic_write_text(text, log)
     return Path(out)
 
 

@@ -12,9 +12,12 @@ rule snapshot:
         snapshot_file("{cell}", "{seed}", "{t}"),
     params:
         source=snapshot_source,
+    log:
+        "logs/snapshot/{cell}/seed{seed}/at{t}s.log",
     localrule: True
+    # A copy, in the driver's process (no job process is worth starting for it).
     run:
-        publish_snapshot(input.summary, params.source, output[0], float(wildcards.t))
+        publish_snapshot(input.summary, params.source, output[0], float(wildcards.t), log[0])
 
 
 use rule sample as sample_snapshot with:

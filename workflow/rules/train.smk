@@ -24,6 +24,10 @@ rule train:
     benchmark:
         "benchmarks/train/{cell}/seed{seed}.tsv"
     threads: 1
+    # Trainings first, whenever one is ready: they are the long jobs, and on a machine that
+    # runs N jobs at once every training then shares it with N - 1 others of its kind (the
+    # conditions a budget of seconds is measured in), the scoring jobs coming after.
+    priority: 1
     resources:
         gpu=cell_gpu,
     conda:
