@@ -415,6 +415,10 @@ def test_run_and_curve_records_are_read_from_the_runs_files(tmp_path):
     note = compute_note([{"name": "d", "model": "DDPM"}], [{**run, "cell": "d"}])
     assert "every row trained for 10 s" in note and "at batch 500" in note
     assert "d draws with DDIM, 4 steps" in note and "shares no generator" in note
+    assert "different sizes" not in note
+    runs = [{**run, "cell": "d", "sizes": [5, 10]}, {**run, "cell": "k", "sizes": [50, 100]}]
+    note = compute_note([{"name": "d", "model": "DDPM"}, {"name": "k", "model": "KAEM"}], runs)
+    assert "generated sets of different sizes (d: 5, 10; k: 50, 100)" in note
 
 
 def test_the_curve_and_the_sample_grids_are_drawn(tmp_path):
@@ -531,12 +535,13 @@ def test_study_each_cell_has_three_curve_points_from_its_snapshots(study_run):
         assert (np.diff(points["updates"].to_numpy()) > 0).all()
     samples = study_run / "results" / "samples" / "tiny_vae" / "seed1"
     assert sorted(p.name for p in samples.iterdir()) == ["at1s.h5", "at2s.h5"]
-    # A snapshot's generated set is its model's: drawn again, the same images.
+    # A snapshot's generated set is its model's: its first batch drawn again is the same.
     from kaem.kinds import load_model
 
     snapshot = study_run / "results" / "train" / "tiny_vae" / "seed1" / "snapshot-2s.pt"
-    again = load_model(snapshot).generate(10, torch.Generator().manual_seed(1 + 1))
-    stored = read_samples(samples / "at2s.h5", 0, 10)
+    batch = tiny_study()["sampling"]["batch_size"]
+    again = load_model(snapshot).generate(batch, torch.Generator().manual_seed(1 + 1))
+    stored = read_samples(samples / "at2s.h5", 0, batch)
     assert np.array_equal(stored, (again * 255).round().to(torch.uint8).numpy())
     figure = study_run / "results" / "figures" / "tables" / "study"
     assert not_blank(figure / "fid_curve.png") > 0.01

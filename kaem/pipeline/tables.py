@@ -615,8 +615,8 @@ def compute_note(cells: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str,
         The table's cells as :class:`kaem.pipeline.config.CellInfo` mappings.
     runs
         Every run of the table with ``max_seconds`` (its summary), ``generate_batch`` and
-        ``sampler`` (its generated set's ``batch_size`` and DDPM sampler, if any) and
-        ``cell``.
+        ``sampler`` (its generated set's ``batch_size`` and DDPM sampler, if any), ``sizes``
+        (its regression sizes: named where the rows differ) and ``cell``.
     """
     budgets = sorted({float(r["max_seconds"]) for r in runs if r.get("max_seconds") is not None})
     batches = sorted({int(r["generate_batch"]) for r in runs if r.get("generate_batch")})
@@ -630,6 +630,15 @@ def compute_note(cells: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str,
         "generation ms/image the time its sampling job's generate calls took per image at "
         f"batch {' and '.join(map(str, batches))}; all are means over the seeds."
     ]
+    sizes: dict[tuple[int, ...], list[str]] = {}
+    for r in runs:
+        if r.get("sizes") and r["cell"] not in sizes.get(tuple(r["sizes"]), []):
+            sizes.setdefault(tuple(r["sizes"]), []).append(r["cell"])
+    if len(sizes) > 1:
+        shown = "; ".join(
+            f"{', '.join(cells)}: {', '.join(map(str, n))}" for n, cells in sizes.items()
+        )
+        text.append(f"The rows are regressed over generated sets of different sizes ({shown}).")
     for cell, sampler in samplers.items():
         steps = sampler.get("steps")
         text.append(
