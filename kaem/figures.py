@@ -27,6 +27,7 @@ from kaem.model.prior import EnergyPrior, UnivariateEnergyPrior
 __all__ = [
     "PriorDensities",
     "figures_for_run",
+    "image_canvas",
     "plot_image_grid",
     "plot_prior_grid",
     "plot_prior_top",
@@ -207,19 +208,20 @@ def plot_prior_top(
     return save_figure(fig, path)
 
 
-def plot_image_grid(images: Tensor, path: str | os.PathLike, *, nrow: int = 10) -> Path:
-    """A grid of images ``(n, C, H, W)`` in ``[0, 1]`` (greyscale or RGB).
+def image_canvas(images: Tensor, nrow: int = 10, where: str = "images") -> np.ndarray:
+    """Images ``(n, C, H, W)`` in ``[0, 1]`` tiled ``nrow`` to a row with 2-pixel white
+    gutters: an array ``(rows, cols)`` for greyscale, ``(rows, cols, 3)`` for RGB.
 
     Raises
     ------
     FloatingPointError
-        If a pixel is NaN or infinite: it would be drawn blank.
+        If a pixel is NaN or infinite (it would be drawn blank), naming ``where``.
     """
     images = images.detach().cpu().float()
     bad = int((~torch.isfinite(images)).sum())
     if bad:
         raise FloatingPointError(
-            f"{path}: not drawn, {bad} of {images.numel()} pixel values are NaN or infinite"
+            f"{where}: not drawn, {bad} of {images.numel()} pixel values are NaN or infinite"
         )
     images = images.clamp(0, 1)
     n, c, h, w = images.shape
@@ -231,11 +233,23 @@ def plot_image_grid(images: Tensor, path: str | os.PathLike, *, nrow: int = 10) 
             :, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w
         ] = images[idx]
     array = canvas.permute(1, 2, 0).numpy()
+    return array[..., 0] if c == 1 else array
+
+
+def plot_image_grid(images: Tensor, path: str | os.PathLike, *, nrow: int = 10) -> Path:
+    """A grid of images ``(n, C, H, W)`` in ``[0, 1]`` (greyscale or RGB).
+
+    Raises
+    ------
+    FloatingPointError
+        If a pixel is NaN or infinite: it would be drawn blank.
+    """
+    array = image_canvas(images, nrow, str(path))
     fig = Figure(figsize=(array.shape[1] / 40, array.shape[0] / 40))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(
-        array[..., 0] if c == 1 else array,
-        cmap="gray" if c == 1 else None,
+        array,
+        cmap="gray" if array.ndim == 2 else None,
         vmin=0,
         vmax=1,
         interpolation="nearest",

@@ -273,7 +273,8 @@ MALFORMED = [
     pytest.param(
         "common_override.train.importance.n_samples",
         0,
-        r"cells\.tiny_thermo\.override: train\.importance\.n_samples: 0 is out of range",
+        r"common_override: train\.importance\.n_samples: 0 is out of range; it must be at "
+        r"least 1 \(in cells tiny_thermo, tiny_vae\)",
         id="common_override.train.importance.n_samples",
     ),
     pytest.param(
@@ -624,8 +625,9 @@ def test_a_table_refuses_a_score_that_is_missing_or_not_finite(tmp_path):
     import runpy
 
     main = runpy.run_path(str(REPO / "workflow" / "scripts" / "tables.py"))["main"]
-    log = tmp_path / "log.csv"
-    log.write_text("step,seconds\n1,0.5\n")
+    record = {"steps": 1, "seconds": 0.5, "parameters": 10, "max_seconds": None}
+    record.update(budget_reached=False, snapshots={})
+    summary = write_json(record, tmp_path / "training.json")
     good = {**_run(0, 25.0), "extractor": "inception"}
     for name, scores in (("good", good), ("nan", {**good, "fid_inf": None})):
         (tmp_path / f"{name}.json").write_text(json.dumps(scores))
@@ -637,7 +639,7 @@ def test_a_table_refuses_a_score_that_is_missing_or_not_finite(tmp_path):
         "rows": {"A": "a"},
         "cells": [],
         "metrics": {"a": [str(tmp_path / "nan.json")]},
-        "logs": {"a": [str(log)]},
+        "summaries": {"a": [str(summary)]},
         "real_metrics": None,
     }
     with pytest.raises(

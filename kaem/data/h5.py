@@ -12,7 +12,8 @@ A prepared dataset (:func:`kaem.data.prepare_dataset`) is laid out as::
 A generated image set (:func:`write_samples`) is laid out as::
 
     /images   uint8 (n, C, H, W)   round(255 x) of the model's [0, 1] output
-    attrs:    n, image_shape, batch_size, format_version, and what the caller adds
+    attrs:    n, image_shape, batch_size, generate_seconds, format_version, and what the
+              caller adds
 
 Both are written under a temporary name and renamed into place when complete, so a killed
 job never leaves a truncated file.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -268,7 +270,9 @@ def write_samples(
     Returns
     -------
     Path
-        ``path``.
+        ``path``. Its ``generate_seconds`` attribute is the time the ``generate`` calls took,
+        until their images were on the host (so a GPU's queued work is counted), without the
+        writes: divided by ``n``, the generation time per image at this ``batch_size``.
     """
     for what, value in (("n", n), ("batch_size", batch_size)):
         check_count(what, value)
@@ -276,11 +280,13 @@ def write_samples(
     model.eval()
     bar = tqdm(total=n, desc="sample", unit="img", disable=not progress)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        images = None
+        images, seconds = None, 0.0
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
+            t0 = time.perf_counter()
             batch = to_uint8(model.generate(b, generator=generator, **(options or {})))
             batch = batch.cpu().numpy()
+            seconds += time.perf_counter() - t0
             if batch.ndim != 4 or batch.shape[0] != b:
                 raise ValueError(
                     f"model.generate({b}) returned shape {batch.shape}, expected ({b}, C, H, W)"
@@ -298,6 +304,7 @@ def write_samples(
         bar.close()
         f.attrs["n"] = n
         f.attrs["batch_size"] = batch_size
+        f.attrs["generate_seconds"] = seconds
         f.attrs["format_version"] = SAMPLES_FORMAT_VERSION
         for key, value in (attrs or {}).items():
             f.attrs[key] = json.dumps(value) if isinstance(value, Mapping) else value

@@ -34,6 +34,7 @@ __all__ = [
     "SteppingstoneEstimate",
     "check_estimable",
     "evaluate_log_evidence",
+    "has_estimator",
     "importance_log_evidence",
     "log_mean_exp_with_stderr",
     "steppingstone_log_evidence",
@@ -272,6 +273,13 @@ def evaluate_log_evidence(
     return result
 
 
+def has_estimator(cls: type) -> bool:
+    """Whether :func:`evaluate_log_evidence` estimates the held-out ``log p(x)`` of models of
+    class ``cls``: a KAEM (exact prior samples) or a VAE (an amortised proposal); a class
+    without says why in its ``no_evidence``."""
+    return issubclass(cls, KAEM | VAE)
+
+
 def check_estimable(model: torch.nn.Module) -> None:
     """Raise unless :func:`evaluate_log_evidence` has an estimator for ``model``'s kind.
 
@@ -281,7 +289,7 @@ def check_estimable(model: torch.nn.Module) -> None:
         One line: held-out ``log p(x)`` needs exact prior samples (KAEM) or an amortised
         proposal (VAE), and why the model's kind has neither (its ``no_evidence``).
     """
-    if not isinstance(model, KAEM | VAE):
+    if not has_estimator(type(model)):
         why = getattr(
             type(model), "no_evidence", "it has neither exact prior samples nor a proposal"
         )

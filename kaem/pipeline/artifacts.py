@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,21 +24,25 @@ from torch import nn
 
 from kaem.data import iter_samples, load_images
 from kaem.features import extract_features
-from kaem.io import atomic_path, atomic_write_text, non_finite
+from kaem.io import atomic_path, atomic_write_text, non_finite, read_checkpoint
 from kaem.metrics import (
     extrapolate_to_infinity,
     feature_statistics,
     kid_from_features,
     metric_at_sizes,
 )
+from kaem.training import TrainResult
 
 __all__ = [
     "cell_metrics",
     "dataset_features",
+    "held_out_evidence",
     "load_features",
+    "publish_snapshot",
     "read_json",
     "sample_features",
     "save_features",
+    "training_summary",
     "write_json",
 ]
 
@@ -82,6 +87,126 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
+
+
+def training_summary(result: TrainResult, budget: float | None) -> dict[str, Any]:
+    """What a training reached, for the tables: updates, training seconds, parameters, its
+    budget and whether the budget (not the planned steps) ended it, and the update and
+    training seconds at which each snapshot was taken.
+
+    Parameters
+    ----------
+    result
+        What :func:`kaem.train` returned.
+    budget
+        ``train.max_seconds`` of the run (None: no budget).
+
+    Returns
+    -------
+    dict
+        ``steps``, ``seconds``, ``parameters``, ``max_seconds``, ``budget_reached`` and
+        ``snapshots``: snapshot time (as its file names it, ``f"{t:g}"``) -> ``{"step",
+        "seconds"}`` of the snapshots the run took.
+    """
+    snapshots = {}
+    for t, path in sorted(result.snapshots.items()):
+        if path.exists():
+            state = read_checkpoint(path)
+            snapshots[f"{t:g}"] = {"step": int(state["step"]), "seconds": float(state["elapsed"])}
+    return {
+        "steps": int(result.steps),
+        "seconds": float(result.seconds),
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "max_seconds": budget,
+        "budget_reached": budget is not None and result.seconds >= budget,
+        "snapshots": snapshots,
+    }
+
+
+def held_out_evidence(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    n_samples: int,
+    iwae_samples: int,
+    batch_size: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Held-out ``log p(x)`` of a trained KAEM or VAE by its own estimator, for a table.
+
+    A KAEM's importance sampling draws ``n_samples`` exact prior samples shared by each
+    batch of images; the VAE's importance-weighted bound draws ``iwae_samples`` from its
+    encoder per image (so it costs ``images x iwae_samples`` decoder passes, and is a lower
+    bound). :func:`kaem.inference.evidence.evaluate_log_evidence` does the work, without the
+    steppingstone estimator.
+
+    Parameters
+    ----------
+    model
+        A :class:`~kaem.model.KAEM` or :class:`~kaem.baselines.vae.VAE`.
+    images
+        Float images in ``[0, 1]``, ``(N, C, H, W)``.
+
+    Returns
+    -------
+    dict
+        ``estimator`` (``importance`` or ``iwae_bound``), ``samples``, ``mean`` (average
+        ``log p(x)`` per image, nats), ``stderr`` (its Monte Carlo standard error),
+        ``per_pixel``, ``images``, and a KAEM's ``quadrature`` record.
+
+    Raises
+    ------
+    ValueError
+        For a model kind without an estimator (:func:`kaem.inference.evidence.check_estimable`).
+    """
+    from kaem.baselines.vae import VAE
+    from kaem.inference.evidence import check_estimable, evaluate_log_evidence
+
+    check_estimable(model)
+    vae = isinstance(model, VAE)
+    samples = iwae_samples if vae else n_samples
+    result = evaluate_log_evidence(
+        model, images, n_samples=samples, steppingstone=False, batch_size=batch_size, seed=seed
+    )
+    estimator = "iwae_bound" if vae else "importance"
+    out = {"estimator": estimator, "samples": samples, **result[estimator]}
+    if "quadrature" in result:
+        out["quadrature"] = result["quadrature"]
+    return out
+
+
+def publish_snapshot(
+    summary: str | os.PathLike,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    seconds: float,
+    log: str | os.PathLike | None = None,
+) -> Path:
+    """Copy the snapshot a run took at ``seconds`` of training (``source``, in its work folder)
+    to ``out``, atomically; ``log``, if given, records where it came from and when it was
+    taken.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the run's summary (:func:`training_summary`) records no snapshot at ``seconds``:
+        the run ended by its steps before it, which the message says with what to raise.
+    """
+    record = read_json(summary)
+    key = f"{seconds:g}"
+    if key not in record["snapshots"]:
+        raise FileNotFoundError(
+            f"{source}: the run took no snapshot at {key} s of training; it stopped after "
+            f"{record['steps']} updates and {record['seconds']:.1f} s, before it: raise "
+            "train.epochs or train.max_steps so that its budget, train.max_seconds, ends it"
+        )
+    with atomic_path(out) as tmp:
+        shutil.copyfile(source, tmp)
+    if log is not None:
+        taken = record["snapshots"][key]
+        text = f"{source} -> {out}: update {taken['step']}, {taken['seconds']:.3f} s\n"
+        atomic_write_text(text, log)
+    return Path(out)
 
 
 def save_features(

@@ -23,7 +23,9 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,22 +44,26 @@ from kaem.config import (
     parse_yaml,
 )
 from kaem.data import DATASETS
-from kaem.kinds import kind_of
+from kaem.kinds import MODEL_KINDS, kind_of
 from kaem.presets import PRESETS, merge
 from kaem.training import resolve_device
 
 __all__ = [
+    "CURVE_MIN_POINTS",
+    "CURVE_SUFFIX",
     "RESERVED_TABLES",
     "CellInfo",
     "WorkflowConfigError",
     "benchmark_sweeps",
     "build_cell_model",
+    "cell_budget",
     "cell_info",
     "cell_sampler",
     "cell_seeds",
     "cell_sizes",
     "check_config",
     "check_models",
+    "has_evidence",
     "job_context",
     "load_config",
     "load_schema",
@@ -66,12 +72,21 @@ __all__ = [
     "resolve_cell",
     "resolve_device",
     "run_key",
+    "snapshot_times",
     "validate_config",
     "write_yaml",
 ]
 
 #: Table names the workflow writes itself, so configured tables may not use them.
 RESERVED_TABLES = ("benchmark", "cells", "extractors")
+
+#: A table at matched seconds has a second table, its FID-against-seconds curve, named after
+#: it with this suffix.
+CURVE_SUFFIX = "_curve"
+
+#: Points a curve of FID against training seconds needs (snapshots below the budget, and the
+#: budget itself): with two, nobody can tell whether a ranking still moves at the end.
+CURVE_MIN_POINTS = 3
 
 _CRITERION_NAMES = {
     "importance": "IS",
@@ -313,6 +328,29 @@ def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
     return sorted(int(s) for s in sizes)
 
 
+def cell_budget(config: Mapping[str, Any], name: str) -> float | None:
+    """The training budget of cell ``name`` in seconds (``train.max_seconds``), or None."""
+    seconds = resolve_cell(config, name)["train"].get("max_seconds")
+    return None if seconds is None else from_dict(TrainConfig, {"max_seconds": seconds}).max_seconds
+
+
+def snapshot_times(config: Mapping[str, Any], name: str) -> list[float]:
+    """The snapshot times of cell ``name`` (``train.snapshot_seconds``) below its budget,
+    ascending, each once: the points of its curve of FID against training seconds before the
+    last, which is the final model at the budget (a snapshot at the budget is that model)."""
+    budget = cell_budget(config, name)
+    times = from_dict(TrainConfig, resolve_cell(config, name)["train"]).snapshot_seconds
+    return sorted({float(t) for t in times if budget is None or t < budget})
+
+
+def has_evidence(kind: str) -> bool:
+    """Whether held-out ``log p(x)`` has an estimator for models of kind ``kind`` (a name of
+    :data:`kaem.kinds.MODEL_KINDS`): a KAEM or a VAE, not the LEBM or the DDPM."""
+    from kaem.inference.evidence import has_estimator
+
+    return has_estimator(MODEL_KINDS[kind].cls)
+
+
 #: Settings of a dataset that change which images its cells train on.
 _DATA_KEYS = ("source", "n_train", "n_test", "seed")
 
@@ -336,6 +374,54 @@ def run_key(cfg: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) ->
 
 
 # ----------------------------------------------------------------------------- checks
+
+#: The setting a message of :func:`kaem.config.from_dict` names first (``train.max_seconds``).
+_SETTING = re.compile(r"\b((?:model|train)(?:\.[A-Za-z_]\w*)+)")
+
+
+def _sets(mapping: Mapping[str, Any], dotted: str) -> bool:
+    """Whether the nested ``mapping`` gives a value for the ``dotted`` key."""
+    node: Any = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _origin(config: Mapping[str, Any], name: str, text: str) -> str:
+    """Where the first setting ``text`` names was written for cell ``name``: its own override,
+    or ``common_override`` when only that sets it (then every cell it reaches has the fault,
+    and one error says so)."""
+    match = _SETTING.search(text)
+    if match:
+        key = match.group(1)
+        own = config["cells"][name].get("override") or {}
+        if not _sets(own, key) and _sets(config.get("common_override") or {}, key):
+            return "common_override"
+    return f"cells.{name}.override"
+
+
+def _budget_errors(config: Mapping[str, Any], name: str, train: TrainConfig) -> Iterator[str]:
+    """A budget that is not a finite number of seconds, and snapshots it would never reach."""
+    budget = train.max_seconds
+    if budget is None:
+        return
+    if not math.isfinite(budget):
+        where = _origin(config, name, "train.max_seconds")
+        yield (
+            f"{where}: train.max_seconds: {budget!r} is not a number of seconds; give a positive "
+            "number, or leave it out for a run limited by its steps alone"
+        )
+        return
+    late = sorted(t for t in train.snapshot_seconds if t > budget)
+    if late:
+        where = _origin(config, name, "train.snapshot_seconds")
+        yield (
+            f"{where}: train.snapshot_seconds {[float(t) for t in late]} lie beyond the budget, "
+            f"train.max_seconds {budget:g}: the run stops there, so those snapshots would never "
+            "be taken; drop them or raise the budget"
+        )
 
 
 def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
@@ -365,8 +451,9 @@ def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
         train = from_dict(TrainConfig, cfg.get("train"), "train")
         model = from_dict(preset_kind.config, cfg.get("model"), "model")
     except ConfigError as exc:
-        yield f"{where}.override: {exc}"
+        yield f"{_origin(config, name, str(exc))}: {exc}"
         return
+    yield from _budget_errors(config, name, train)
     if kind_of(train.criterion) is not preset_kind:
         yield (
             f"{where}.override: train.criterion {train.criterion!r} does not fit preset "
@@ -424,6 +511,66 @@ def real_row_errors(config: Mapping[str, Any], table: str) -> list[str]:
     return []
 
 
+def _table_errors(config: Mapping[str, Any], table: str, faulty: set[str]) -> Iterator[str]:
+    """What a table's rows lack for its settings: seeds for a spread (``min_seeds``), one
+    budget with a curve of enough points (``matched: seconds``), test images for held-out
+    ``log p(x)`` (``evidence``). Rows whose cells are ``faulty`` (their own settings failed,
+    and say so) or not configured are left out."""
+    spec = config["tables"][table]
+    where = f"tables.{table}"
+    rows = {
+        label: c for label, c in spec["rows"].items() if c in config["cells"] and c not in faulty
+    }
+    for label, cell in rows.items():
+        seeds = cell_seeds(config, cell)
+        if len(seeds) < spec["min_seeds"]:
+            yield (
+                f"{where}.min_seeds: the table shows the spread across at least "
+                f"{spec['min_seeds']} seeds, but rows.{label} ({cell}) has {len(seeds)} "
+                f"(seeds {seeds}); give the cell more seeds"
+            )
+    if spec["matched"] == "seconds":
+        curve = f"{table}{CURVE_SUFFIX}"
+        if curve in config["tables"]:
+            yield (
+                f"tables.{curve}: the name is taken by the FID-against-seconds curve of table "
+                f"{table} (matched: seconds); rename one"
+            )
+        budgets = {cell: cell_budget(config, cell) for cell in rows.values()}
+        for label, cell in rows.items():
+            if budgets[cell] is None:
+                yield (
+                    f"{where}.matched: rows.{label} ({cell}) has no train.max_seconds; every row "
+                    "of a table at matched seconds trains for one budget"
+                )
+                continue
+            points = len(snapshot_times(config, cell)) + 1
+            if points < CURVE_MIN_POINTS:
+                yield (
+                    f"{where}.matched: rows.{label} ({cell}) has {points} point(s) on its curve "
+                    f"of FID against training seconds (each train.snapshot_seconds below its "
+                    f"budget of {budgets[cell]:g} s, then the budget); it needs at least "
+                    f"{CURVE_MIN_POINTS}"
+                )
+        given = {cell: b for cell, b in budgets.items() if b is not None}
+        if len(set(given.values())) > 1:
+            shown = ", ".join(f"{cell} {b:g} s" for cell, b in given.items())
+            yield (
+                f"{where}.matched: the rows train for different budgets ({shown}); give them "
+                "one train.max_seconds (in common_override, say)"
+            )
+    if spec["evidence"]:
+        images = config["evidence"]["images"]
+        for dataset in sorted({config["cells"][c]["dataset"] for c in rows.values()}):
+            n_test = config["datasets"][dataset].get("n_test") or DATASETS[dataset].n_test
+            if images > n_test:
+                yield (
+                    f"evidence.images: {images} held-out images for the log p(x) of table "
+                    f"{table}, but the test split of {dataset!r} has {n_test}; lower it or "
+                    f"raise datasets.{dataset}.n_test"
+                )
+
+
 def _check_benchmarks(bench: Mapping[str, Any]) -> Iterator[str]:
     from kaem.bench import BENCHMARKS
     from kaem.bench.sweeps import SWEEPS
@@ -461,8 +608,16 @@ def check_config(config: Mapping[str, Any]) -> None:
         benchmarks.
     """
     errors: list[str] = []
+    shared: dict[str, list[str]] = {}  # a fault of common_override -> the cells it reaches
+    faulty = set()  # cells whose settings failed: the tables' checks skip them
     for name in config["cells"]:
-        errors.extend(_cell_errors(config, name))
+        for error in _cell_errors(config, name):
+            faulty.add(name)
+            if error.startswith("common_override"):
+                shared.setdefault(error, []).append(name)
+            else:
+                errors.append(error)
+    errors[:0] = [f"{error} (in cells {', '.join(cells)})" for error, cells in shared.items()]
     for name, ds in config["datasets"].items():
         if ds["features"] == "classifier" and DATASETS[name].num_classes == 0:
             errors.append(
@@ -480,6 +635,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                 errors.append(f"tables.{table}.rows.{label}: {cell!r} is not a configured cell")
         if spec.get("real"):
             errors.extend(real_row_errors(config, table))
+        errors.extend(_table_errors(config, table, faulty))
     if config["benchmark"]["enabled"]:
         errors.extend(_check_benchmarks(config["benchmark"]))
     if errors:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from kaem.config import TrainConfig, from_dict, load_yaml
 from kaem.data import read_samples
 from kaem.figures import (
+    image_canvas,
     plot_image_grid,
     plot_prior_grid,
     plot_prior_top,
@@ -27,7 +28,14 @@ from kaem.kinds import load_model
 from kaem.pipeline.artifacts import read_json
 from kaem.pipeline.costs import plot_sweep
 
-__all__ = ["draw_figure", "plot_benchmarks", "plot_extrapolation", "plot_temperature_schedule"]
+__all__ = [
+    "draw_figure",
+    "plot_benchmarks",
+    "plot_extrapolation",
+    "plot_fid_curve",
+    "plot_sample_grids",
+    "plot_temperature_schedule",
+]
 
 
 def draw_figure(
@@ -39,6 +47,7 @@ def draw_figure(
     grid_images: int = 64,
     prior_rows: int | None = None,
     seed: int = 0,
+    labels: Sequence[str] = (),
 ) -> Path:
     """Draw one named figure into ``path`` from result files.
 
@@ -46,16 +55,29 @@ def draw_figure(
     ----------
     figure
         ``samples``, ``training_curve``, ``extrapolation``, ``prior_grid``, ``prior_top``,
-        ``temperature_schedule``, ``benchmark`` or ``sweep`` (a cost curve of App. A).
+        ``temperature_schedule``, ``benchmark``, ``sweep`` (a cost curve of App. A), or a
+        table's ``fid_curve`` (FID_inf against training seconds) or ``sample_grids`` (its
+        rows' samples side by side).
     inputs
-        The files it is drawn from, by name: ``samples`` (generated HDF5), ``log``
-        (``log.csv``), ``metrics`` (a cell's JSON, or one per seed), ``model`` (a checkpoint),
-        ``config`` (the cell's resolved YAML), ``bench`` (benchmark JSON), ``sweep`` (a sweep's
-        JSON).
+        The files it is drawn from, by name: ``samples`` (generated HDF5, or one per row of a
+        table), ``log`` (``log.csv``), ``metrics`` (a cell's JSON, or one per seed), ``model``
+        (a checkpoint), ``config`` (the cell's resolved YAML), ``bench`` (benchmark JSON),
+        ``sweep`` (a sweep's JSON), ``curve`` (a curve table's CSV), ``real`` (real-vs-real
+        metrics).
     cell, grid_images, prior_rows, seed
         The title of a regression plot, images in a sample grid, rows of a prior grid (None:
         all) and the seed of the prior samples.
+    labels
+        A table's row labels, one per file of ``samples`` (``sample_grids``).
     """
+    if figure == "fid_curve":
+        real = read_json(inputs["real"]) if "real" in inputs else None
+        return plot_fid_curve(pd.read_csv(inputs["curve"]), path, real=real)
+    if figure == "sample_grids":
+        files = inputs["samples"]
+        files = [files] if isinstance(files, str) else list(files)
+        grids = [torch.from_numpy(read_samples(f, 0, grid_images)).float() / 255.0 for f in files]
+        return plot_sample_grids(grids, list(labels), path)
     if figure == "samples":
         images = torch.from_numpy(read_samples(inputs["samples"], 0, grid_images)).float() / 255.0
         return plot_image_grid(images, path)
@@ -223,5 +245,92 @@ def plot_benchmarks(results: list[dict], path: str | os.PathLike, *, title: str 
         ax.grid(True, axis="x", color="0.9", linewidth=0.5)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_fid_curve(
+    curve: pd.DataFrame, path: str | os.PathLike, *, real: Mapping[str, Any] | None = None
+) -> Path:
+    """FID_inf against training seconds, one line per model: at each point the mean over
+    its seeds with their standard deviation as error bars, at the mean seconds the points
+    were taken; the real-vs-real FID_inf as a dashed line.
+
+    Parameters
+    ----------
+    curve
+        :func:`kaem.pipeline.tables.curve_table` (its CSV read back): ``model``, ``seconds``,
+        ``FID_inf``, ``FID_inf sd``, ``seeds``.
+    path
+        Output image.
+    real
+        The real-vs-real metrics (:func:`kaem.pipeline.artifacts.cell_metrics`), or None.
+    """
+    if curve.empty:
+        raise ValueError(f"{path}: no points to draw")
+    fig = Figure(figsize=(6.5, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for k, (model, points) in enumerate(curve.groupby("model", sort=False)):
+        points = points.sort_values("seconds")
+        spread = points["FID_inf sd"].fillna(0.0).to_numpy()
+        seeds = int(points["seeds"].max())
+        ax.errorbar(
+            points["seconds"],
+            points["FID_inf"],
+            yerr=spread,
+            fmt="o-",
+            ms=4,
+            lw=1.2,
+            capsize=3,
+            color=f"C{k % 10}",
+            label=f"{model} ({seeds} seeds)",
+        )
+    values = curve["FID_inf"].to_numpy(dtype=float)
+    if real is not None:
+        ax.axhline(real["fid_inf"], color="0.4", ls="--", lw=1, label="real vs real")
+        values = np.append(values, real["fid_inf"])
+    positive = values[values > 0]
+    if len(positive) == len(values) and positive.max() > 20 * positive.min():
+        ax.set_yscale("log")  # models and the data's own level differ by decades
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("FID_inf (mean over seeds; bars: sd across seeds)")
+    ax.grid(True, color="0.9", linewidth=0.5)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_sample_grids(
+    grids: Sequence[torch.Tensor], labels: Sequence[str], path: str | os.PathLike
+) -> Path:
+    """Sample grids side by side, one panel per model titled with its label.
+
+    Parameters
+    ----------
+    grids
+        Per model, images ``(n, C, H, W)`` in ``[0, 1]``.
+    labels
+        One title per grid.
+    path
+        Output image.
+    """
+    if len(grids) != len(labels) or not grids:
+        raise ValueError(f"{path}: {len(grids)} grids for {len(labels)} labels")
+    canvases = [
+        image_canvas(g, max(1, round(len(g) ** 0.5)), f"{path} ({label})")
+        for g, label in zip(grids, labels, strict=True)
+    ]
+    fig = Figure(figsize=(2.4 * len(canvases), 2.7))
+    for k, (canvas, label) in enumerate(zip(canvases, labels, strict=True)):
+        ax = fig.add_subplot(1, len(canvases), k + 1)
+        ax.imshow(
+            canvas,
+            cmap="gray" if canvas.ndim == 2 else None,
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     return save_figure(fig, path)

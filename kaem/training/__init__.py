@@ -10,6 +10,7 @@ from kaem.training.loop import (
     compile_model,
     planned_steps,
     resolve_device,
+    snapshot_name,
     train,
 )
 from kaem.training.steps import (
@@ -52,6 +53,7 @@ __all__ = [
     "lebm_step",
     "planned_steps",
     "resolve_device",
+    "snapshot_name",
     "thermodynamic_step",
     "train",
 ]

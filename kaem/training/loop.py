@@ -64,6 +64,7 @@ __all__ = [
     "compile_model",
     "planned_steps",
     "resolve_device",
+    "snapshot_name",
     "train",
 ]
 
@@ -418,10 +419,16 @@ def train(
         return TrainResult(model, step, checkpoint.path, log.path, elapsed, snapshots)
 
 
+def snapshot_name(seconds: float) -> str:
+    """The file name of the snapshot taken at ``seconds`` of training (``train.snapshot_seconds``)
+    in a run folder: ``snapshot-60s.pt``, ``snapshot-7.5s.pt``."""
+    return f"snapshot-{seconds:g}s.pt"
+
+
 def _snapshots(out_dir: Path, times: tuple[float, ...], elapsed: float) -> dict[float, Path]:
     """The snapshot file of each of ``times`` (training seconds), warning of any that a run
     resumed at ``elapsed`` seconds has passed without one."""
-    files = {t: out_dir / f"snapshot-{t:g}s.pt" for t in sorted(times)}
+    files = {t: out_dir / snapshot_name(t) for t in sorted(times)}
     missed = [t for t, f in files.items() if t <= elapsed and not f.exists()]
     if missed:
         warnings.warn(

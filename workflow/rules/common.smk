@@ -10,19 +10,24 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(REPO))
 
 from kaem.pipeline.config import (
+    CURVE_SUFFIX,
     benchmark_sweeps,
     cell_info,
     cell_sampler,
     cell_seeds,
     cell_sizes,
     check_models,
+    has_evidence,
     load_config,
     load_schema,
     read_config,
     resolve_cell,
     run_key,
+    snapshot_times,
 )
 from kaem.config import ConfigError
+from kaem.pipeline.artifacts import publish_snapshot
+from kaem.training import snapshot_name
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
@@ -64,6 +69,10 @@ BENCHMARK = config["benchmark"]["enabled"]
 #: App. A's cost curves: one job, figure and table each.
 SWEEPS = benchmark_sweeps(config)
 
+#: Each cell's snapshot times below its budget, as its snapshot files name them (``60``,
+#: ``7.5``): the points of its FID-against-seconds curve before the final model.
+SNAPSHOTS = {cell: [f"{t:g}" for t in snapshot_times(config, cell)] for cell in CELLS}
+
 #: Figures of a cell: ``results/figures/{cell}/{figure}.png``, each drawn by its own job.
 CELL_FIGURES = (
     "samples",
@@ -81,6 +90,7 @@ wildcard_constraints:
     seed=r"\d+",
     figure="|".join(CELL_FIGURES),
     sweep="|".join(re.escape(s) for s in SWEEPS) or "(?!)",
+    t=r"[0-9][0-9.e+-]*",
 
 
 # ----------------------------------------------------------------------------- file names
@@ -107,6 +117,35 @@ def train_log_file(cell, seed):
 
 def train_config_file(cell, seed):
     return f"{run_dir(cell, seed)}/config.yaml"
+
+
+def train_summary_file(cell, seed):
+    """Updates, training seconds, parameters and snapshots of one training."""
+    return f"{run_dir(cell, seed)}/training.json"
+
+
+# A snapshot of a training at t seconds (below its budget) is a point of the cell's curve:
+# published from the work folder, then sampled, featured and scored like the final model.
+
+
+def snapshot_file(cell, seed, t):
+    return f"{run_dir(cell, seed)}/snapshot-{t}s.pt"
+
+
+def snapshot_samples_file(cell, seed, t):
+    return f"results/samples/{cell}/seed{seed}/at{t}s.h5"
+
+
+def snapshot_features_file(cell, seed, t):
+    return f"results/features/cells/{cell}/seed{seed}/at{t}s.npz"
+
+
+def snapshot_metrics_file(cell, seed, t):
+    return f"results/metrics/{cell}/seed{seed}/at{t}s.json"
+
+
+def evidence_file(cell, seed):
+    return f"results/evidence/{cell}/seed{seed}.json"
 
 
 def samples_file(cell, seed):
@@ -193,6 +232,11 @@ def cell_workdir(wildcards):
     return f"{run_dir(wildcards.cell, wildcards.seed)}/work-{key}"
 
 
+def snapshot_source(wildcards):
+    """The snapshot in the training's work folder (written by kaem.train)."""
+    return f"{cell_workdir(wildcards)}/{snapshot_name(float(wildcards.t))}"
+
+
 def sampling_seed(wildcards):
     """Each training seed draws its generated set with its own seed."""
     return config["sampling"]["seed"] + int(wildcards.seed)
@@ -230,6 +274,12 @@ def real_features_inputs(wildcards):
 def generated_features_inputs(wildcards):
     dataset = cell_dataset(wildcards.cell)
     return {"samples": samples_file(wildcards.cell, wildcards.seed), **extractor_inputs(dataset)}
+
+
+def snapshot_features_inputs(wildcards):
+    dataset = cell_dataset(wildcards.cell)
+    samples = snapshot_samples_file(wildcards.cell, wildcards.seed, wildcards.t)
+    return {"samples": samples, **extractor_inputs(dataset)}
 
 
 def dataset_extractor(wildcards):
@@ -301,21 +351,37 @@ def table_dataset(spec):
 
 
 def table_plan():
-    """Every table by name: title and kind; each is written as CSV, MD and TeX."""
+    """Every table by name: title and kind; each is written as CSV, MD and TeX. A table at
+    matched seconds brings a second one, its FID-against-seconds curve."""
     plan = {}
     for name, spec in config["tables"].items():
-        plan[name] = {
-            "kind": "metrics",
+        common = {
             "title": spec["title"],
-            "paper": spec["paper"],
             "rows": dict(spec["rows"]),
             "real": table_dataset(spec) if spec["real"] else None,
+            "min_accuracy": config["features"]["min_accuracy"],
         }
+        plan[name] = {
+            "kind": "metrics",
+            "paper": spec["paper"],
+            "matched": spec["matched"],
+            "evidence": spec["evidence"],
+            "evidence_settings": config["evidence"] if spec["evidence"] else None,
+            "figures": table_figures(spec),
+            **common,
+        }
+        if spec["matched"] == "seconds":
+            plan[f"{name}{CURVE_SUFFIX}"] = {
+                "kind": "curve",
+                **common,
+                "title": f"{spec['title']}: FID_inf against training seconds",
+            }
     plan["cells"] = {"kind": "cells", "title": "Every cell and its scores"}
     if CLASSIFIER_DATASETS:
         plan["extractors"] = {
             "kind": "extractors",
             "title": "Feature classifiers: accuracy on held-out and test images",
+            "min_accuracy": config["features"]["min_accuracy"],
         }
     if BENCHMARK:
         plan["benchmark"] = {
@@ -333,17 +399,26 @@ def table_plan():
     return plan
 
 
+def table_figures(spec):
+    """A table's own figures: its FID-against-seconds curve (matched seconds), its rows'
+    sample grids side by side (samples)."""
+    return (["fid_curve"] if spec["matched"] == "seconds" else []) + (
+        ["sample_grids"] if spec["samples"] else []
+    )
+
+
 TABLES = table_plan()
 
 
 wildcard_constraints:
     table="|".join(re.escape(t) for t in TABLES),
+    plot="fid_curve|sample_grids",
 
 
 def table_cells(name):
-    """The cells a table reads: a metrics table its rows' cells, the cells table all."""
+    """The cells a table reads: a metrics or curve table its rows' cells, the cells table all."""
     table = TABLES[name]
-    if table["kind"] == "metrics":
+    if table["kind"] in ("metrics", "curve"):
         return list(dict.fromkeys(table["rows"].values()))
     return CELLS if table["kind"] == "cells" else []
 
@@ -353,11 +428,47 @@ def seed_files(cells, file):
     return {c: [file(c, s) for s in SEEDS[c]] for c in cells}
 
 
+def flat(files_by_cell):
+    return [f for fs in files_by_cell.values() for f in fs]
+
+
+def evidence_files(name):
+    """Per cell of a table with evidence, its seeds' log p(x) files (None for a kind
+    without an estimator)."""
+    if not TABLES[name].get("evidence"):
+        return {}
+    return {
+        c: [evidence_file(c, s) for s in SEEDS[c]] if has_evidence(INFO[c].model) else None
+        for c in table_cells(name)
+    }
+
+
+def curve_files(name):
+    """Per cell of a curve table, per snapshot time below its budget, its seeds' metrics."""
+    if TABLES[name]["kind"] != "curve":
+        return {}
+    return {
+        c: {t: [snapshot_metrics_file(c, s, t) for s in SEEDS[c]] for t in SNAPSHOTS[c]}
+        for c in table_cells(name)
+    }
+
+
+def generated_files(name):
+    """Per cell of a table at matched seconds, its seeds' generated sets (generation time)."""
+    if TABLES[name].get("matched") != "seconds":
+        return {}
+    return seed_files(table_cells(name), samples_file)
+
+
 def table_inputs(wildcards):
-    table, cells = TABLES[wildcards.table], table_cells(wildcards.table)
+    name = wildcards.table
+    table, cells = TABLES[name], table_cells(name)
     inputs = {
-        "metrics": [f for fs in seed_files(cells, metrics_file).values() for f in fs],
-        "logs": [f for fs in seed_files(cells, train_log_file).values() for f in fs],
+        "metrics": flat(seed_files(cells, metrics_file)),
+        "summaries": flat(seed_files(cells, train_summary_file)),
+        "samples": flat(generated_files(name)),
+        "evidence": flat({c: fs for c, fs in evidence_files(name).items() if fs}),
+        "curve": [f for ts in curve_files(name).values() for fs in ts.values() for f in fs],
     }
     if table.get("real"):
         inputs["real"] = real_metrics_file(table["real"])
@@ -372,15 +483,19 @@ def table_inputs(wildcards):
 
 def table_params(wildcards):
     """The table's spec with its cells' records and the files by cell or dataset."""
-    cells = table_cells(wildcards.table)
+    name = wildcards.table
+    cells = table_cells(name)
     return {
-        "name": wildcards.table,
-        **TABLES[wildcards.table],
+        "name": name,
+        **TABLES[name],
         "cells": [dict(INFO[c]._asdict()) for c in cells],
         "metrics": seed_files(cells, metrics_file),
-        "logs": seed_files(cells, train_log_file),
-        "real_metrics": real_metrics_file(TABLES[wildcards.table]["real"])
-        if TABLES[wildcards.table].get("real")
+        "summaries": seed_files(cells, train_summary_file),
+        "sample_files": generated_files(name),
+        "evidence_files": evidence_files(name),
+        "curve_files": curve_files(name),
+        "real_metrics": real_metrics_file(TABLES[name]["real"])
+        if TABLES[name].get("real")
         else None,
         "classifiers": {d: classifier_summary_file(d) for d in CLASSIFIER_DATASETS},
     }
@@ -390,11 +505,34 @@ def table_labels(wildcards):
     return {"table": wildcards.table, "title": TABLES[wildcards.table]["title"]}
 
 
+def table_figure_file(table, plot):
+    return f"results/figures/tables/{table}/{plot}.png"
+
+
+def table_figure_inputs(wildcards):
+    """The curve from its table (and the real-vs-real level), the grids from the final
+    generated set of each row's first seed."""
+    table = TABLES[wildcards.table]
+    if wildcards.plot not in table.get("figures", ()):
+        raise WorkflowError(f"table {wildcards.table} has no figure {wildcards.plot!r}")
+    if wildcards.plot == "fid_curve":
+        inputs = {"curve": f"results/tables/{wildcards.table}{CURVE_SUFFIX}.csv"}
+        if table["real"]:
+            inputs["real"] = real_metrics_file(table["real"])
+        return inputs
+    return {"samples": [samples_file(c, SEEDS[c][0]) for c in table["rows"].values()]}
+
+
+def table_figure_labels(wildcards):
+    return list(TABLES[wildcards.table]["rows"])
+
+
 # ----------------------------------------------------------------------------- targets
 
 
 def all_targets():
     figures = [figure_file(c, f) for c in CELLS for f in cell_figures(c)]
+    figures += [table_figure_file(t, p) for t, spec in TABLES.items() for p in spec.get("figures", ())]
     tables = [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
     sweeps = [sweep_figure_file(s) for s in SWEEPS]
     return figures + ([BENCHMARK_FIGURE] if BENCHMARK else []) + sweeps + tables

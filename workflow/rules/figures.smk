@@ -1,7 +1,8 @@
 # 7. Figures, one file per job, each from its own cell's files: samples (App. G), training
 #    curves, FID/KID regressions, learned priors against their references (Fig. 3),
-#    temperature schedules (Figs. 10-11); and the benchmark plot (App. A). Touching one
-#    cell redraws only that cell's figures.
+#    temperature schedules (Figs. 10-11); the benchmark plot (App. A); and a table's own:
+#    FID_inf against training seconds, its rows' samples side by side. Touching one cell
+#    redraws only that cell's figures (and its tables').
 
 
 rule figure:
@@ -61,6 +62,29 @@ rule figure_sweep:
         ),
     log:
         "logs/figures/benchmark/{sweep}.log",
+    localrule: True
+    conda:
+        "../envs/kaem.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule figure_table:
+    input:
+        unpack(table_figure_inputs),
+    output:
+        report(
+            table_figure_file("{table}", "{plot}"),
+            caption="../report/table_figure.rst",
+            category="Figures",
+            subcategory="{table}",
+            labels={"cell": "{table}", "figure": "{plot}"},
+        ),
+    params:
+        labels=table_figure_labels,
+        grid_images=config["figures"]["grid_images"],
+    log:
+        "logs/figures/tables/{table}/{plot}.log",
     localrule: True
     conda:
         "../envs/kaem.yaml"

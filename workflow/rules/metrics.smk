@@ -132,3 +132,29 @@ rule metrics_real:
         "../envs/kaem.yaml"
     script:
         "../scripts/metrics.py"
+
+
+# Held-out log p(x) of a final model, by its kind's estimator (KAEM: importance sampling with
+# its exact prior; the VAE: the importance-weighted bound), for the tables with evidence.
+
+
+rule evidence:
+    input:
+        model=model_file("{cell}", "{seed}"),
+        data=cell_data,
+    output:
+        evidence_file("{cell}", "{seed}"),
+    params:
+        settings=config["evidence"],
+        device=config["device"],
+    log:
+        "logs/evidence/{cell}/seed{seed}.log",
+    benchmark:
+        "benchmarks/evidence/{cell}/seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=cell_gpu,
+    conda:
+        "../envs/kaem.yaml"
+    script:
+        "../scripts/evidence.py"

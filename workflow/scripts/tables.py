@@ -7,8 +7,7 @@ from pathlib import Path
 # workflow/envs/kaem.yaml for why it is not installed there).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pandas as pd
-
+from kaem.kinds import MODEL_KINDS
 from kaem.pipeline.artifacts import read_json
 from kaem.pipeline.config import job_context
 from kaem.pipeline.costs import sweep_table
@@ -16,18 +15,37 @@ from kaem.pipeline.tables import (
     benchmark_table,
     cells_table,
     check_scores,
+    compute_note,
+    curve_records,
+    curve_table,
+    evidence_note,
     extractors_table,
     likelihood_note,
     metrics_table,
+    run_record,
     seeds_note,
     thermodynamic_note,
     write_table,
 )
 
 
-def _training(log: str) -> dict:
-    df = pd.read_csv(log)
-    return {"steps": int(df["step"].max()), "train_seconds": float(df["seconds"].sum())}
+def _runs(table: dict, cell: str) -> list[dict]:
+    """Per seed of ``cell``: its metrics, training summary and, where the table reads them,
+    its generated set and held-out log p(x)."""
+    samples = table.get("sample_files", {}).get(cell)
+    evidence = table.get("evidence_files", {}).get(cell)
+    return [
+        {
+            "cell": cell,
+            **run_record(
+                metrics,
+                table["summaries"][cell][k],
+                samples=samples[k] if samples else None,
+                evidence=evidence[k] if evidence else None,
+            ),
+        }
+        for k, metrics in enumerate(table["metrics"][cell])
+    ]
 
 
 def _scores(path: str) -> dict:
@@ -37,42 +55,63 @@ def _scores(path: str) -> dict:
     return metrics
 
 
-def _runs(table: dict, cell: str) -> list[dict]:
-    """Per seed of ``cell``: its metrics with the training steps and seconds of its log."""
-    return [
-        {**_scores(metrics), **_training(log)}
-        for metrics, log in zip(table["metrics"][cell], table["logs"][cell], strict=True)
-    ]
-
-
 def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
     """Write ``table`` (its spec, cell records and file maps) to ``stem``.csv/.md/.tex."""
     scores = {cell: _runs(table, cell) for cell in table["metrics"]}
-    kind, note = table["kind"], None
+    kind, note, bar = table["kind"], None, table.get("min_accuracy")
     if kind == "metrics":
         rows = {label: (cell, scores[cell]) for label, cell in table["rows"].items()}
         real = _scores(table["real_metrics"]) if table.get("real_metrics") else None
-        df = metrics_table(rows, table.get("paper"), real=real)
+        compute = table.get("matched") == "seconds"
+        df = metrics_table(
+            rows,
+            table.get("paper"),
+            real=real,
+            min_accuracy=bar,
+            compute=compute,
+            evidence=table.get("evidence", False),
+        )
+        runs = [run for cell in table["metrics"] for run in scores[cell]]
+        reasons = {  # the kinds without an estimator of log p(x) say why
+            c["name"]: MODEL_KINDS[c["model"]].cls.no_evidence
+            for c in table["cells"]
+            if table.get("evidence") and table["evidence_files"].get(c["name"]) is None
+        }
         notes = (
-            seeds_note(rows, table.get("paper")),
+            seeds_note(rows, table.get("paper"), bar),
+            compute_note(table["cells"], runs) if compute else None,
+            evidence_note(table["evidence_settings"], reasons) if table.get("evidence") else None,
             likelihood_note(table["rows"], table["cells"]),
             thermodynamic_note(table["cells"]),
         )
         note = " ".join(n for n in notes if n)
+    elif kind == "curve":
+        rows = {
+            label: (cell, curve_records(scores[cell], table["curve_files"][cell]))
+            for label, cell in table["rows"].items()
+        }
+        df = curve_table(rows, bar)
+        real = _scores(table["real_metrics"]) if table.get("real_metrics") else None
+        note = (
+            "FID_inf along training seconds: the point is the training seconds of a snapshot "
+            "(train.snapshot_seconds) or, last, of the budget (the final model); seconds and "
+            "updates are where the snapshot was taken (after the first update past the point), "
+            "means over the seeds; FID_inf is the mean over the seeds with its sd across them, "
+            "the mean regression SE and the lowest R^2."
+        )
+        if real:
+            note += f" Real (held-out) FID_inf at the same sizes: {real['fid_inf']:.3g}."
     elif kind == "cells":
         records = [
             {
                 **c,
-                "runs": [
-                    {"seed": run["training_seed"], **_training(log)}
-                    for run, log in zip(scores[c["name"]], table["logs"][c["name"]], strict=True)
-                ],
+                "runs": [{"seed": run["training_seed"], **run} for run in scores[c["name"]]],
             }
             for c in table["cells"]
         ]
-        df = cells_table(records, scores)
+        df = cells_table(records, scores, bar)
     elif kind == "extractors":
-        df = extractors_table({d: read_json(p) for d, p in table["classifiers"].items()})
+        df = extractors_table({d: read_json(p) for d, p in table["classifiers"].items()}, bar)
     elif kind == "benchmark":
         if bench is None:
             raise ValueError("the benchmark table needs the benchmark results")

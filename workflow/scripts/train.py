@@ -13,6 +13,7 @@ import torch
 from kaem.config import TrainConfig, from_dict
 from kaem.data import load_images
 from kaem.io import atomic_path
+from kaem.pipeline.artifacts import training_summary, write_json
 from kaem.pipeline.config import build_cell_model, job_context, resolve_device, write_yaml
 from kaem.training import data_record, train
 
@@ -24,13 +25,15 @@ def main(
     model_out: str,
     log_out: str,
     config_out: str,
+    summary_out: str,
     device: str = "auto",
     progress: bool = True,
 ) -> int:
     """Train the cell ``settings`` ({model, train}) on ``data``; return the steps done.
 
-    The run lives in ``workdir`` (checkpoint.pt, log.csv) and resumes from it; only the
-    finished checkpoint, log and resolved settings are copied to the outputs.
+    The run lives in ``workdir`` (checkpoint.pt, log.csv, its snapshots) and resumes from it;
+    the finished checkpoint, log and resolved settings are copied to the outputs, with a
+    summary of what it reached (updates, seconds, snapshots).
     """
     train_cfg = from_dict(TrainConfig, settings["train"], "train")
     model = build_cell_model(settings)
@@ -49,7 +52,8 @@ def main(
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
     write_yaml(settings, config_out)
-    print(f"trained {result.steps} steps in {work}")
+    summary = write_json(training_summary(result, train_cfg.max_seconds), summary_out)
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s in {work}; {summary}")
     return result.steps
 
 
@@ -63,5 +67,6 @@ if "snakemake" in globals():
             job.output.model,
             job.output.log,
             job.output.config,
+            job.output.summary,
             job.params.device,
         )
