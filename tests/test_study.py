@@ -37,6 +37,7 @@ from kaem.pipeline.config import (
     cell_budget,
     cell_info,
     cell_seeds,
+    check_config,
     check_models,
     has_evidence,
     load_config,
@@ -79,7 +80,7 @@ def tiny_study() -> dict:
 
 def test_the_study_compares_five_models_at_one_budget_on_one_generator():
     cfg = load_config(study_config(), SCHEMA)
-    check_models(cfg)  # every model builds
+    check_models(check_config(cfg))  # every model builds
     table = cfg["tables"]["study_mnist"]
     cells = list(table["rows"].values())
     info = {c: cell_info(cfg, c) for c in cells}
@@ -156,7 +157,7 @@ def test_a_model_the_datasets_images_do_not_fit_is_refused_before_any_job():
     # A UNet whose levels do not halve 28 pixels evenly cannot be built: named before any job.
     raw = _set(study_config(), "cells.mnist_ddpm.override.model.channels", [32, 64, 128, 256])
     with pytest.raises(WorkflowConfigError, match=r"cells\.mnist_ddpm\.override: the model cannot"):
-        check_models(load_config(raw, SCHEMA))
+        check_models(check_config(load_config(raw, SCHEMA)))
 
 
 def test_fewer_seeds_than_the_table_needs_for_a_spread_are_refused():

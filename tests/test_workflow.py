@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -54,6 +55,7 @@ from kaem.pipeline.config import (
     cell_sampler,
     cell_seeds,
     cell_sizes,
+    check_config,
     check_models,
     load_config,
     load_schema,
@@ -387,12 +389,36 @@ def test_every_fault_of_a_config_is_reported_at_once():
     assert "sampling.batch_size: 0" in str(err.value)
 
 
+@pytest.mark.parametrize("path", [PAPER, DEMO], ids=["config", "demo"])
+def test_each_cell_has_one_typed_form_that_the_jobs_read_back_unchanged(path):
+    from kaem.kinds import kind_of
+
+    cfg = validate_config(yaml.safe_load(path.read_text()), SCHEMA)
+    cells = check_config(cfg)
+    assert list(cells) == list(cfg["cells"])
+    for name, cell in cells.items():
+        # A training job gets plain settings; read back, they are the cell's typed form.
+        for seed in cell.seeds:
+            settings = cell.settings(seed)
+            train = from_dict(TrainConfig, settings["train"], "train")
+            assert train == dataclasses.replace(cell.train, seed=seed), name
+            assert from_dict(kind_of(train.criterion).config, settings["model"]) == cell.model
+        assert cell.dataset == cfg["cells"][name]["dataset"]
+        sizes = cfg["cells"][name].get("sizes") or cfg["metrics"]["sizes"]
+        assert list(cell.sizes) == sorted(sizes)
+        assert all(t < (cell.budget or math.inf) for t in cell.snapshots)
+        # Handing out settings leaves the typed form as it was.
+        for seed in (None, 0):
+            cell.settings(seed)["model"].clear()
+        assert cell.settings()["model"] and cell.resolved["model"], name
+
+
 def test_a_model_that_cannot_be_built_is_named_before_any_job():
     cfg = load_config(
         _set(tiny_config(), "cells.tiny_vae.override.model.encoder_channels", [8, 8, 8, 8]), SCHEMA
     )
     with pytest.raises(WorkflowConfigError, match=r"cells\.tiny_vae\.override: the model cannot"):
-        check_models(cfg)
+        check_models(check_config(cfg))
 
 
 def test_a_langevin_cell_on_a_prior_without_a_density_is_named_before_any_job():
@@ -404,7 +430,7 @@ def test_a_langevin_cell_on_a_prior_without_a_density_is_named_before_any_job():
         match=r"cells\.tiny_thermo\.override: train\.criterion 'thermodynamic' .*"
         r"shared_uniforms: false",
     ):
-        check_models(cfg)
+        check_models(check_config(cfg))
 
 
 # ----------------------------------------------------------------------------- kaem pieces
@@ -721,7 +747,7 @@ def test_a_sampler_is_a_ddpm_cells_setting_only():
     bad = copy.deepcopy(cfg)
     bad["cells"]["tiny_ddpm"]["override"]["model"] = {**TINY_DDPM, "channels": [8] * 5}
     with pytest.raises(WorkflowConfigError, match=r"cells\.tiny_ddpm\.override: .*model\.channels"):
-        check_models(load_config(bad, SCHEMA))
+        check_models(check_config(load_config(bad, SCHEMA)))
 
 
 def test_every_reference_figure_names_a_described_source(tmp_path):

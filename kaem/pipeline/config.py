@@ -27,6 +27,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,8 +38,11 @@ from torch import nn
 from kaem.config import (
     RESUMABLE_KEYS,
     ConfigError,
+    DDPMConfig,
+    LEBMConfig,
     ModelConfig,
     TrainConfig,
+    VAEConfig,
     from_dict,
     load_yaml,
     parse_yaml,
@@ -52,10 +56,12 @@ __all__ = [
     "CURVE_MIN_POINTS",
     "CURVE_SUFFIX",
     "RESERVED_TABLES",
+    "Cell",
     "CellInfo",
     "WorkflowConfigError",
     "benchmark_sweeps",
     "build_cell_model",
+    "cell",
     "cell_budget",
     "cell_info",
     "cell_sampler",
@@ -270,49 +276,120 @@ def cell_seeds(config: Mapping[str, Any], name: str) -> list[int]:
     return [int(resolve_cell(config, name)["train"].get("seed", TrainConfig.seed))]
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One cell in its typed form: what every job and table of the cell reads.
+
+    Built once per run by :func:`check_config` (through :func:`cell`), which is where its
+    settings are validated; the jobs receive :meth:`settings` (plain data that crosses the
+    process boundary, and whose hash names the run folder) and read it back with
+    :func:`kaem.config.from_dict` once.
+    """
+
+    name: str
+    dataset: str
+    preset: str
+    resolved: Mapping[str, Any]  # {model, train}: the preset with the overrides merged in
+    model: ModelConfig | VAEConfig | LEBMConfig | DDPMConfig  # the config of its kind
+    train: TrainConfig
+    seeds: tuple[int, ...]  # training seeds, one job each
+    sampler: Mapping[str, Any]  # a DDPM's generate keywords (scheduler, steps, eta)
+    sizes: tuple[int, ...]  # regression sizes, ascending
+
+    def settings(self, seed: int | None = None) -> dict[str, Any]:
+        """The ``{model, train}`` settings of one training seed (``train.seed``), as data."""
+        cfg = copy.deepcopy(dict(self.resolved))
+        return cfg if seed is None else merge(cfg, {"train": {"seed": int(seed)}})
+
+    @property
+    def budget(self) -> float | None:
+        """The training budget in seconds (``train.max_seconds``), or None."""
+        return self.train.max_seconds
+
+    @property
+    def snapshots(self) -> list[float]:
+        """The snapshot times below the budget (``train.snapshot_seconds``), ascending, each
+        once: the points of the cell's curve of FID against training seconds before the last,
+        which is the final model at the budget (a snapshot at the budget is that model)."""
+        budget, times = self.budget, self.train.snapshot_seconds
+        return sorted({float(t) for t in times if budget is None or t < budget})
+
+    def build(self) -> nn.Module:
+        """The cell's untrained model, seeded by ``train.seed``."""
+        return kind_of(self.train.criterion).build(self.model, seed=self.train.seed)
+
+    @property
+    def info(self) -> CellInfo:
+        """The cell described for tables and captions."""
+        criterion = self.train.criterion
+        kind = kind_of(criterion)
+        common = dict(
+            name=self.name,
+            dataset=self.dataset,
+            model=kind.name,
+            criterion=criterion,
+            seeds=self.seeds,
+            likelihood_variance=getattr(self.model, "likelihood_variance", None),
+        )
+        if kind.name != "KAEM":
+            generator = getattr(self.model, "generator", None)
+            return CellInfo(
+                **common,
+                basis=None,
+                sampler=_CRITERION_NAMES[criterion],
+                reference=None,
+                prior=None,
+                generator=None if generator is None else generator.kind,
+            )
+        sampler, n_chains = _CRITERION_NAMES[criterion], None
+        if criterion == "thermodynamic":
+            thermo = self.train.thermodynamic
+            n_chains = thermo.n_chains
+            sampler = f"thermodynamic (N_t={thermo.n_temps}, S={n_chains})"
+        prior = self.model.prior
+        return CellInfo(
+            **common,
+            basis=prior.basis,
+            sampler=sampler,
+            reference=prior.reference.name,
+            prior=prior.kind,
+            generator=self.model.generator.kind,
+            n_chains=n_chains,
+        )
+
+
+def cell(config: Mapping[str, Any], name: str) -> Cell:
+    """Cell ``name`` of a schema-validated configuration in its typed form.
+
+    Raises
+    ------
+    KeyError
+        If there is no such cell.
+    ConfigError
+        If its resolved settings are not valid for the kind of model its preset trains,
+        naming the setting (``train.max_seconds: ...``).
+    """
+    resolved = resolve_cell(config, name)
+    preset = config["cells"][name]["preset"]
+    kind = kind_of(PRESETS[preset]["train"]["criterion"])
+    train = from_dict(TrainConfig, resolved.get("train"), "train")
+    model = from_dict(kind.config, resolved.get("model"), "model")
+    return Cell(
+        name=name,
+        dataset=config["cells"][name]["dataset"],
+        preset=preset,
+        resolved=resolved,
+        model=model,
+        train=train,
+        seeds=tuple(_explicit_seeds(config, name) or [train.seed]),
+        sampler=dict(config["cells"][name].get("sampler") or {}),
+        sizes=tuple(cell_sizes(config, name)),
+    )
+
+
 def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
     """Describe cell ``name`` by its dataset, model, basis, sampler and reference prior."""
-    cfg = resolve_cell(config, name)
-    criterion = cfg["train"].get("criterion", TrainConfig.criterion)
-    dataset = config["cells"][name]["dataset"]
-    seeds = tuple(cell_seeds(config, name))
-    kind = kind_of(criterion)
-    if kind.name != "KAEM":
-        model = from_dict(kind.config, cfg["model"], "model")
-        generator = getattr(model, "generator", None)
-        return CellInfo(
-            name=name,
-            dataset=dataset,
-            model=kind.name,
-            basis=None,
-            criterion=criterion,
-            sampler=_CRITERION_NAMES[criterion],
-            reference=None,
-            prior=None,
-            generator=None if generator is None else generator.kind,
-            seeds=seeds,
-            likelihood_variance=getattr(model, "likelihood_variance", None),
-        )
-    model = from_dict(ModelConfig, cfg["model"], "model")
-    sampler, n_chains = _CRITERION_NAMES[criterion], None
-    if criterion == "thermodynamic":
-        thermo = from_dict(TrainConfig, cfg["train"], "train").thermodynamic
-        n_chains = thermo.n_chains
-        sampler = f"thermodynamic (N_t={thermo.n_temps}, S={n_chains})"
-    return CellInfo(
-        name=name,
-        dataset=dataset,
-        model="KAEM",
-        basis=model.prior.basis,
-        criterion=criterion,
-        sampler=sampler,
-        reference=model.prior.reference.name,
-        prior=model.prior.kind,
-        generator=model.generator.kind,
-        n_chains=n_chains,
-        seeds=seeds,
-        likelihood_variance=model.likelihood_variance,
-    )
+    return cell(config, name).info
 
 
 def cell_sampler(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -330,17 +407,12 @@ def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
 
 def cell_budget(config: Mapping[str, Any], name: str) -> float | None:
     """The training budget of cell ``name`` in seconds (``train.max_seconds``), or None."""
-    seconds = resolve_cell(config, name)["train"].get("max_seconds")
-    return None if seconds is None else from_dict(TrainConfig, {"max_seconds": seconds}).max_seconds
+    return cell(config, name).budget
 
 
 def snapshot_times(config: Mapping[str, Any], name: str) -> list[float]:
-    """The snapshot times of cell ``name`` (``train.snapshot_seconds``) below its budget,
-    ascending, each once: the points of its curve of FID against training seconds before the
-    last, which is the final model at the budget (a snapshot at the budget is that model)."""
-    budget = cell_budget(config, name)
-    times = from_dict(TrainConfig, resolve_cell(config, name)["train"]).snapshot_seconds
-    return sorted({float(t) for t in times if budget is None or t < budget})
+    """The snapshot times of cell ``name`` below its budget (:attr:`Cell.snapshots`)."""
+    return cell(config, name).snapshots
 
 
 def has_evidence(kind: str) -> bool:
@@ -424,43 +496,48 @@ def _budget_errors(config: Mapping[str, Any], name: str, train: TrainConfig) -> 
         )
 
 
-def _cell_errors(config: Mapping[str, Any], name: str) -> Iterator[str]:
-    cell = config["cells"][name]
+def _check_cell(config: Mapping[str, Any], name: str) -> tuple[Cell | None, list[str]]:
+    """Cell ``name`` in its typed form, and what is wrong with it (the cell is None when its
+    settings do not even make one)."""
+    spec = config["cells"][name]
     where = f"cells.{name}"
-    dataset = cell["dataset"]
+    dataset = spec["dataset"]
     if dataset not in config["datasets"]:
-        yield (
+        return None, [
             f"{where}.dataset: {dataset!r} is not a configured dataset "
             f"(configured: {', '.join(sorted(config['datasets']))})"
-        )
-        return
-    cfg = resolve_cell(config, name)
-    unknown = sorted(set(cfg) - {"model", "train"})
+        ]
+    unknown = sorted(set(resolve_cell(config, name)) - {"model", "train"})
     if unknown:
-        yield f"{where}: unknown top-level section(s) {unknown}; use model and train"
-        return
+        return None, [f"{where}: unknown top-level section(s) {unknown}; use model and train"]
+    errors = []
     seeds = _explicit_seeds(config, name)
-    overrides = merge(config.get("common_override") or {}, cell.get("override") or {})
+    overrides = merge(config.get("common_override") or {}, spec.get("override") or {})
     if seeds and "seed" in (overrides.get("train") or {}):
-        yield (
+        errors.append(
             f"{where}: seeds {seeds} and train.seed {overrides['train']['seed']} (an override) "
             "both set the training seed; drop one"
         )
-    preset_kind = kind_of(PRESETS[cell["preset"]]["train"]["criterion"])
     try:
-        train = from_dict(TrainConfig, cfg.get("train"), "train")
-        model = from_dict(preset_kind.config, cfg.get("model"), "model")
+        typed = cell(config, name)
     except ConfigError as exc:
-        yield f"{_origin(config, name, str(exc))}: {exc}"
-        return
-    yield from _budget_errors(config, name, train)
+        return None, [*errors, f"{_origin(config, name, str(exc))}: {exc}"]
+    errors.extend(_budget_errors(config, name, typed.train))
+    errors.extend(_fit_errors(config, typed))
+    return typed, errors
+
+
+def _fit_errors(config: Mapping[str, Any], cell: Cell) -> Iterator[str]:
+    """Whether the cell's criterion, sampler, image shape and batch fit its preset and data."""
+    where, model, train = f"cells.{cell.name}", cell.model, cell.train
+    preset_kind = kind_of(PRESETS[cell.preset]["train"]["criterion"])
     if kind_of(train.criterion) is not preset_kind:
         yield (
             f"{where}.override: train.criterion {train.criterion!r} does not fit preset "
-            f"{cell['preset']!r} (a {preset_kind.name} trains with "
+            f"{cell.preset!r} (a {preset_kind.name} trains with "
             f"{', '.join(preset_kind.criteria)})"
         )
-    sampler = cell.get("sampler")
+    sampler, dataset = cell.sampler, cell.dataset
     if sampler and preset_kind.name != "DDPM":
         yield (
             f"{where}.sampler: only a DDPM cell draws with a scheduler; a "
@@ -511,18 +588,18 @@ def real_row_errors(config: Mapping[str, Any], table: str) -> list[str]:
     return []
 
 
-def _table_errors(config: Mapping[str, Any], table: str, faulty: set[str]) -> Iterator[str]:
+def _table_errors(
+    config: Mapping[str, Any], table: str, cells: Mapping[str, Cell]
+) -> Iterator[str]:
     """What a table's rows lack for its settings: seeds for a spread (``min_seeds``), one
     budget with a curve of enough points (``matched: seconds``), test images for held-out
-    ``log p(x)`` (``evidence``). Rows whose cells are ``faulty`` (their own settings failed,
-    and say so) or not configured are left out."""
+    ``log p(x)`` (``evidence``). Rows whose cells are not among the valid ``cells`` (their
+    own settings failed, and say so, or they are not configured) are left out."""
     spec = config["tables"][table]
     where = f"tables.{table}"
-    rows = {
-        label: c for label, c in spec["rows"].items() if c in config["cells"] and c not in faulty
-    }
+    rows = {label: c for label, c in spec["rows"].items() if c in cells}
     for label, cell in rows.items():
-        seeds = cell_seeds(config, cell)
+        seeds = list(cells[cell].seeds)
         if len(seeds) < spec["min_seeds"]:
             yield (
                 f"{where}.min_seeds: the table shows the spread across at least "
@@ -536,7 +613,7 @@ def _table_errors(config: Mapping[str, Any], table: str, faulty: set[str]) -> It
                 f"tables.{curve}: the name is taken by the FID-against-seconds curve of table "
                 f"{table} (matched: seconds); rename one"
             )
-        budgets = {cell: cell_budget(config, cell) for cell in rows.values()}
+        budgets = {cell: cells[cell].budget for cell in rows.values()}
         for label, cell in rows.items():
             if budgets[cell] is None:
                 yield (
@@ -544,7 +621,7 @@ def _table_errors(config: Mapping[str, Any], table: str, faulty: set[str]) -> It
                     "of a table at matched seconds trains for one budget"
                 )
                 continue
-            points = len(snapshot_times(config, cell)) + 1
+            points = len(cells[cell].snapshots) + 1
             if points < CURVE_MIN_POINTS:
                 yield (
                     f"{where}.matched: rows.{label} ({cell}) has {points} point(s) on its curve "
@@ -596,8 +673,14 @@ def benchmark_sweeps(config: Mapping[str, Any]) -> list[str]:
     return list(bench["sweeps"]["only"] or SWEEPS)
 
 
-def check_config(config: Mapping[str, Any]) -> None:
+def check_config(config: Mapping[str, Any]) -> dict[str, Cell]:
     """Checks beyond the schema, on a configuration whose defaults are filled in.
+
+    Returns
+    -------
+    dict
+        Every cell in its typed form (:class:`Cell`), by name: the one validated form of its
+        settings that the workflow reads from then on.
 
     Raises
     ------
@@ -609,10 +692,12 @@ def check_config(config: Mapping[str, Any]) -> None:
     """
     errors: list[str] = []
     shared: dict[str, list[str]] = {}  # a fault of common_override -> the cells it reaches
-    faulty = set()  # cells whose settings failed: the tables' checks skip them
+    cells: dict[str, Cell] = {}  # the valid ones: the tables' checks skip the others
     for name in config["cells"]:
-        for error in _cell_errors(config, name):
-            faulty.add(name)
+        typed, faults = _check_cell(config, name)
+        if typed is not None and not faults:
+            cells[name] = typed
+        for error in faults:
             if error.startswith("common_override"):
                 shared.setdefault(error, []).append(name)
             else:
@@ -635,13 +720,14 @@ def check_config(config: Mapping[str, Any]) -> None:
                 errors.append(f"tables.{table}.rows.{label}: {cell!r} is not a configured cell")
         if spec.get("real"):
             errors.extend(real_row_errors(config, table))
-        errors.extend(_table_errors(config, table, faulty))
+        errors.extend(_table_errors(config, table, cells))
     if config["benchmark"]["enabled"]:
         errors.extend(_check_benchmarks(config["benchmark"]))
     if errors:
         raise WorkflowConfigError(
             "invalid workflow configuration:\n" + "\n".join(f"  - {x}" for x in errors)
         )
+    return cells
 
 
 def load_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -663,8 +749,13 @@ def build_cell_model(cfg: Mapping[str, Any]) -> nn.Module:
     return build(cfg["model"], criterion, seed=int(train.get("seed", TrainConfig.seed)))
 
 
-def check_models(config: Mapping[str, Any]) -> None:
+def check_models(cells: Mapping[str, Cell]) -> None:
     """Build every cell's model once, so settings no model accepts stop the run up front.
+
+    Parameters
+    ----------
+    cells
+        The typed cells of :func:`check_config`.
 
     Raises
     ------
@@ -676,14 +767,13 @@ def check_models(config: Mapping[str, Any]) -> None:
     from kaem.inference.posterior import check_langevin_prior
 
     errors = []
-    for name in config["cells"]:
-        cfg = resolve_cell(config, name)
+    for name, typed in cells.items():
         try:
-            model = build_cell_model(cfg)
+            model = typed.build()
         except (ValueError, TypeError, ConfigError) as exc:
             errors.append(f"cells.{name}.override: the model cannot be built: {exc}")
             continue
-        criterion = cfg.get("train", {}).get("criterion", TrainConfig.criterion)
+        criterion = typed.train.criterion
         if criterion in ("ula", "thermodynamic"):
             try:
                 check_langevin_prior(model, f"train.criterion {criterion!r}")

@@ -12,18 +12,13 @@ sys.path.insert(0, str(REPO))
 from kaem.pipeline.config import (
     CURVE_SUFFIX,
     benchmark_sweeps,
-    cell_info,
-    cell_sampler,
-    cell_seeds,
-    cell_sizes,
+    check_config,
     check_models,
     has_evidence,
-    load_config,
     load_schema,
     read_config,
-    resolve_cell,
     run_key,
-    snapshot_times,
+    validate_config,
 )
 from kaem.config import ConfigError
 from kaem.pipeline.artifacts import publish_snapshot
@@ -46,14 +41,16 @@ def config_overrides():
 
 # The config files are read again as written (YAML 1.2 numbers, no duplicate keys or cells),
 # then validated before any job is planned; defaults of the schema are filled into `config`.
-# The main process also builds every model once (about 0.1 s each), which the jobs, already
-# checked, skip.
+# Each cell is then validated once into its typed form (kaem.pipeline.config.Cell), which
+# every rule below reads. The main process also builds every model once (about 0.1 s each),
+# which the jobs, already checked, skip.
 try:
-    _filled = load_config(
+    _filled = validate_config(
         read_config(workflow.configfiles, config_overrides()), load_schema(SCHEMA)
     )
+    CELL = check_config(_filled)
     if workflow.is_main_process:
-        check_models(_filled)
+        check_models(CELL)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 config.clear()
@@ -61,7 +58,7 @@ config.update(_filled)
 
 DATASETS = list(config["datasets"])
 CELLS = list(config["cells"])
-INFO = {cell: cell_info(config, cell) for cell in CELLS}
+INFO = {cell: CELL[cell].info for cell in CELLS}
 #: Each cell's training seeds: one training job (and generated set, features, metrics) each.
 SEEDS = {cell: list(INFO[cell].seeds) for cell in CELLS}
 CLASSIFIER_DATASETS = [d for d in DATASETS if config["datasets"][d]["features"] == "classifier"]
@@ -71,7 +68,7 @@ SWEEPS = benchmark_sweeps(config)
 
 #: Each cell's snapshot times below its budget, as its snapshot files name them (``60``,
 #: ``7.5``): the points of its FID-against-seconds curve before the final model.
-SNAPSHOTS = {cell: [f"{t:g}" for t in snapshot_times(config, cell)] for cell in CELLS}
+SNAPSHOTS = {cell: [f"{t:g}" for t in CELL[cell].snapshots] for cell in CELLS}
 
 #: Figures of a cell: ``results/figures/{cell}/{figure}.png``, each drawn by its own job.
 CELL_FIGURES = (
@@ -211,7 +208,7 @@ def source_input(wildcards):
 
 
 def cell_dataset(cell):
-    return config["cells"][cell]["dataset"]
+    return CELL[cell].dataset
 
 
 def cell_data(wildcards):
@@ -221,7 +218,7 @@ def cell_data(wildcards):
 def cell_settings(wildcards):
     """The resolved {model, train} settings of one seed: a parameter, so changing them
     retrains."""
-    return resolve_cell(config, wildcards.cell, int(wildcards.seed))
+    return CELL[wildcards.cell].settings(int(wildcards.seed))
 
 
 def cell_workdir(wildcards):
@@ -249,12 +246,12 @@ def cell_gpu(wildcards):
 
 def cell_sampler_param(wildcards):
     """A DDPM cell's scheduler, steps and eta for its generated set (empty: the default)."""
-    return cell_sampler(config, wildcards.cell)
+    return dict(CELL[wildcards.cell].sampler)
 
 
 def sample_count(wildcards):
     """The largest regression size: every subset is drawn from this one generated set."""
-    return max(cell_sizes(config, wildcards.cell))
+    return max(CELL[wildcards.cell].sizes)
 
 
 def extractor_kind(dataset):
@@ -295,7 +292,7 @@ def cell_real_features(wildcards):
 
 
 def cell_sizes_param(wildcards):
-    return cell_sizes(config, wildcards.cell)
+    return list(CELL[wildcards.cell].sizes)
 
 
 def real_holdout_range(wildcards):
