@@ -12,43 +12,50 @@ lines), and :func:`load_config` checks it in two passes before any job runs:
    image shape differs from its dataset's.
 
 Every error names the offending key (``cells.mnist_is.override: ...``) and all errors are
-reported at once. A cell's settings are its preset (:mod:`kaem.presets`, where the paper's
-numbers live) with ``common_override`` and then the cell's ``override`` merged in
-(:func:`resolve_cell`).
+reported at once. :func:`check_config` returns every cell in its typed form
+(:class:`kaem.pipeline.cells.Cell`: its preset with ``common_override`` and its own
+``override`` merged in, read once), which the workflow reads from then on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
 from kaem.config import (
-    RESUMABLE_KEYS,
     ConfigError,
-    DDPMConfig,
-    LEBMConfig,
-    ModelConfig,
     TrainConfig,
-    VAEConfig,
-    from_dict,
     load_yaml,
     parse_yaml,
 )
 from kaem.data import DATASETS
-from kaem.kinds import MODEL_KINDS, kind_of
+from kaem.kinds import kind_of
+from kaem.pipeline.cells import (
+    Cell,
+    CellInfo,
+    cell,
+    cell_budget,
+    cell_info,
+    cell_sampler,
+    cell_seeds,
+    cell_sizes,
+    configured_seeds,
+    has_evidence,
+    resolve_cell,
+    run_key,
+    snapshot_times,
+)
 from kaem.presets import PRESETS, merge
 from kaem.training import resolve_device
 
@@ -93,15 +100,6 @@ CURVE_SUFFIX = "_curve"
 #: Points a curve of FID against training seconds needs (snapshots below the budget, and the
 #: budget itself): with two, nobody can tell whether a ranking still moves at the end.
 CURVE_MIN_POINTS = 3
-
-_CRITERION_NAMES = {
-    "importance": "IS",
-    "ula": "ULA",
-    "thermodynamic": "thermodynamic",
-    "elbo": "ELBO",
-    "lebm": "short-run ULA",
-    "ddpm": "noise prediction",
-}
 
 
 class WorkflowConfigError(ConfigError):
@@ -213,238 +211,6 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dic
     return filled
 
 
-# ----------------------------------------------------------------------------- cells
-
-
-class CellInfo(NamedTuple):
-    """What a cell is: its dataset, its kind of model and what that model is made of.
-
-    The fields that only a KAEM has (its prior's basis, reference and kind) are None for the
-    other kinds; ``generator`` is None for a model without one of KAEM's generators (the
-    DDPM's UNet).
-    """
-
-    name: str
-    dataset: str
-    model: str  # a kind of kaem.kinds: KAEM, VAE, LEBM or DDPM
-    basis: str | None  # KAEM: the prior's basis
-    criterion: str  # importance, ula, thermodynamic, elbo, lebm or ddpm
-    sampler: str  # a short label of the criterion
-    reference: str | None  # KAEM: the prior's reference density
-    prior: str | None  # KAEM: univariate or mixture
-    generator: str | None  # kan or cnn
-    n_chains: int | None = None  # thermodynamic: chains per temperature
-    seeds: tuple[int, ...] = (0,)  # training seeds, one job each
-    likelihood_variance: float | None = None  # Gaussian, on images in [0, 1]; None: no likelihood
-
-
-def resolve_cell(config: Mapping[str, Any], name: str, seed: int | None = None) -> dict[str, Any]:
-    """The ``{model, train}`` settings of cell ``name``: preset, common and own overrides.
-
-    Parameters
-    ----------
-    config
-        A validated configuration (:func:`load_config`).
-    name
-        A key of ``config["cells"]``.
-    seed
-        One of the cell's seeds (:func:`cell_seeds`): it becomes ``train.seed``. None: the
-        settings as configured.
-    """
-    cells = config["cells"]
-    if name not in cells:
-        raise KeyError(f"no cell {name!r}; configured cells are {sorted(cells)}")
-    cell = cells[name]
-    cfg = merge(PRESETS[cell["preset"]], config.get("common_override") or {})
-    cfg = merge(cfg, cell.get("override") or {})
-    if seed is not None:
-        cfg = merge(cfg, {"train": {"seed": int(seed)}})
-    return cfg
-
-
-def _explicit_seeds(config: Mapping[str, Any], name: str) -> list[int] | None:
-    seeds = config["cells"][name].get("seeds") or config.get("seeds")
-    return [int(s) for s in seeds] if seeds else None
-
-
-def cell_seeds(config: Mapping[str, Any], name: str) -> list[int]:
-    """The training seeds of cell ``name``: its own ``seeds``, else the top-level ``seeds``,
-    else the one ``train.seed`` of its settings. Each seed is one training job."""
-    seeds = _explicit_seeds(config, name)
-    if seeds:
-        return seeds
-    return [int(resolve_cell(config, name)["train"].get("seed", TrainConfig.seed))]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell in its typed form: what every job and table of the cell reads.
-
-    Built once per run by :func:`check_config` (through :func:`cell`), which is where its
-    settings are validated; the jobs receive :meth:`settings` (plain data that crosses the
-    process boundary, and whose hash names the run folder) and read it back with
-    :func:`kaem.config.from_dict` once.
-    """
-
-    name: str
-    dataset: str
-    preset: str
-    resolved: Mapping[str, Any]  # {model, train}: the preset with the overrides merged in
-    model: ModelConfig | VAEConfig | LEBMConfig | DDPMConfig  # the config of its kind
-    train: TrainConfig
-    seeds: tuple[int, ...]  # training seeds, one job each
-    sampler: Mapping[str, Any]  # a DDPM's generate keywords (scheduler, steps, eta)
-    sizes: tuple[int, ...]  # regression sizes, ascending
-
-    def settings(self, seed: int | None = None) -> dict[str, Any]:
-        """The ``{model, train}`` settings of one training seed (``train.seed``), as data."""
-        cfg = copy.deepcopy(dict(self.resolved))
-        return cfg if seed is None else merge(cfg, {"train": {"seed": int(seed)}})
-
-    @property
-    def budget(self) -> float | None:
-        """The training budget in seconds (``train.max_seconds``), or None."""
-        return self.train.max_seconds
-
-    @property
-    def snapshots(self) -> list[float]:
-        """The snapshot times below the budget (``train.snapshot_seconds``), ascending, each
-        once: the points of the cell's curve of FID against training seconds before the last,
-        which is the final model at the budget (a snapshot at the budget is that model)."""
-        budget, times = self.budget, self.train.snapshot_seconds
-        return sorted({float(t) for t in times if budget is None or t < budget})
-
-    def build(self) -> nn.Module:
-        """The cell's untrained model, seeded by ``train.seed``."""
-        return kind_of(self.train.criterion).build(self.model, seed=self.train.seed)
-
-    @property
-    def info(self) -> CellInfo:
-        """The cell described for tables and captions."""
-        criterion = self.train.criterion
-        kind = kind_of(criterion)
-        common = dict(
-            name=self.name,
-            dataset=self.dataset,
-            model=kind.name,
-            criterion=criterion,
-            seeds=self.seeds,
-            likelihood_variance=getattr(self.model, "likelihood_variance", None),
-        )
-        if kind.name != "KAEM":
-            generator = getattr(self.model, "generator", None)
-            return CellInfo(
-                **common,
-                basis=None,
-                sampler=_CRITERION_NAMES[criterion],
-                reference=None,
-                prior=None,
-                generator=None if generator is None else generator.kind,
-            )
-        sampler, n_chains = _CRITERION_NAMES[criterion], None
-        if criterion == "thermodynamic":
-            thermo = self.train.thermodynamic
-            n_chains = thermo.n_chains
-            sampler = f"thermodynamic (N_t={thermo.n_temps}, S={n_chains})"
-        prior = self.model.prior
-        return CellInfo(
-            **common,
-            basis=prior.basis,
-            sampler=sampler,
-            reference=prior.reference.name,
-            prior=prior.kind,
-            generator=self.model.generator.kind,
-            n_chains=n_chains,
-        )
-
-
-def cell(config: Mapping[str, Any], name: str) -> Cell:
-    """Cell ``name`` of a schema-validated configuration in its typed form.
-
-    Raises
-    ------
-    KeyError
-        If there is no such cell.
-    ConfigError
-        If its resolved settings are not valid for the kind of model its preset trains,
-        naming the setting (``train.max_seconds: ...``).
-    """
-    resolved = resolve_cell(config, name)
-    preset = config["cells"][name]["preset"]
-    kind = kind_of(PRESETS[preset]["train"]["criterion"])
-    train = from_dict(TrainConfig, resolved.get("train"), "train")
-    model = from_dict(kind.config, resolved.get("model"), "model")
-    return Cell(
-        name=name,
-        dataset=config["cells"][name]["dataset"],
-        preset=preset,
-        resolved=resolved,
-        model=model,
-        train=train,
-        seeds=tuple(_explicit_seeds(config, name) or [train.seed]),
-        sampler=dict(config["cells"][name].get("sampler") or {}),
-        sizes=tuple(cell_sizes(config, name)),
-    )
-
-
-def cell_info(config: Mapping[str, Any], name: str) -> CellInfo:
-    """Describe cell ``name`` by its dataset, model, basis, sampler and reference prior."""
-    return cell(config, name).info
-
-
-def cell_sampler(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The keywords of ``generate`` that draw cell ``name``'s generated set: a DDPM cell's
-    ``sampler`` (scheduler, steps, eta), nothing for the other kinds (their own sampler)."""
-    sampler = config["cells"][name].get("sampler")
-    return dict(sampler) if sampler else {}
-
-
-def cell_sizes(config: Mapping[str, Any], name: str) -> list[int]:
-    """Regression sizes of cell ``name`` (its own, else ``metrics.sizes``), ascending."""
-    sizes = config["cells"][name].get("sizes") or config["metrics"]["sizes"]
-    return sorted(int(s) for s in sizes)
-
-
-def cell_budget(config: Mapping[str, Any], name: str) -> float | None:
-    """The training budget of cell ``name`` in seconds (``train.max_seconds``), or None."""
-    return cell(config, name).budget
-
-
-def snapshot_times(config: Mapping[str, Any], name: str) -> list[float]:
-    """The snapshot times of cell ``name`` below its budget (:attr:`Cell.snapshots`)."""
-    return cell(config, name).snapshots
-
-
-def has_evidence(kind: str) -> bool:
-    """Whether held-out ``log p(x)`` has an estimator for models of kind ``kind`` (a name of
-    :data:`kaem.kinds.MODEL_KINDS`): a KAEM or a VAE, not the LEBM or the DDPM."""
-    from kaem.inference.evidence import has_estimator
-
-    return has_estimator(MODEL_KINDS[kind].cls)
-
-
-#: Settings of a dataset that change which images its cells train on.
-_DATA_KEYS = ("source", "n_train", "n_test", "seed")
-
-
-def run_key(cfg: Mapping[str, Any], dataset: Mapping[str, Any] | None = None) -> str:
-    """A short hash of the settings a training checkpoint depends on.
-
-    Keys that a resumed run may change (:data:`kaem.config.RESUMABLE_KEYS`, such as
-    ``epochs``) are left out, so a longer run continues from a shorter one's checkpoint,
-    while any other change starts afresh in a new folder instead of failing on a mismatched
-    checkpoint. The same holds for ``dataset`` (the cell's entry of ``datasets``): a change
-    of the settings that make its images (``source``, ``n_train``, ``n_test``, ``seed``)
-    trains afresh, where resuming would be refused as training on other data.
-    """
-    train = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_KEYS}
-    key: dict[str, Any] = {"model": cfg.get("model", {}), "train": train}
-    if dataset is not None:
-        key["data"] = {k: dataset.get(k) for k in _DATA_KEYS}
-    text = json.dumps(key, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 # ----------------------------------------------------------------------------- checks
 
 #: The setting a message of :func:`kaem.config.from_dict` names first (``train.max_seconds``).
@@ -511,7 +277,7 @@ def _check_cell(config: Mapping[str, Any], name: str) -> tuple[Cell | None, list
     if unknown:
         return None, [f"{where}: unknown top-level section(s) {unknown}; use model and train"]
     errors = []
-    seeds = _explicit_seeds(config, name)
+    seeds = configured_seeds(config, name)
     overrides = merge(config.get("common_override") or {}, spec.get("override") or {})
     if seeds and "seed" in (overrides.get("train") or {}):
         errors.append(
@@ -527,17 +293,17 @@ def _check_cell(config: Mapping[str, Any], name: str) -> tuple[Cell | None, list
     return typed, errors
 
 
-def _fit_errors(config: Mapping[str, Any], cell: Cell) -> Iterator[str]:
+def _fit_errors(config: Mapping[str, Any], typed: Cell) -> Iterator[str]:
     """Whether the cell's criterion, sampler, image shape and batch fit its preset and data."""
-    where, model, train = f"cells.{cell.name}", cell.model, cell.train
-    preset_kind = kind_of(PRESETS[cell.preset]["train"]["criterion"])
+    where, model, train = f"cells.{typed.name}", typed.model, typed.train
+    preset_kind = kind_of(PRESETS[typed.preset]["train"]["criterion"])
     if kind_of(train.criterion) is not preset_kind:
         yield (
             f"{where}.override: train.criterion {train.criterion!r} does not fit preset "
-            f"{cell.preset!r} (a {preset_kind.name} trains with "
+            f"{typed.preset!r} (a {preset_kind.name} trains with "
             f"{', '.join(preset_kind.criteria)})"
         )
-    sampler, dataset = cell.sampler, cell.dataset
+    sampler, dataset = typed.sampler, typed.dataset
     if sampler and preset_kind.name != "DDPM":
         yield (
             f"{where}.sampler: only a DDPM cell draws with a scheduler; a "
@@ -598,12 +364,12 @@ def _table_errors(
     spec = config["tables"][table]
     where = f"tables.{table}"
     rows = {label: c for label, c in spec["rows"].items() if c in cells}
-    for label, cell in rows.items():
-        seeds = list(cells[cell].seeds)
+    for label, row in rows.items():
+        seeds = list(cells[row].seeds)
         if len(seeds) < spec["min_seeds"]:
             yield (
                 f"{where}.min_seeds: the table shows the spread across at least "
-                f"{spec['min_seeds']} seeds, but rows.{label} ({cell}) has {len(seeds)} "
+                f"{spec['min_seeds']} seeds, but rows.{label} ({row}) has {len(seeds)} "
                 f"(seeds {seeds}); give the cell more seeds"
             )
     if spec["matched"] == "seconds":
@@ -613,25 +379,25 @@ def _table_errors(
                 f"tables.{curve}: the name is taken by the FID-against-seconds curve of table "
                 f"{table} (matched: seconds); rename one"
             )
-        budgets = {cell: cells[cell].budget for cell in rows.values()}
-        for label, cell in rows.items():
-            if budgets[cell] is None:
+        budgets = {row: cells[row].budget for row in rows.values()}
+        for label, row in rows.items():
+            if budgets[row] is None:
                 yield (
-                    f"{where}.matched: rows.{label} ({cell}) has no train.max_seconds; every row "
+                    f"{where}.matched: rows.{label} ({row}) has no train.max_seconds; every row "
                     "of a table at matched seconds trains for one budget"
                 )
                 continue
-            points = len(cells[cell].snapshots) + 1
+            points = len(cells[row].snapshots) + 1
             if points < CURVE_MIN_POINTS:
                 yield (
-                    f"{where}.matched: rows.{label} ({cell}) has {points} point(s) on its curve "
+                    f"{where}.matched: rows.{label} ({row}) has {points} point(s) on its curve "
                     f"of FID against training seconds (each train.snapshot_seconds below its "
-                    f"budget of {budgets[cell]:g} s, then the budget); it needs at least "
+                    f"budget of {budgets[row]:g} s, then the budget); it needs at least "
                     f"{CURVE_MIN_POINTS}"
                 )
-        given = {cell: b for cell, b in budgets.items() if b is not None}
+        given = {row: b for row, b in budgets.items() if b is not None}
         if len(set(given.values())) > 1:
-            shown = ", ".join(f"{cell} {b:g} s" for cell, b in given.items())
+            shown = ", ".join(f"{row} {b:g} s" for row, b in given.items())
             yield (
                 f"{where}.matched: the rows train for different budgets ({shown}); give them "
                 "one train.max_seconds (in common_override, say)"
@@ -715,9 +481,9 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Cell]:
                 f"tables.{table}: the name is reserved for a table the workflow writes itself "
                 f"({', '.join(RESERVED_TABLES)})"
             )
-        for label, cell in spec["rows"].items():
-            if cell not in config["cells"]:
-                errors.append(f"tables.{table}.rows.{label}: {cell!r} is not a configured cell")
+        for label, row in spec["rows"].items():
+            if row not in config["cells"]:
+                errors.append(f"tables.{table}.rows.{label}: {row!r} is not a configured cell")
         if spec.get("real"):
             errors.extend(real_row_errors(config, table))
         errors.extend(_table_errors(config, table, cells))

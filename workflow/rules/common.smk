@@ -41,7 +41,7 @@ def config_overrides():
 
 # The config files are read again as written (YAML 1.2 numbers, no duplicate keys or cells),
 # then validated before any job is planned; defaults of the schema are filled into `config`.
-# Each cell is then validated once into its typed form (kaem.pipeline.config.Cell), which
+# Each cell is then validated once into its typed form (kaem.pipeline.cells.Cell), which
 # every rule below reads. The main process also builds every model once (about 0.1 s each),
 # which the jobs, already checked, skip.
 try:
