@@ -105,7 +105,7 @@ def main(table: dict, stem: Path, bench: str | None = None) -> dict[str, Path]:
         records = [
             {
                 **c,
-                "runs": [{"seed": run["training_seed"], **run} for run in scores[c["name"]]],
+                "runs": [{**run, "seed": run["training_seed"]} for run in scores[c["name"]]],
             }
             for c in table["cells"]
         ]
