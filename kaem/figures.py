@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ __all__ = [
     "plot_training_curve",
     "prior_densities",
     "save_figure",
+    "show_canvas",
 ]
 
 
@@ -246,16 +248,20 @@ def plot_image_grid(images: Tensor, path: str | os.PathLike, *, nrow: int = 10) 
     """
     array = image_canvas(images, nrow, str(path))
     fig = Figure(figsize=(array.shape[1] / 40, array.shape[0] / 40))
-    ax = fig.add_axes((0, 0, 1, 1))
+    show_canvas(fig.add_axes((0, 0, 1, 1)), array)
+    return save_figure(fig, path, dpi=100)
+
+
+def show_canvas(ax: Any, canvas: np.ndarray) -> None:
+    """Draw an :func:`image_canvas` on ``ax`` pixel for pixel, on [0, 1], without axes."""
     ax.imshow(
-        array,
-        cmap="gray" if array.ndim == 2 else None,
+        canvas,
+        cmap="gray" if canvas.ndim == 2 else None,
         vmin=0,
         vmax=1,
         interpolation="nearest",
     )
     ax.axis("off")
-    return save_figure(fig, path, dpi=100)
 
 
 def plot_training_curve(log: str | os.PathLike | pd.DataFrame, path: str | os.PathLike) -> Path:

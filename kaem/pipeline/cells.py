@@ -112,10 +112,7 @@ def configured_seeds(config: Mapping[str, Any], name: str) -> list[int] | None:
 def cell_seeds(config: Mapping[str, Any], name: str) -> list[int]:
     """The training seeds of cell ``name``: its own ``seeds``, else the top-level ``seeds``,
     else the one ``train.seed`` of its settings. Each seed is one training job."""
-    seeds = configured_seeds(config, name)
-    if seeds:
-        return seeds
-    return [int(resolve_cell(config, name)["train"].get("seed", TrainConfig.seed))]
+    return list(cell(config, name).seeds)
 
 
 @dataclass(frozen=True)
@@ -224,7 +221,7 @@ def cell(config: Mapping[str, Any], name: str) -> Cell:
         model=model,
         train=train,
         seeds=tuple(configured_seeds(config, name) or [train.seed]),
-        sampler=dict(config["cells"][name].get("sampler") or {}),
+        sampler=cell_sampler(config, name),
         sizes=tuple(cell_sizes(config, name)),
     )
 

@@ -23,6 +23,7 @@ from kaem.figures import (
     plot_prior_top,
     plot_training_curve,
     save_figure,
+    show_canvas,
 )
 from kaem.kinds import load_model
 from kaem.pipeline.artifacts import read_json
@@ -323,14 +324,7 @@ def plot_sample_grids(
     fig = Figure(figsize=(2.4 * len(canvases), 2.7))
     for k, (canvas, label) in enumerate(zip(canvases, labels, strict=True)):
         ax = fig.add_subplot(1, len(canvases), k + 1)
-        ax.imshow(
-            canvas,
-            cmap="gray" if canvas.ndim == 2 else None,
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
+        show_canvas(ax, canvas)
         ax.set_title(label, fontsize=9)
-        ax.axis("off")
     fig.tight_layout()
     return save_figure(fig, path)
